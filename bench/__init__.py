@@ -1,0 +1,1 @@
+"""Benchmarks, one module each, all reachable from `tapas bench`."""

@@ -1,0 +1,1 @@
+"""Pure decision core: snapshot in, decisions with reasons out. No Kafka, no store, no clock reads."""

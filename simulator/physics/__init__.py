@@ -1,0 +1,1 @@
+"""Pure physics models of the simulator (thermal, power, performance), vectorised over servers."""

@@ -1,0 +1,1 @@
+"""Store implementations behind one interface (embedded SQLite, InfluxDB 2.x)."""

@@ -1,0 +1,217 @@
+"""One settings object for every process, from ``TAPAS_*`` variables and an optional TOML file.
+
+Precedence: explicit arguments > environment (``TAPAS_KAFKA__BOOTSTRAP_SERVERS`` for
+nested keys) > the file named by ``TAPAS_CONFIG`` > defaults. Each field's
+description is the documentation; ``tapas config show`` prints them and the README
+table is generated from them.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from contracts.errors import ConfigError
+
+
+class KafkaSettings(BaseModel):
+    """How every Kafka client (kafka-python, aiokafka, Faust) reaches the broker."""
+
+    bootstrap_servers: str = Field(default="127.0.0.1:9092", description="Comma-separated host:port list.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="Kafka security protocol used by every client."
+    )
+    ssl_cafile: Path | None = Field(default=None, description="CA bundle that signs the broker's certificate.")
+    ssl_certfile: Path | None = Field(default=None, description="Client certificate for mutual TLS.")
+    ssl_keyfile: Path | None = Field(default=None, description="Client key for mutual TLS.")
+    ssl_check_hostname: bool = Field(default=True, description="Verify the broker's host name against its cert.")
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, description="SASL mechanism when security_protocol is SASL_*."
+    )
+    sasl_username: str | None = Field(default=None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(default=None, description="SASL password.")
+    client_id: str = Field(default="tapas", description="Client id prefix reported to the broker.")
+
+
+class BrokerSettings(BaseModel):
+    """The embedded Tansu broker started by ``tapas broker`` and ``make demo``."""
+
+    host: str = Field(default="127.0.0.1", description="Address the embedded broker listens on (loopback only).")
+    port: int = Field(default=9092, ge=1, le=65535, description="Port of the embedded broker.")
+    start_timeout_s: float = Field(default=20.0, gt=0, description="How long to wait for the broker to answer.")
+
+
+class StoreSettings(BaseModel):
+    """The history store: embedded SQLite (default) or InfluxDB 2.x."""
+
+    kind: Literal["embedded", "influx"] = Field(default="embedded", description="Which store implementation.")
+    path: Path = Field(default=Path("var/history.sqlite"), description="Embedded store file (SQLite, WAL mode).")
+    influx_url: str | None = Field(default=None, description="InfluxDB 2.x URL, e.g. http://influxdb:8086.")
+    influx_token: SecretStr | None = Field(default=None, description="InfluxDB API token.")
+    influx_org: str = Field(default="tapas", description="InfluxDB organisation.")
+    influx_bucket: str = Field(default="tapas", description="InfluxDB bucket.")
+    downsample_s: float = Field(default=10.0, ge=0, description="Raw telemetry is written at most once per this period per server.")
+    batch_size: int = Field(default=5000, ge=1, description="Points per store write batch.")
+    max_buffered_points: int = Field(default=500_000, ge=1000, description="Backpressure threshold of the writer.")
+
+
+class ControllerSettings(BaseModel):
+    """The live controller service."""
+
+    mode: Literal["advisory", "enforce"] = Field(default="advisory", description="Start mode; switchable at run time.")
+    tick_s: float = Field(default=1.0, gt=0, description="Routing/decision tick.")
+    stale_after_s: float = Field(default=10.0, gt=0, description="Forecasts older than this are stale.")
+    command_ttl_s: float = Field(default=120.0, gt=0, description="Expiry of reconfiguration commands.")
+    min_frequency_mhz: float = Field(default=900.0, gt=0, description="Safety floor for any frequency cap.")
+    max_commands_per_instance_per_min: int = Field(default=6, ge=1, description="Rate limit per instance.")
+    metrics_port: int = Field(default=9108, ge=0, le=65535, description="Prometheus gauges port (0 = off).")
+
+
+class DashboardSettings(BaseModel):
+    """The operators' Dash page."""
+
+    host: str = Field(default="127.0.0.1", description="Bind address.")
+    port: int = Field(default=8050, ge=1, le=65535, description="Port.")
+    refresh_s: float = Field(default=1.5, gt=0, description="Page update interval.")
+    stale_after_s: float = Field(default=10.0, gt=0, description="No message for this long shows the stale banner.")
+    username: str | None = Field(default=None, description="Basic-auth user; unset disables authentication.")
+    password: SecretStr | None = Field(default=None, description="Basic-auth password.")
+
+
+class WorkerSettings(BaseModel):
+    """The Faust stream worker."""
+
+    app_id: str = Field(default="tapas-worker", description="Faust app id (consumer group).")
+    web_port: int = Field(default=6066, ge=1, le=65535, description="Faust web port.")
+    data_dir: Path = Field(default=Path("var/faust"), description="Faust local table data directory.")
+    horizons_s: list[float] = Field(default=[10.0, 60.0, 300.0], description="Forecast horizons.")
+    tick_s: float = Field(default=1.0, gt=0, description="Forecast publication period per server.")
+
+
+class Settings(BaseSettings):
+    """Everything configurable in TAPAS. Environment: ``TAPAS_<FIELD>``, nested ``TAPAS_<GROUP>__<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="TAPAS_", env_nested_delimiter="__", extra="ignore")
+
+    data_dir: Path = Field(default=Path("../shared/data"), description="Where the public datasets live.")
+    trace_file: Path | None = Field(
+        default=None,
+        description="Azure-LLM-schema trace for the simulator/demo; unset uses data_dir's Azure 2023 code trace.",
+    )
+    registry_dir: Path = Field(default=Path("var/registry"), description="Model registry (trusted artifacts only).")
+    cluster_file: Path | None = Field(default=None, description="Cluster topology TOML; unset uses the shipped default.")
+    log_level: str = Field(default="INFO", description="Python log level.")
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    controller: ControllerSettings = Field(default_factory=ControllerSettings)
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _TomlFileSource(settings_cls))
+
+    @property
+    def resolved_trace_file(self) -> Path:
+        """The trace the simulator uses when none is given."""
+        return self.trace_file or self.data_dir / "azure-llm-inference-2023" / "AzureLLMInferenceTrace_code.csv"
+
+
+class _TomlFileSource(PydanticBaseSettingsSource):
+    """Reads the TOML file named by ``TAPAS_CONFIG`` (if any)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("TAPAS_CONFIG")
+        if not path:
+            return {}
+        try:
+            with open(path, "rb") as fh:
+                return tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"TAPAS_CONFIG={path}: {exc}") from exc
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings, turning validation errors into a :class:`ConfigError` naming the key."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        key = "__".join(str(p) for p in err["loc"]).upper()
+        raise ConfigError(f"TAPAS_{key}: {err['msg']}") from None
+
+
+def kafka_python_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
+    """Connection keyword arguments for kafka-python clients (producer, consumer, admin)."""
+    kw: dict[str, Any] = {"bootstrap_servers": kafka.bootstrap_servers.split(","),
+                          "security_protocol": kafka.security_protocol}
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        kw.update(ssl_cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None,
+                  ssl_certfile=str(kafka.ssl_certfile) if kafka.ssl_certfile else None,
+                  ssl_keyfile=str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None,
+                  ssl_check_hostname=kafka.ssl_check_hostname)
+    if kafka.security_protocol.startswith("SASL"):
+        kw.update(sasl_mechanism=kafka.sasl_mechanism or "PLAIN",
+                  sasl_plain_username=kafka.sasl_username,
+                  sasl_plain_password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None)
+    return kw
+
+
+def ssl_context(kafka: KafkaSettings) -> Any:
+    """An ``ssl.SSLContext`` for aiokafka/Faust when TLS is on, else ``None``."""
+    if kafka.security_protocol not in ("SSL", "SASL_SSL"):
+        return None
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None)
+    ctx.check_hostname = kafka.ssl_check_hostname
+    if kafka.ssl_certfile:
+        ctx.load_cert_chain(str(kafka.ssl_certfile), str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None)
+    return ctx
+
+
+def aiokafka_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
+    """Connection keyword arguments for aiokafka clients."""
+    kw: dict[str, Any] = {"bootstrap_servers": kafka.bootstrap_servers, "security_protocol": kafka.security_protocol}
+    ctx = ssl_context(kafka)
+    if ctx is not None:
+        kw["ssl_context"] = ctx
+    if kafka.security_protocol.startswith("SASL"):
+        kw.update(sasl_mechanism=kafka.sasl_mechanism or "PLAIN", sasl_plain_username=kafka.sasl_username,
+                  sasl_plain_password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None)
+    return kw
+
+
+def settings_table() -> str:
+    """Markdown table of every setting with its env variable, default and description (for the README)."""
+    rows = ["| variable | default | description |", "|---|---|---|"]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name.upper()}__")
+                continue
+            default = field.default if field.default_factory is None else field.default_factory()  # type: ignore[call-arg]
+            rows.append(f"| `{prefix}{name.upper()}` | `{default}` | {field.description or ''} |")
+
+    walk(Settings, "TAPAS_")
+    return "\n".join(rows)
