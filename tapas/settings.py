@@ -70,6 +70,23 @@ class ControllerSettings(BaseModel):
     min_frequency_mhz: float = Field(default=900.0, gt=0, description="Safety floor for any frequency cap.")
     max_commands_per_instance_per_min: int = Field(default=6, ge=1, description="Rate limit per instance.")
     metrics_port: int = Field(default=9108, ge=0, le=65535, description="Prometheus gauges port (0 = off).")
+    max_frequency_mhz: float = Field(default=3000.0, gt=0, description="Safety ceiling for any frequency cap.")
+    min_power_limit_w: float = Field(default=100.0, gt=0, description="Safety floor for any GPU power limit.")
+    max_power_limit_w: float = Field(default=1200.0, gt=0, description="Safety ceiling for any GPU power limit.")
+    min_capacity_frac: float = Field(
+        default=0.3, ge=0, le=1,
+        description="No command may leave an instance below this fraction of its nominal capacity at SLO.")
+    max_command_ttl_s: float = Field(default=900.0, gt=0, description="Commands expiring later than this are refused.")
+    reconfig_period_s: float = Field(default=5.0, gt=0, description="Period of the (fast-knob) reconfiguration plan.")
+    stale_decay_s: float = Field(
+        default=30.0, gt=0,
+        description="Time constant over which stale routing weights decay to capacity-proportional ones.")
+    agent_reconcile_s: float = Field(default=10.0, gt=0, description="Node agent: re-apply desired GPU settings period.")
+    agent_broker_lost_after_s: float = Field(
+        default=30.0, gt=0, description="Node agent: broker unreachable this long → apply the safe power cap.")
+    agent_safe_power_frac: float = Field(
+        default=0.75, gt=0, le=1,
+        description="Node agent: safe cap = this fraction of each GPU's default power limit while the broker is lost.")
 
 
 class DashboardSettings(BaseModel):
