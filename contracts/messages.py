@@ -73,7 +73,7 @@ def _check_range(field: str, value: float | None, lo: float, hi: float, hint: st
 class Contract(BaseModel):
     """Base of every wire message: versioned, immutable, unknown fields ignored."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True, allow_inf_nan=False)
 
     #: Name of the message type, stable across versions (also the schema file name).
     message_name: ClassVar[str] = "contract"
@@ -107,7 +107,7 @@ class Contract(BaseModel):
 class GpuReading(BaseModel):
     """One GPU's state at a sample instant (DCGM field names where one exists)."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
     gpu_index: int = Field(ge=0, le=63, description="Index of the GPU in its server (NVML index).")
     uuid: str | None = Field(default=None, description="NVML GPU UUID, when known.")
@@ -160,7 +160,7 @@ class GpuReading(BaseModel):
 class WorkloadContext(BaseModel):
     """What the inference server on a host was doing, when the serving layer reports it."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
     prefill_tokens_per_s: float = Field(default=0.0, ge=0.0, le=1e8, description="Prompt tokens processed per second.")
     decode_tokens_per_s: float = Field(default=0.0, ge=0.0, le=1e8, description="Output tokens generated per second.")
@@ -218,7 +218,7 @@ class InletSample(Contract):
 class PduPhaseReading(BaseModel):
     """One phase, bank or outlet of a PDU."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
     name: str = Field(max_length=64)
     current_a: float | None = Field(default=None)
@@ -259,7 +259,7 @@ class PduPowerSample(Contract):
 class HorizonForecast(BaseModel):
     """A point forecast with its central ``interval_level`` interval at one horizon."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
     horizon_s: float = Field(ge=0, le=86_400)
     gpu_temp_c: float = Field(description="Predicted hottest-GPU temperature, °C.")
@@ -327,7 +327,9 @@ class DomainForecast(Contract):
     @model_validator(mode="after")
     def _aligned(self) -> DomainForecast:
         if not len(self.horizons_s) == len(self.power_forecast_w) == len(self.power_forecast_hi_w):
-            raise ValueError("horizons_s, power_forecast_w and power_forecast_hi_w must have equal length")
+            raise ValueError(
+                "horizons_s must have the same length as power_forecast_w and power_forecast_hi_w"
+            )
         return self
 
 
@@ -352,7 +354,7 @@ class PlacementRequest(Contract):
 class PlacementCandidate(BaseModel):
     """One ranked server for a placement, with the headrooms it was ranked by."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
     server_id: str
     rank: int = Field(ge=1)
@@ -380,7 +382,7 @@ class PlacementHint(Contract):
 class InstanceWeight(BaseModel):
     """Routing weight of one SaaS instance."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
     instance_id: str
     server_id: str | None = None
@@ -427,7 +429,7 @@ ReconfigAction = Literal[
 class ReconfigParams(BaseModel):
     """Parameters of a reconfiguration; only those the action needs are set."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
     frequency_cap_mhz: float | None = Field(default=None, ge=100, le=5000)
     power_limit_w: float | None = Field(default=None, ge=50, le=2000)
