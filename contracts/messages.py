@@ -323,6 +323,13 @@ class DomainForecast(Contract):
     horizons_s: list[float] = Field(default_factory=list)
     power_forecast_w: list[float] = Field(default_factory=list)
     power_forecast_hi_w: list[float] = Field(default_factory=list)
+    inlet_forecast_c: list[float] = Field(
+        default_factory=list,
+        description="Zones: predicted max inlet temperature at each of horizons_s, °C (empty when not forecast).",
+    )
+    inlet_forecast_hi_c: list[float] = Field(
+        default_factory=list, description="Zones: upper bound of the inlet forecast at each of horizons_s, °C."
+    )
 
     @model_validator(mode="after")
     def _aligned(self) -> DomainForecast:
@@ -330,6 +337,9 @@ class DomainForecast(Contract):
             raise ValueError(
                 "horizons_s must have the same length as power_forecast_w and power_forecast_hi_w"
             )
+        for name in ("inlet_forecast_c", "inlet_forecast_hi_c"):
+            if getattr(self, name) and len(getattr(self, name)) != len(self.horizons_s):
+                raise ValueError(f"{name} must be empty or have one value per horizons_s entry")
         return self
 
 
