@@ -37,6 +37,20 @@ def topics() -> None:
     print(markdown_table())
 
 
+@contracts_app.command("create-topics")
+def create_topics_cmd(
+    wait: float = typer.Option(30.0, "--wait", help="Seconds to wait for the broker to answer first."),
+) -> None:
+    """Create every topic of the topic table on TAPAS_KAFKA__BOOTSTRAP_SERVERS (idempotent)."""
+    from tapas.broker import create_topics, wait_for_metadata
+    from tapas.settings import load_settings
+
+    bootstrap = load_settings().kafka.bootstrap_servers
+    wait_for_metadata(bootstrap, wait)
+    created = create_topics(bootstrap)
+    console.print(f"created {len(created)} topic(s): {', '.join(created) or '(all existed)'}")
+
+
 @config_app.command("show")
 def show(as_table: bool = typer.Option(False, "--table", help="Print the settings reference table instead.")) -> None:
     """Print the effective settings (secrets masked), or the reference table with --table."""
