@@ -110,6 +110,28 @@ class WorkerSettings(BaseModel):
     tick_s: float = Field(default=1.0, gt=0, description="Forecast publication period per server.")
 
 
+class IngestSettings(BaseModel):
+    """The collectors (``tapas ingest``) and their buffered Kafka producer."""
+
+    interval_s: float = Field(default=1.0, gt=0, description="Default sampling interval of every collector.")
+    compression: Literal["lz4", "gzip", "none"] = Field(
+        default="lz4", description="Kafka batch compression (lz4 is fastest; gzip needs no extra package)."
+    )
+    linger_ms: int = Field(default=5, ge=0, le=1000, description="How long the producer waits to fill a batch.")
+    batch_size_bytes: int = Field(default=262_144, ge=1024, description="Kafka producer batch size per partition.")
+    max_buffered_samples: int = Field(
+        default=100_000, ge=1, description="In-memory buffer while the broker is unreachable; beyond it samples "
+        "spill to the spool (if set) or are dropped and counted."
+    )
+    spool_dir: Path | None = Field(default=None, description="Optional on-disk buffer directory; unset = memory only.")
+    max_spool_bytes: int = Field(default=1_073_741_824, ge=0, description="Size cap of the on-disk buffer.")
+    request_timeout_ms: int = Field(default=5000, ge=100, description="Kafka request timeout before a retry.")
+    retry_backoff_s: float = Field(default=0.5, gt=0, description="First wait before retrying an unreachable broker.")
+    max_retry_backoff_s: float = Field(default=10.0, gt=0, description="Cap of the exponential retry wait.")
+    metrics_port: int = Field(default=0, ge=0, le=65535, description="Prometheus counters port (0 = off).")
+    device_timeout_s: float = Field(default=5.0, gt=0, description="Timeout of one BMC (Redfish) or PDU (SNMP) request.")
+
+
 class Settings(BaseSettings):
     """Everything configurable in TAPAS. Environment: ``TAPAS_<FIELD>``, nested ``TAPAS_<GROUP>__<FIELD>``."""
 
@@ -129,6 +151,7 @@ class Settings(BaseSettings):
     controller: ControllerSettings = Field(default_factory=ControllerSettings)
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
 
     @classmethod
     def settings_customise_sources(
