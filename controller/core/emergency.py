@@ -1,0 +1,307 @@
+"""Emergency plans: a power budget cut or a cooling failure, met within the domain's deadline.
+
+SaaS absorbs first: its instances move to cooler fast-knob configurations (frequency cap,
+batch size; no weight reloads, which would miss a 10 s deadline) through the same
+``plan_reconfiguration`` as normal operation, planned against the reduced row budget or
+the raised inlet temperature. Only the remainder is taken from opaque IaaS VMs, with the
+smallest uniform per-GPU power limit ("water level") that closes the gap, so that the
+hungriest GPUs give first and lightly loaded VMs are untouched. Every promise given up —
+an IaaS VM's uncapped power, an endpoint's SLO capacity or quality — is recorded with its
+expiry and estimated cost.
+
+IaaS performance under a power limit is estimated as ``((L − idle)/(p − idle))^(1/2.5)``:
+dynamic power grows roughly with f^2.5 under DVFS (voltage scaling), throughput with f
+(POLCA, Patel et al. 2024, frequency vs power curves). It is a planning estimate only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from controller.core.catalogue import Catalogue
+from controller.core.reconfigure import build_option_matrix, plan_reconfiguration
+from controller.core.snapshot import (
+    ConfigChange,
+    Emergency,
+    EmergencyPlan,
+    FloatArray,
+    GpuCap,
+    ReconfigParams,
+    RelaxedPromise,
+    Snapshot,
+)
+
+APPLY_LATENCY_S = 2.0
+"""Seconds for an in-band frequency lock / power limit or a batch-size change to take effect (NVML is ~ms; serving ~1 s)."""
+
+DEFAULT_EMERGENCY_S = 300.0
+"""Assumed duration when an emergency has no announced end (the paper's power failure lasts 5 minutes)."""
+
+DEFAULT_SUPPLY_RISE_C = 8.0
+"""Assumed inlet rise of a failed cooling zone when the event does not state one."""
+
+MIN_GPU_POWER_FRAC = 0.3
+"""IaaS power limits stay at or above idle + this share of (TDP − idle): a floor vendors allow and VMs survive."""
+
+POWER_MARGIN_FRAC = 0.02
+"""Emergency plans aim this far under the reduced budget (measurement noise, 2 s power spikes)."""
+
+THERMAL_MARGIN_C = 2.0
+
+EMERGENCY_RECONFIG = ReconfigParams(
+    thermal_margin_c=THERMAL_MARGIN_C,
+    power_margin_frac=POWER_MARGIN_FRAC,
+    slo_headroom_frac=0.0,
+    hysteresis_s=0.0,
+    command_ttl_s=DEFAULT_EMERGENCY_S,
+)
+
+
+def estimated_perf_frac(limit_w: FloatArray, power_w: FloatArray, idle_w: FloatArray) -> FloatArray:
+    """Throughput fraction a GPU keeps when limited from ``power_w`` to ``limit_w`` (DVFS estimate, module doc)."""
+    dyn = np.maximum(power_w - idle_w, 1e-9)
+    kept = np.clip((np.minimum(limit_w, power_w) - idle_w) / dyn, 0.0, 1.0)
+    out: FloatArray = np.power(kept, 1.0 / 2.5)
+    return out
+
+
+def plan_emergency(
+    snapshot: Snapshot,
+    catalogue: Catalogue,
+    emergency: Emergency,
+    *,
+    now_s: float,
+    params: ReconfigParams | None = None,
+) -> EmergencyPlan:
+    """Plan the response to ``emergency``: SaaS fast knobs first, IaaS power limits for the rest."""
+    if emergency.kind == "power":
+        return _plan_power(snapshot, catalogue, emergency, now_s=now_s, params=params or EMERGENCY_RECONFIG)
+    return _plan_cooling(snapshot, catalogue, emergency, now_s=now_s, params=params or EMERGENCY_RECONFIG)
+
+
+def _until(emergency: Emergency, now_s: float) -> float:
+    return emergency.ends_at_s if emergency.ends_at_s is not None else now_s + DEFAULT_EMERGENCY_S
+
+
+def _saas_power_delta(snapshot: Snapshot, catalogue: Catalogue, changes: list[ConfigChange]) -> FloatArray:
+    """Per-row power change the SaaS changes are predicted to make (catalogue model, same load)."""
+    delta = np.zeros(len(snapshot.row_ids))
+    if not changes:
+        return delta
+    idx = np.asarray([c.instance_index for c in changes], dtype=np.int64)
+    m = build_option_matrix(snapshot, catalogue, idx)
+    for j, c in enumerate(changes):
+        k = m.config_ids[j].index(c.to_config_id)
+        d = (m.power_w[j, k] - m.power_w[j, m.current[j]]) * float(snapshot.instances.num_gpus[c.instance_index])
+        delta[snapshot.server_row[c.server_index]] += d
+    return delta
+
+
+def _saas_relaxed(snapshot: Snapshot, catalogue: Catalogue, changes: list[ConfigChange], until_s: float) -> list[RelaxedPromise]:
+    out: list[RelaxedPromise] = []
+    for c in changes:
+        a, b = catalogue.option(c.from_config_id), catalogue.option(c.to_config_id)
+        if b.capacity_tokens_per_s_at_slo < a.capacity_tokens_per_s_at_slo or b.quality_score < a.quality_score:
+            out.append(
+                RelaxedPromise(
+                    subject=c.instance_id,
+                    promise="SaaS capacity at SLO" if b.quality_score >= a.quality_score else "SaaS output quality",
+                    until_s=until_s,
+                    quality_cost=max(a.quality_score - b.quality_score, 0.0),
+                    performance_cost_frac=max(1.0 - b.capacity_tokens_per_s_at_slo / max(a.capacity_tokens_per_s_at_slo, 1e-9), 0.0),
+                )
+            )
+    return out
+
+
+def _plan_power(
+    snapshot: Snapshot, catalogue: Catalogue, emergency: Emergency, *, now_s: float, params: ReconfigParams
+) -> EmergencyPlan:
+    frac = emergency.budget_frac if emergency.budget_frac is not None else 0.75
+    rows = np.arange(len(snapshot.row_ids)) if emergency.domain_kind == "cluster" else np.asarray([emergency.domain_index])
+    budget = snapshot.row_budget_w.astype(np.float64).copy()
+    budget[rows] *= frac
+    until_s = _until(emergency, now_s)
+
+    changes = plan_reconfiguration(
+        snapshot, catalogue, now_s=now_s, params=params, row_budget_w=budget, allow_slow=False, trigger_hint="emergency"
+    )
+    row_power = np.maximum(snapshot.row_power_hi_w, snapshot.row_power_w).astype(np.float64)
+    pred = row_power + _saas_power_delta(snapshot, catalogue, changes)
+    target = budget * (1.0 - params.power_margin_frac)
+
+    caps: list[GpuCap] = []
+    relaxed = _saas_relaxed(snapshot, catalogue, changes, until_s)
+    vms = snapshot.vms
+    for r in rows:
+        excess = float(pred[r] - target[r])
+        if excess <= 0 or len(vms) == 0:
+            continue
+        sel = np.flatnonzero(snapshot.server_row[vms.server_index] == r)
+        if sel.size == 0:
+            continue
+        srv = vms.server_index[sel]
+        p = vms.gpu_power_w[sel].astype(np.float64)
+        n = vms.num_gpus[sel].astype(np.float64)
+        idle = snapshot.gpu_idle_power_w[srv]
+        floor = idle + MIN_GPU_POWER_FRAC * (snapshot.gpu_tdp_w[srv] - idle)
+        level = _water_level(p, n, floor, excess)
+        limit = np.maximum(np.minimum(p, level), floor)
+        saved = float((n * (p - limit)).sum())
+        pred[r] -= saved
+        perf = estimated_perf_frac(limit, p, idle)
+        for j, v in enumerate(sel):
+            if limit[j] >= p[j] - 1e-6:
+                continue
+            vm_id = vms.vm_ids[int(v)]
+            s = int(srv[j])
+            caps.append(
+                GpuCap(
+                    server_index=s,
+                    server_id=snapshot.server_ids[s],
+                    vm_id=vm_id,
+                    power_limit_w=float(limit[j]),
+                    frequency_cap_mhz=None,
+                    reason=(
+                        f"power emergency {emergency.event_id}: row {snapshot.row_ids[r]} at {frac:.0%} budget; SaaS "
+                        f"reconfiguration left {excess:.0f} W over; IaaS GPUs limited to {limit[j]:.0f} W (from {p[j]:.0f} W)"
+                    ),
+                    issued_at_s=now_s,
+                    expires_at_s=until_s,
+                )
+            )
+            relaxed.append(
+                RelaxedPromise(
+                    subject=vm_id,
+                    promise="IaaS uncapped GPU power",
+                    until_s=until_s,
+                    quality_cost=0.0,
+                    performance_cost_frac=float(1.0 - perf[j]),
+                )
+            )
+    meets = bool(np.all(pred[rows] <= budget[rows] + 1e-6))
+    effective_by = now_s + APPLY_LATENCY_S
+    num_iaas = len({c.vm_id for c in caps})
+    reason = (
+        f"power emergency {emergency.event_id} on {emergency.domain_kind} {_domain_name(snapshot, emergency)}: budget "
+        f"{frac:.0%} until t={until_s:.0f}s; {len(changes)} SaaS reconfigurations (fast knobs), {num_iaas} IaaS VMs "
+        f"power-limited; predicted {pred[rows].sum():.0f} W of {budget[rows].sum():.0f} W"
+        f" ({'meets' if meets else 'MISSES'} budget), effective by t={effective_by:.0f}s "
+        f"(deadline t={emergency.started_at_s + emergency.deadline_s:.0f}s)"
+    )
+    return EmergencyPlan(
+        emergency=emergency,
+        changes=tuple(changes),
+        caps=tuple(caps),
+        predicted_power_w=float(pred[rows].sum()),
+        budget_w=float(budget[rows].sum()),
+        meets_budget=meets,
+        relaxed=tuple(relaxed),
+        planned_at_s=now_s,
+        effective_by_s=effective_by,
+        reason=reason,
+    )
+
+
+def _water_level(power_w: FloatArray, num: FloatArray, floor_w: FloatArray, excess_w: float) -> float:
+    """Largest per-GPU level L with sum(num × (power − max(min(power, L), floor))) >= excess (or the floor)."""
+    lo, hi = float(floor_w.min()), float(power_w.max())
+    if hi <= lo:
+        return lo
+
+    def saved(level: float) -> float:
+        lim = np.maximum(np.minimum(power_w, level), floor_w)
+        return float((num * (power_w - lim)).sum())
+
+    if saved(lo) < excess_w:
+        return lo
+    for _ in range(50):
+        mid = 0.5 * (lo + hi)
+        if saved(mid) >= excess_w:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _plan_cooling(
+    snapshot: Snapshot, catalogue: Catalogue, emergency: Emergency, *, now_s: float, params: ReconfigParams
+) -> EmergencyPlan:
+    rise = emergency.supply_temp_rise_c if emergency.supply_temp_rise_c is not None else DEFAULT_SUPPLY_RISE_C
+    until_s = _until(emergency, now_s)
+    in_zone = (
+        np.ones(snapshot.num_servers, dtype=np.bool_)
+        if emergency.domain_kind == "cluster"
+        else snapshot.server_zone == emergency.domain_index
+    )
+    inlet = np.maximum(snapshot.inlet_hi_c, snapshot.inlet_c) + np.where(in_zone, rise, 0.0)
+    changes = plan_reconfiguration(
+        snapshot, catalogue, now_s=now_s, params=params, inlet_c=inlet, allow_slow=False, trigger_hint="emergency"
+    )
+    relaxed = _saas_relaxed(snapshot, catalogue, changes, until_s)
+    limit_c = snapshot.slowdown_temp_c - params.thermal_margin_c
+    caps: list[GpuCap] = []
+    vms = snapshot.vms
+    worst_c = -np.inf
+    for v in range(len(vms)):
+        s = int(vms.server_index[v])
+        if not in_zone[s]:
+            continue
+        r_th = float(snapshot.thermal_resistance_c_per_w[s])
+        p = float(max(vms.gpu_power_w[v], vms.expected_gpu_power_w[v] if vms.expected_gpu_power_w.size else 0.0))
+        temp = float(inlet[s]) + r_th * p
+        idle = float(snapshot.gpu_idle_power_w[s])
+        if temp <= limit_c[s]:
+            worst_c = max(worst_c, temp)
+            continue
+        floor = idle + MIN_GPU_POWER_FRAC * (float(snapshot.gpu_tdp_w[s]) - idle)
+        lim = max((float(limit_c[s]) - float(inlet[s])) / max(r_th, 1e-6), floor)
+        worst_c = max(worst_c, float(inlet[s]) + r_th * lim)
+        perf = float(estimated_perf_frac(np.asarray([lim]), np.asarray([p]), np.asarray([idle]))[0])
+        caps.append(
+            GpuCap(
+                server_index=s,
+                server_id=snapshot.server_ids[s],
+                vm_id=vms.vm_ids[v],
+                power_limit_w=lim,
+                frequency_cap_mhz=None,
+                reason=(
+                    f"cooling failure {emergency.event_id}: inlet +{rise:.1f} °C predicts {temp:.1f} °C > {limit_c[s]:.1f} °C; "
+                    f"IaaS GPUs limited to {lim:.0f} W"
+                ),
+                issued_at_s=now_s,
+                expires_at_s=until_s,
+            )
+        )
+        relaxed.append(RelaxedPromise(vms.vm_ids[v], "IaaS uncapped GPU power", until_s, 0.0, 1.0 - perf))
+    zone_ids = np.unique(snapshot.server_zone[in_zone])
+    heat = float(snapshot.zone_heat_hi_w[zone_ids].sum()) + float(_saas_power_delta(snapshot, catalogue, changes).sum())
+    cap_w = float(snapshot.zone_capacity_w[zone_ids].sum())
+    meets = bool(worst_c <= float(limit_c[in_zone].max()) if np.isfinite(worst_c) else True)
+    reason = (
+        f"cooling failure {emergency.event_id} in {emergency.domain_kind} {_domain_name(snapshot, emergency)}: inlet "
+        f"+{rise:.1f} °C until t={until_s:.0f}s; {len(changes)} SaaS reconfigurations toward cooler options, "
+        f"{len(caps)} IaaS VMs power-limited"
+    )
+    return EmergencyPlan(
+        emergency=replace(emergency, supply_temp_rise_c=rise),
+        changes=tuple(changes),
+        caps=tuple(caps),
+        predicted_power_w=heat,
+        budget_w=cap_w,
+        meets_budget=meets,
+        relaxed=tuple(relaxed),
+        planned_at_s=now_s,
+        effective_by_s=now_s + APPLY_LATENCY_S,
+        reason=reason,
+    )
+
+
+def _domain_name(snapshot: Snapshot, emergency: Emergency) -> str:
+    if emergency.domain_kind == "row":
+        return snapshot.row_ids[emergency.domain_index]
+    if emergency.domain_kind == "zone":
+        return snapshot.zone_ids[emergency.domain_index]
+    return "cluster"
