@@ -1,1 +1,27 @@
-"""Features, thermal/power/seasonal models, online corrections, backtesting and the model registry. No Kafka I/O beyond the model topic."""
+"""Forecasting: features, thermal/power/seasonal models, online corrections, backtesting and the registry.
+
+Holds:
+    state.py      Observation, ForecasterParams, ServerModelState (plain floats, bytes round trip)
+    features.py   the one feature pipeline (filters + per-server RLS), shared offline and online
+    online.py     OnlineForecaster: ``update`` per sample, ``forecast`` per tick (the stream worker's model)
+    registry.py   versioned artifacts, promotion, verified loading (``load_forecaster``)
+
+Does not hold: Kafka I/O beyond announcing on / listening to the model topic, or any
+decision logic.
+
+Physics default (used when the registry has no promoted version): hottest-GPU
+temperature follows a first-order lag, ``T(t+h) = T_ss + (T(t) - T_ss) * exp(-h/tau)``
+with ``T_ss = inlet + b + R * p_gpu`` (``tau`` 30 s, ``R`` 6 °C per 100 W per GPU,
+``b`` 5 °C), where ``R`` and ``b`` are corrected per server by recursive least
+squares on the lag-filtered power; server power is assumed to stay at its 5-second
+level (plus the learned non-GPU power). Training (``tapas train``) replaces these
+constants and adds per-horizon residual corrections, calibrated residual quantiles
+and a fitted reversion of power to its 2-minute mean.
+
+Trust boundary: the registry directory is operator-controlled and trusted for
+*location* only. Artifacts are JSON (and LightGBM text models, if any): nothing is
+unpickled, so an artifact can at worst carry wrong numbers, never run code. Every
+load recomputes the artifact's sha256 and refuses a mismatch with its metadata, the
+promotion record or the announcement; an announced ``artifact_path`` must resolve
+inside the worker's own ``registry_dir`` (URLs and ``..`` escapes are refused).
+"""

@@ -1,0 +1,250 @@
+"""The one feature pipeline: per-server filters, online least squares and the feature vector.
+
+Offline training and backtesting fold history through :func:`advance_state` row by
+row exactly as the stream worker folds live samples, then read
+:func:`feature_vector`; that is how the project avoids train/serve skew. The
+functions are plain-float arithmetic (no NumPy, no pandas) because the worker calls
+them per sample.
+
+Features (``FEATURE_NAMES``), all computed from the state after folding the newest
+observation in:
+
+* inlet temperature and its trend (inlet minus its 10-minute mean),
+* GPU power level and trend (recent minus mean level), what the current load would
+  draw under the per-server load→power map,
+* tokens/s split by phase (prefill share) and the load trend, batch size,
+  configuration (frequency cap; the config id selects the power map),
+* recent temperature history (temperature minus its 5-second filter, and the
+  temperature's departure from the thermal model's value),
+* position in the row/rack enters through the per-server thermal offset ``b`` and
+  resistance ``R`` that recursive least squares learns (a server in a hot spot gets
+  a larger ``b`` within minutes).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from forecasting.state import ForecasterParams, Observation, ServerModelState
+
+#: Inlet assumed when a server has never reported one (°C, ASHRAE recommended band mid-point).
+DEFAULT_INLET_C = 24.0
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "intercept",
+    "temp_minus_model_c",
+    "power_trend_100w",
+    "temp_trend_c",
+    "inlet_trend_c",
+    "prefill_frac",
+    "load_trend_frac",
+    "freq_cap_frac",
+    "batch_64",
+    "load_power_gap_100w",
+    "power_level_100w",
+    "slowdown_margin_10c",
+)
+NUM_FEATURES = len(FEATURE_NAMES)
+
+
+def config_key(obs: Observation) -> str:
+    """The key under which the per-server load→power map is learned (config and frequency cap)."""
+    cap = "none" if obs.frequency_cap_mhz is None else f"{obs.frequency_cap_mhz:.0f}"
+    return f"{obs.config_id or 'unknown'}|{cap}"
+
+
+def initial_state(params: ForecasterParams) -> ServerModelState:
+    """A state holding only the priors (nothing observed yet)."""
+    return ServerModelState(
+        th_r=params.r_c_per_100w, th_b=params.b_c, th_p11=params.prior_var_r, th_p22=params.prior_var_b,
+        pw_0=params.idle_w_per_gpu, pw_1=params.prefill_w_per_ktok, pw_2=params.decode_w_per_ktok,
+        pw_p00=params.prior_var_power[0], pw_p11=params.prior_var_power[1], pw_p22=params.prior_var_power[2],
+    )
+
+
+def _ewma(prev: float, new: float, dt_s: float, tau_s: float) -> float:
+    a = math.exp(-dt_s / tau_s)
+    return a * prev + (1.0 - a) * new
+
+
+def load_power_w(state: ServerModelState, prefill_tokens_per_s: float, decode_tokens_per_s: float,
+                 num_gpus: int) -> float:
+    """Per-GPU power the server's learned load→power map predicts for a load, W."""
+    n = max(num_gpus, 1)
+    return state.pw_0 + state.pw_1 * prefill_tokens_per_s / (1000.0 * n) + state.pw_2 * decode_tokens_per_s / (
+        1000.0 * n)
+
+
+def model_temp_c(state: ServerModelState) -> float:
+    """Hottest-GPU temperature the lag model explains from filtered inlet and power, °C."""
+    return state.inlet_f_c + state.th_b + state.th_r * state.pgpu_f_w / 100.0
+
+
+def _start(params: ForecasterParams, state: ServerModelState, obs: Observation, inlet_c: float,
+           pgpu_w: float, tokens: float) -> ServerModelState:
+    """(Re)start the filters at a first observation or after a gap; learned coefficients are kept."""
+    if not state.started:
+        state = initial_state(params)
+    n = max(obs.num_gpus, 1)
+    # Pick the filtered power that makes the lag model agree with the observed temperature, so a
+    # server caught mid-warm-up is not mistaken for one with a different offset.
+    implied = (obs.hottest_gpu_temp_c - inlet_c - state.th_b) * 100.0 / state.th_r if state.th_r > 0 else pgpu_w
+    pgpu_f = min(max(implied, 0.0), max(2.0 * pgpu_w, 100.0))
+    base = obs.server_power_w - obs.gpu_power_w if obs.server_power_w is not None else n * params.base_w_per_gpu
+    tok_total = obs.prefill_tokens_per_s + obs.decode_tokens_per_s
+    return replace(
+        state, at_s=obs.at_s, temp_c=obs.hottest_gpu_temp_c, temp_fast_c=obs.hottest_gpu_temp_c,
+        inlet_c=inlet_c, inlet_f_c=inlet_c, inlet_slow_c=inlet_c, pgpu_f_w=pgpu_f, pgpu_fast_w=pgpu_w,
+        pgpu_slow_w=pgpu_w, base_w=max(base, 0.0), tokens_fast=tokens, tokens_slow=tokens,
+        prefill_frac=obs.prefill_tokens_per_s / tok_total if tok_total > 0 else 0.0,
+        batch_fast=obs.batch_size,
+        freq_cap_mhz=0.0 if obs.frequency_cap_mhz is None else obs.frequency_cap_mhz,
+        num_obs=state.num_obs + 1.0, config_key=config_key(obs),
+    )
+
+
+def advance_state(params: ForecasterParams, state: ServerModelState, obs: Observation) -> ServerModelState:
+    """Fold one observation into a server's state (filters, thermal RLS, load→power RLS); pure.
+
+    Observations not newer than the state are ignored (replays, duplicates). A gap
+    longer than ``params.max_gap_s`` restarts the filters but keeps what was learned.
+    """
+    n = max(obs.num_gpus, 1)
+    pgpu = obs.gpu_power_w / n
+    tokens = obs.prefill_tokens_per_s + obs.decode_tokens_per_s
+    if obs.inlet_temp_c is not None:
+        inlet = obs.inlet_temp_c
+    elif state.started:
+        inlet = state.inlet_c
+    else:
+        inlet = DEFAULT_INLET_C
+    if not state.started or obs.at_s - state.at_s > params.max_gap_s:
+        return _start(params, state, obs, inlet, pgpu, tokens)
+    dt = obs.at_s - state.at_s
+    if dt <= 0:
+        return state
+
+    a_th = math.exp(-dt / params.tau_thermal_s)
+    pgpu_f = a_th * state.pgpu_f_w + (1.0 - a_th) * pgpu
+    inlet_f = a_th * state.inlet_f_c + (1.0 - a_th) * inlet
+
+    # Thermal RLS as a random-walk Kalman filter: T - inlet_f = b + R * pgpu_f / 100. Process noise
+    # (1 - forgetting) * prior per second lets a drifting server be tracked; the covariance is scaled
+    # back (congruence, so it stays positive semi-definite) when it exceeds the prior.
+    q = (1.0 - params.forgetting) * dt
+    x1 = pgpu_f / 100.0
+    r, b = state.th_r, state.th_b
+    p11, p12, p22 = state.th_p11 + q * params.prior_var_r, state.th_p12, state.th_p22 + q * params.prior_var_b
+    px1 = p11 * x1 + p12
+    px2 = p12 * x1 + p22
+    s = max(x1 * px1 + px2, 0.0) + params.rls_noise_var_c2
+    innov = obs.hottest_gpu_temp_c - inlet_f - (b + r * x1)
+    bound = 5.0 * math.sqrt(s)
+    innov = min(max(innov, -bound), bound)
+    k1, k2 = px1 / s, px2 / s
+    r += k1 * innov
+    b += k2 * innov
+    p11, p12, p22 = p11 - k1 * px1, p12 - k1 * px2, p22 - k2 * px2
+    d1 = min(1.0, math.sqrt(params.prior_var_r / p11)) if p11 > 0 else 1.0
+    d2 = min(1.0, math.sqrt(params.prior_var_b / p22)) if p22 > 0 else 1.0
+    p11, p12, p22 = max(p11 * d1 * d1, 1e-12), p12 * d1 * d2, max(p22 * d2 * d2, 1e-12)
+
+    # Load->power RLS per GPU (same filter): pgpu = c0 + c1 * prefill_ktok/gpu + c2 * decode_ktok/gpu.
+    key = config_key(obs)
+    pv = params.prior_var_power
+    c = [state.pw_0, state.pw_1, state.pw_2]
+    if key != state.config_key:  # new configuration: keep the map as a start, forget its certainty
+        pm = [[pv[0], 0.0, 0.0], [0.0, pv[1], 0.0], [0.0, 0.0, pv[2]]]
+    else:
+        pm = [[state.pw_p00 + q * pv[0], state.pw_p01, state.pw_p02],
+              [state.pw_p01, state.pw_p11 + q * pv[1], state.pw_p12],
+              [state.pw_p02, state.pw_p12, state.pw_p22 + q * pv[2]]]
+    x = (1.0, obs.prefill_tokens_per_s / (1000.0 * n), obs.decode_tokens_per_s / (1000.0 * n))
+    px = [pm[i][0] * x[0] + pm[i][1] * x[1] + pm[i][2] * x[2] for i in range(3)]
+    sp = max(x[0] * px[0] + x[1] * px[1] + x[2] * px[2], 0.0) + params.power_noise_var_w2
+    e = pgpu - (c[0] * x[0] + c[1] * x[1] + c[2] * x[2])
+    pbound = 5.0 * math.sqrt(sp)
+    e = min(max(e, -pbound), pbound)
+    k = [px[i] / sp for i in range(3)]
+    c = [c[i] + k[i] * e for i in range(3)]
+    pm = [[pm[i][j] - k[i] * px[j] for j in range(3)] for i in range(3)]
+    d = [min(1.0, math.sqrt(pv[i] / pm[i][i])) if pm[i][i] > 0 else 1.0 for i in range(3)]
+    pm = [[pm[i][j] * d[i] * d[j] for j in range(3)] for i in range(3)]
+    for i in range(3):
+        pm[i][i] = max(pm[i][i], 1e-12)
+
+    if obs.server_power_w is not None:
+        base = _ewma(state.base_w, max(obs.server_power_w - obs.gpu_power_w, 0.0), dt, params.tau_thermal_s)
+    else:
+        base = state.base_w
+    tok_total = obs.prefill_tokens_per_s + obs.decode_tokens_per_s
+    pre_frac = obs.prefill_tokens_per_s / tok_total if tok_total > 0 else state.prefill_frac
+    return ServerModelState(
+        at_s=obs.at_s,
+        temp_c=obs.hottest_gpu_temp_c,
+        temp_fast_c=_ewma(state.temp_fast_c, obs.hottest_gpu_temp_c, dt, params.tau_fast_s),
+        inlet_c=inlet,
+        inlet_f_c=inlet_f,
+        inlet_slow_c=_ewma(state.inlet_slow_c, inlet, dt, params.tau_inlet_slow_s),
+        pgpu_f_w=pgpu_f,
+        pgpu_fast_w=_ewma(state.pgpu_fast_w, pgpu, dt, params.tau_fast_s),
+        pgpu_slow_w=_ewma(state.pgpu_slow_w, pgpu, dt, params.tau_slow_s),
+        base_w=base,
+        tokens_fast=_ewma(state.tokens_fast, tokens, dt, params.tau_fast_s),
+        tokens_slow=_ewma(state.tokens_slow, tokens, dt, params.tau_slow_s),
+        prefill_frac=_ewma(state.prefill_frac, pre_frac, dt, params.tau_fast_s),
+        batch_fast=_ewma(state.batch_fast, obs.batch_size, dt, params.tau_fast_s),
+        freq_cap_mhz=0.0 if obs.frequency_cap_mhz is None else obs.frequency_cap_mhz,
+        th_r=r, th_b=b, th_p11=p11, th_p12=p12, th_p22=p22,
+        pw_0=c[0], pw_1=c[1], pw_2=c[2],
+        pw_p00=pm[0][0], pw_p01=pm[0][1], pw_p02=pm[0][2], pw_p11=pm[1][1], pw_p12=pm[1][2], pw_p22=pm[2][2],
+        num_obs=state.num_obs + 1.0,
+        config_key=key,
+    )
+
+
+def feature_vector(state: ServerModelState, obs: Observation) -> list[float]:
+    """The ``FEATURE_NAMES`` vector of a server after ``obs`` was folded into ``state``."""
+    n = max(obs.num_gpus, 1)
+    cap = state.freq_cap_mhz
+    load_p = load_power_w(state, state.tokens_fast * state.prefill_frac,
+                          state.tokens_fast * (1.0 - state.prefill_frac), n)
+    return [
+        1.0,
+        state.temp_c - model_temp_c(state),
+        (state.pgpu_fast_w - state.pgpu_slow_w) / 100.0,
+        state.temp_c - state.temp_fast_c,
+        state.inlet_c - state.inlet_slow_c,
+        state.prefill_frac,
+        (state.tokens_fast - state.tokens_slow) / (state.tokens_slow + 100.0),
+        1.0 if cap <= 0 else cap / 2000.0,
+        state.batch_fast / 64.0,
+        (load_p - state.pgpu_fast_w) / 100.0,
+        state.pgpu_slow_w / 100.0,
+        (obs.slowdown_temp_c - state.temp_c) / 10.0,
+    ]
+
+
+def physics_temp_c(params: ForecasterParams, state: ServerModelState, horizon_s: float) -> float:
+    """First-order-lag forecast of the hottest GPU at ``horizon_s``, °C.
+
+    Solves ``dT/dt = (T_ss(t) - T) / tau`` from ``T(0)`` = the last reading, with
+    ``T_ss(t) = inlet + b + R * p(t) / 100`` and per-GPU power ``p(t)`` reverting
+    from its recent level to its mean level: ``p(t) = L + D * exp(-t / tau_p)``.
+    """
+    tau, tau_p = params.tau_thermal_s, params.tau_revert_s
+    level = state.pgpu_slow_w
+    dev = state.pgpu_fast_w - level
+    a = state.inlet_c + state.th_b + state.th_r * level / 100.0
+    e = math.exp(-horizon_s / tau)
+    if abs(tau_p - tau) < 1e-6:
+        g = horizon_s / tau * e
+    else:
+        g = tau_p / (tau_p - tau) * (math.exp(-horizon_s / tau_p) - e)
+    return a + (state.temp_c - a) * e + state.th_r * dev / 100.0 * g
+
+
+def physics_gpu_power_w(params: ForecasterParams, state: ServerModelState, horizon_s: float) -> float:
+    """Per-GPU power at ``horizon_s``: the recent level reverting to the mean level, W."""
+    return state.pgpu_slow_w + (state.pgpu_fast_w - state.pgpu_slow_w) * math.exp(-horizon_s / params.tau_revert_s)

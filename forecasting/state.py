@@ -1,0 +1,251 @@
+"""The records the online forecaster works on: one observation, the model parameters and per-server state.
+
+Everything here is plain floats in frozen, slotted dataclasses so that a stream
+worker can update thousands of servers per second in Python, and a state can be
+stored in a Faust changelog table as bytes with an exact round trip.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from contracts.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One server at one instant, as the worker joins it from GPU, inlet and PDU samples.
+
+    Attributes:
+        server_id: stable server id (Kafka key of the telemetry).
+        at_s: sample time, seconds since the Unix epoch (UTC).
+        hottest_gpu_temp_c: hottest GPU die temperature, °C.
+        gpu_power_w: sum of the server's GPU power draws, W.
+        server_power_w: whole-server input power, W, when the BMC or PDU outlet reports it.
+        inlet_temp_c: latest intake air temperature, °C, when known.
+        mean_gpu_util_pct: mean GPU utilisation, 0-100.
+        prefill_tokens_per_s: prompt tokens processed per second on this server.
+        decode_tokens_per_s: output tokens generated per second on this server.
+        batch_size: mean running batch size.
+        frequency_cap_mhz: SM clock cap in force, when any.
+        config_id: catalogue configuration name, when the serving layer reports it.
+        num_gpus: GPUs in the server.
+        slowdown_temp_c: the GPUs' thermal slowdown threshold, °C.
+    """
+
+    server_id: str
+    at_s: float
+    hottest_gpu_temp_c: float
+    gpu_power_w: float
+    server_power_w: float | None
+    inlet_temp_c: float | None
+    mean_gpu_util_pct: float
+    prefill_tokens_per_s: float
+    decode_tokens_per_s: float
+    batch_size: float
+    frequency_cap_mhz: float | None
+    config_id: str | None
+    num_gpus: int
+    slowdown_temp_c: float
+
+
+#: Columns of a history DataFrame that map one-to-one onto :class:`Observation`.
+OBSERVATION_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Observation))
+
+
+def _default_horizon_table() -> dict[str, list[float]]:
+    return {}
+
+
+@dataclass(frozen=True)
+class ForecasterParams:
+    """Everything a forecaster version is: physics constants, priors, learned corrections, intervals.
+
+    The defaults are the documented physics model used when the registry is empty
+    (see ``forecasting/__init__.py``): a first-order thermal lag
+    ``T(t+h) = T_ss + (T(t) - T_ss) * exp(-h / tau)`` with
+    ``T_ss = inlet + b + R * p_gpu`` (``p_gpu`` = mean per-GPU power in units of
+    100 W), and server power reverting from its recent level to its slower mean.
+    ``R``/``b`` and the load→power map are corrected per server by recursive least
+    squares. Trained versions overwrite the constants, and add per-horizon linear
+    residual corrections (``*_coef``) and residual quantiles (``*_q``).
+
+    Attributes:
+        version: identifier announced on the model topic.
+        tau_thermal_s: thermal time constant of a GPU (tens of seconds, DESIGN §5).
+        r_c_per_100w: prior thermal resistance, °C per 100 W of per-GPU power.
+        b_c: prior offset of hottest GPU above inlet at zero power, °C.
+        prior_var_r: prior variance of ``R`` (how far one server may differ).
+        prior_var_b: prior variance of ``b``.
+        forgetting: RLS forgetting factor per second (memory ``1/(1-f)`` s).
+        rls_noise_var_c2: assumed temperature noise variance, °C² (scales the RLS gain).
+        idle_w_per_gpu: prior per-GPU power at zero load, W.
+        prefill_w_per_ktok: prior server GPU power per 1000 prefill tokens/s, W.
+        decode_w_per_ktok: prior server GPU power per 1000 decode tokens/s, W.
+        prior_var_power: prior variances of the three load→power coefficients.
+        power_noise_var_w2: assumed per-GPU power noise variance, W².
+        base_w_per_gpu: prior non-GPU server power per GPU (CPU, fans, NVSwitch), W.
+        tau_fast_s: time constant of the "recent level" filters.
+        tau_slow_s: time constant of the "mean level" filters.
+        tau_revert_s: how fast power reverts from its recent level to its mean level (1e9 = it persists).
+        tau_inlet_slow_s: time constant of the inlet mean used for the inlet trend.
+        max_gap_s: a gap longer than this restarts the filters (learned parameters kept).
+        horizons_s: horizons the correction and quantile tables are given at.
+        temp_coef: per horizon, linear residual correction of temperature over ``FEATURE_NAMES``.
+        power_coef: per horizon, correction of per-GPU power (W) over ``FEATURE_NAMES``.
+        temp_q: per horizon ``[lo, hi]`` residual quantiles of temperature, °C.
+        power_q: per horizon ``[lo, hi]`` residual quantiles of per-GPU power, W.
+        interval_level: nominal coverage of ``[lo, hi]``.
+        metadata: free-form provenance (training range, metrics); not used to predict.
+    """
+
+    version: str = "physics-default"
+    tau_thermal_s: float = 30.0
+    r_c_per_100w: float = 6.0
+    b_c: float = 5.0
+    prior_var_r: float = 4.0
+    prior_var_b: float = 25.0
+    forgetting: float = 0.998
+    rls_noise_var_c2: float = 1.0
+    idle_w_per_gpu: float = 80.0
+    prefill_w_per_ktok: float = 150.0
+    decode_w_per_ktok: float = 600.0
+    prior_var_power: tuple[float, float, float] = (400.0, 1.0e4, 1.0e5)
+    power_noise_var_w2: float = 400.0
+    base_w_per_gpu: float = 200.0
+    tau_fast_s: float = 5.0
+    tau_slow_s: float = 120.0
+    tau_revert_s: float = 1.0e9
+    tau_inlet_slow_s: float = 600.0
+    max_gap_s: float = 300.0
+    horizons_s: tuple[float, ...] = (10.0, 60.0, 300.0, 900.0)
+    temp_coef: dict[str, list[float]] = field(default_factory=_default_horizon_table)
+    power_coef: dict[str, list[float]] = field(default_factory=_default_horizon_table)
+    temp_q: dict[str, list[float]] = field(
+        default_factory=lambda: {"10": [-1.0, 1.0], "60": [-2.0, 2.0], "300": [-3.5, 3.5], "900": [-5.0, 5.0]}
+    )
+    power_q: dict[str, list[float]] = field(
+        default_factory=lambda: {"10": [-25.0, 25.0], "60": [-45.0, 45.0], "300": [-80.0, 80.0],
+                                 "900": [-110.0, 110.0]}
+    )
+    interval_level: float = 0.9
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """Plain-JSON form (the registry artifact body)."""
+        d = asdict(self)
+        d["prior_var_power"] = list(self.prior_var_power)
+        d["horizons_s"] = list(self.horizons_s)
+        return d
+
+    @classmethod
+    def from_json_dict(cls, raw: dict[str, Any]) -> ForecasterParams:
+        """Inverse of :meth:`to_json_dict`; unknown keys are an error naming them (a newer artifact)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(f"model artifact has unknown keys {unknown}; upgrade tapas to load it")
+        d = dict(raw)
+        if "prior_var_power" in d:
+            d["prior_var_power"] = tuple(float(v) for v in d["prior_var_power"])
+        if "horizons_s" in d:
+            d["horizons_s"] = tuple(float(v) for v in d["horizons_s"])
+        return cls(**d)
+
+
+#: Float fields of :class:`ServerModelState`, in their byte order.
+_STATE_FLOATS: tuple[str, ...] = (
+    "at_s", "temp_c", "temp_fast_c", "inlet_c", "inlet_f_c", "inlet_slow_c",
+    "pgpu_f_w", "pgpu_fast_w", "pgpu_slow_w", "base_w", "tokens_fast", "tokens_slow", "prefill_frac",
+    "batch_fast", "freq_cap_mhz",
+    "th_r", "th_b", "th_p11", "th_p12", "th_p22",
+    "pw_0", "pw_1", "pw_2", "pw_p00", "pw_p01", "pw_p02", "pw_p11", "pw_p12", "pw_p22",
+    "num_obs",
+)
+_STATE_STRUCT = struct.Struct(f"<B{len(_STATE_FLOATS)}d")
+_STATE_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ServerModelState:
+    """Per-server filters and online-learned coefficients (plain floats; zeros until the first observation, see ``started``).
+
+    Attributes:
+        at_s: time of the last observation folded in.
+        temp_c: last hottest-GPU temperature, °C.
+        temp_fast_c: temperature filtered with ``tau_fast_s`` (short-term trend).
+        inlet_c: last inlet temperature, °C.
+        inlet_f_c: inlet filtered with the thermal time constant.
+        inlet_slow_c: inlet filtered with ``tau_inlet_slow_s`` (trend reference).
+        pgpu_f_w: per-GPU power filtered with the thermal time constant, W.
+        pgpu_fast_w: per-GPU power, recent level, W.
+        pgpu_slow_w: per-GPU power, mean level, W.
+        base_w: non-GPU server power (server minus GPUs), W.
+        tokens_fast: prefill+decode tokens/s, recent level.
+        tokens_slow: prefill+decode tokens/s, mean level.
+        prefill_frac: prefill share of tokens, recent level, 0-1.
+        batch_fast: batch size, recent level.
+        freq_cap_mhz: frequency cap in force (0 = none).
+        th_r, th_b: per-server thermal resistance (°C/100 W) and offset (°C).
+        th_p11, th_p12, th_p22: their RLS covariance.
+        pw_0, pw_1, pw_2: per-server GPU power map: idle W/GPU, W per ktok/s prefill, W per ktok/s decode.
+        pw_p00 ... pw_p22: their RLS covariance (upper triangle).
+        num_obs: observations folded in.
+        config_key: configuration and frequency cap the power map was learned under.
+    """
+
+    at_s: float = 0.0
+    temp_c: float = 0.0
+    temp_fast_c: float = 0.0
+    inlet_c: float = 0.0
+    inlet_f_c: float = 0.0
+    inlet_slow_c: float = 0.0
+    pgpu_f_w: float = 0.0
+    pgpu_fast_w: float = 0.0
+    pgpu_slow_w: float = 0.0
+    base_w: float = 0.0
+    tokens_fast: float = 0.0
+    tokens_slow: float = 0.0
+    prefill_frac: float = 0.0
+    batch_fast: float = 0.0
+    freq_cap_mhz: float = 0.0
+    th_r: float = 0.0
+    th_b: float = 0.0
+    th_p11: float = 0.0
+    th_p12: float = 0.0
+    th_p22: float = 0.0
+    pw_0: float = 0.0
+    pw_1: float = 0.0
+    pw_2: float = 0.0
+    pw_p00: float = 0.0
+    pw_p01: float = 0.0
+    pw_p02: float = 0.0
+    pw_p11: float = 0.0
+    pw_p12: float = 0.0
+    pw_p22: float = 0.0
+    num_obs: float = 0.0
+    config_key: str = ""
+
+    def to_bytes(self) -> bytes:
+        """Compact binary form (little-endian doubles + UTF-8 config key); exact round trip."""
+        head = _STATE_STRUCT.pack(_STATE_FORMAT_VERSION, *(getattr(self, n) for n in _STATE_FLOATS))
+        return head + self.config_key.encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> ServerModelState:
+        """Inverse of :meth:`to_bytes`; raises ``ValueError`` on a foreign or truncated payload."""
+        if len(raw) < _STATE_STRUCT.size:
+            raise ValueError(f"ServerModelState: {len(raw)} bytes, need at least {_STATE_STRUCT.size}")
+        values = _STATE_STRUCT.unpack_from(raw)
+        if values[0] != _STATE_FORMAT_VERSION:
+            raise ValueError(f"ServerModelState: format {values[0]} unknown (expected {_STATE_FORMAT_VERSION})")
+        kwargs: dict[str, Any] = dict(zip(_STATE_FLOATS, values[1:], strict=True))
+        kwargs["config_key"] = raw[_STATE_STRUCT.size:].decode()
+        return cls(**kwargs)
+
+    @property
+    def started(self) -> bool:
+        """True once an observation has been folded in."""
+        return self.num_obs > 0

@@ -1,0 +1,134 @@
+"""The online forecaster: physics behaviour, pure updates, byte round trip, registry loading."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import pytest
+
+from contracts.errors import ConfigError
+from forecasting.online import Observation, OnlineForecaster, ServerModelState
+from forecasting.registry import ModelIntegrityError, load_forecaster, promote, save_version
+from forecasting.state import ForecasterParams
+
+
+def obs(t: float, temp: float, gpu_w: float, inlet: float | None = 24.0, *, server: str = "s1",
+        prefill: float = 4000.0, decode: float = 1000.0, config: str | None = "cfg-a") -> Observation:
+    return Observation(server, t, temp, gpu_w, gpu_w + 1600.0, inlet, 80.0, prefill, decode, 16.0, None, config,
+                       8, 87.0)
+
+
+def simulate_lag(r: float, b: float, tau: float, power_per_gpu: list[float], inlet: float = 24.0,
+                 t0: float = 40.0) -> list[float]:
+    temps, t = [], t0
+    for p in power_per_gpu:
+        ss = inlet + b + r * p / 100.0
+        t = ss + (t - ss) * math.exp(-1.0 / tau)
+        temps.append(t)
+    return temps
+
+
+def test_steady_server_forecast_is_flat_and_interval_contains_point() -> None:
+    f = OnlineForecaster()
+    st = f.new_state()
+    for i in range(120):
+        st = f.update(st, obs(float(i), 24.0 + 5.0 + 6.0 * 4.0, 400.0 * 8))
+    out = f.forecast(st, obs(119.0, 53.0, 3200.0), [10, 60, 300])
+    for h in out:
+        assert h.gpu_temp_c == pytest.approx(53.0, abs=0.2)
+        assert h.gpu_temp_lo_c < h.gpu_temp_c < h.gpu_temp_hi_c
+        assert h.power_w == pytest.approx(3200.0 + 1600.0, rel=0.01)
+
+
+def test_power_step_forecast_rises_with_first_order_lag() -> None:
+    """After a power step the forecast heads to the new steady state, more so at longer horizons."""
+    f = OnlineForecaster()
+    powers = [200.0] * 300 + [600.0] * 5
+    temps = simulate_lag(6.0, 5.0, 30.0, powers, t0=24 + 5 + 12)
+    st = f.new_state()
+    for i, (p, t) in enumerate(zip(powers, temps, strict=True)):
+        st = f.update(st, obs(float(i), t, p * 8))
+    last = obs(304.0, temps[-1], 600.0 * 8)
+    f10, f60, f300 = f.forecast(st, last, [10, 60, 300])
+    assert temps[-1] < f10.gpu_temp_c < f60.gpu_temp_c < f300.gpu_temp_c
+    assert f300.gpu_temp_c < 24 + 5 + 36 + 0.5  # never beyond the new steady state
+
+
+def test_hot_server_offset_is_learned_within_minutes() -> None:
+    """A server running 6 °C hotter than the prior is learned by RLS in 5 minutes."""
+    f = OnlineForecaster()
+    powers = [300.0 + 200.0 * math.sin(i / 40.0) for i in range(300)]
+    temps = simulate_lag(6.0, 11.0, 30.0, powers, t0=24 + 11 + 18)
+    st = f.new_state()
+    for i, (p, t) in enumerate(zip(powers, temps, strict=True)):
+        st = f.update(st, obs(float(i), t, p * 8))
+    assert st.th_b + st.th_r * 3.0 == pytest.approx(11.0 + 6.0 * 3.0, abs=1.0)
+    # and its 60 s forecast under constant power matches the truth
+    more = simulate_lag(6.0, 11.0, 30.0, [powers[-1]] * 60, t0=temps[-1])
+    assert f.forecast(st, obs(299.0, temps[-1], powers[-1] * 8), [60])[0].gpu_temp_c == pytest.approx(
+        more[-1], abs=1.5)
+
+
+def test_update_is_pure_and_ignores_old_samples() -> None:
+    f = OnlineForecaster()
+    s0 = f.new_state()
+    s1 = f.update(s0, obs(10.0, 50.0, 3000.0))
+    assert s0 == f.new_state()
+    assert f.update(s1, obs(5.0, 70.0, 6000.0)) == s1
+
+
+def test_state_bytes_round_trip_exact() -> None:
+    f = OnlineForecaster()
+    st = f.new_state()
+    for i in range(30):
+        st = f.update(st, obs(float(i), 50.0 + i * 0.1, 3000.0 + 10 * i, config="llama2-70b-tp8-fp16-1410"))
+    assert ServerModelState.from_bytes(st.to_bytes()) == st
+    assert ServerModelState.from_bytes(f.new_state().to_bytes()).num_obs == 0
+    with pytest.raises(ValueError):
+        ServerModelState.from_bytes(b"\x07" * 10)
+
+
+def test_missing_inlet_and_server_power_still_forecast() -> None:
+    f = OnlineForecaster()
+    o = dataclasses.replace(obs(0.0, 55.0, 3000.0, inlet=None), server_power_w=None)
+    st = f.update(f.new_state(), o)
+    h = f.forecast(st, o, [60])[0]
+    assert h.power_w > 3000.0 and math.isfinite(h.gpu_temp_c)
+
+
+def test_update_and_forecast_are_cheap() -> None:
+    """The worker needs thousands of samples per second: update+forecast well under 200 µs."""
+    f = OnlineForecaster()
+    st = f.new_state()
+    n = 2000
+    t0 = time.perf_counter()
+    for i in range(n):
+        o = obs(float(i), 50.0, 3000.0 + (i % 7) * 10)
+        st = f.update(st, o)
+        f.forecast_values(st, o, (10.0, 60.0, 300.0))
+    per_sample_s = (time.perf_counter() - t0) / n
+    assert per_sample_s < 200e-6
+
+
+def test_registry_empty_gives_physics_default_then_promoted_version(tmp_path: Path) -> None:
+    assert load_forecaster(tmp_path).version == "physics-default"
+    save_version(tmp_path, ForecasterParams(version="v2", tau_thermal_s=25.0), {"metrics": {"mae": 0.5}})
+    assert load_forecaster(tmp_path).version == "physics-default"  # saved, not promoted
+    promote(tmp_path, "v2")
+    loaded = load_forecaster(tmp_path)
+    assert loaded.version == "v2" and loaded.params.tau_thermal_s == 25.0
+    with pytest.raises(ConfigError):
+        save_version(tmp_path, ForecasterParams(version="v2"), {})
+
+
+def test_registry_refuses_tampered_artifact(tmp_path: Path) -> None:
+    mv = save_version(tmp_path, ForecasterParams(version="v3"), {})
+    promote(tmp_path, "v3")
+    mv.path.write_text(mv.path.read_text().replace('"tau_thermal_s": 30.0', '"tau_thermal_s": 1.0'))
+    with pytest.raises(ModelIntegrityError):
+        load_forecaster(tmp_path)
+    with pytest.raises(ModelIntegrityError):
+        promote(tmp_path, "v3")
