@@ -108,6 +108,22 @@ class WorkerSettings(BaseModel):
     data_dir: Path = Field(default=Path("var/faust"), description="Faust local table data directory.")
     horizons_s: list[float] = Field(default=[10.0, 60.0, 300.0], description="Forecast horizons.")
     tick_s: float = Field(default=1.0, gt=0, description="Forecast publication period per server.")
+    inlet_max_age_s: float = Field(default=120.0, gt=0, description="An inlet reading joins GPU samples up to this "
+                                   "far apart in sample time (inlet sensors report every 10-60 s).")
+    power_max_age_s: float = Field(default=10.0, gt=0, description="A chassis or PDU power reading joins GPU samples "
+                                   "up to this far apart; older ones count as missing.")
+    inlet_limit_c: float = Field(default=27.0, gt=0, description="Zone inlet limit, °C (ASHRAE recommended upper "
+                                 "bound) used for zone headroom in domain forecasts.")
+    batch_max: int = Field(default=2000, ge=1, description="Most telemetry messages handled per Faust batch.")
+    batch_within_s: float = Field(default=0.02, gt=0, description="Longest wait to fill a batch (bounds latency).")
+    session_timeout_s: float = Field(default=6.0, gt=0, description="Kafka consumer session timeout; short values "
+                                     "make group joins and failover fast on the embedded broker.")
+    heartbeat_interval_s: float = Field(default=1.0, gt=0, description="Kafka consumer heartbeat interval.")
+    max_poll_interval_s: float = Field(default=10.0, gt=0, description="Kafka max poll interval (also the rebalance "
+                                       "timeout the embedded broker waits for).")
+    rebalance_timeout_s: float = Field(default=10.0, gt=0, description="Kafka rebalance timeout of the group.")
+    store_enabled: bool = Field(default=True, description="Write down-sampled telemetry and forecasts to the "
+                                "history store.")
 
 
 class IngestSettings(BaseModel):
