@@ -391,7 +391,8 @@ def _fit_rows(
             if not ok.any():
                 break
             # Cost per watt, but prefer a move that clears the excess outright at the least cost.
-            ratio = np.where(ok, np.maximum(extra, 0.0) / np.maximum(np.minimum(saved, excess), 1e-9), np.inf)
+            ratio = np.full(ok.shape, np.inf)
+            np.divide(np.maximum(extra, 0.0), np.maximum(np.minimum(saved, excess), 1e-9), out=ratio, where=ok)
             flat = int(np.argmin(ratio))
             a, k = divmod(flat, m.valid.shape[1])
             j = members[a]
@@ -436,7 +437,8 @@ def _fit_capacity(
             if not ok.any():
                 break
             extra_cost = cost[members] - cost[members, choice[members]][:, None]
-            ratio = np.where(ok, np.maximum(extra_cost, 1e-9) / np.minimum(gain, target - cap), np.inf)
+            ratio = np.full(ok.shape, np.inf)
+            np.divide(np.maximum(extra_cost, 1e-9), np.minimum(gain, target - cap), out=ratio, where=ok)
             flat = int(np.argmin(ratio))
             a, k = divmod(flat, m.valid.shape[1])
             j = members[a]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from controller.core.catalogue import Catalogue
-from controller.core.snapshot import BoolArray, FloatArray, RoutingDecision, RoutingParams, Snapshot
+from controller.core.snapshot import BoolArray, FloatArray, IntArray, RoutingDecision, RoutingParams, Snapshot
 
 STALE_AFTER_S = 30.0
 """Forecasts older than this are not trusted for headroom (overridden by ``stale_after_s``)."""
@@ -175,16 +175,19 @@ def routing_weights(
     )
 
 
-def _thermal_safe_load(snapshot: Snapshot, catalogue: Catalogue, idx: np.ndarray, now_s: float) -> FloatArray:
-    """Tokens/s each instance can take in its current configuration before its GPUs reach slowdown."""
+def _thermal_safe_load(snapshot: Snapshot, catalogue: Catalogue, idx: IntArray, now_s: float) -> FloatArray:
+    """Tokens/s each instance can take in its current configuration before its GPUs reach slowdown − 1 °C."""
+    del now_s
     inst = snapshot.instances
     srv = inst.server_index[idx]
-    out = np.empty(idx.size, dtype=np.float64)
-    for j, i in enumerate(idx):
-        opt = catalogue.option(inst.config_ids[i])
-        pf = float(inst.prefill_frac[i]) if inst.prefill_frac.size else 0.5
-        w_per_tok = pf * opt.prefill_w_per_token_s + (1.0 - pf) * opt.decode_w_per_token_s
-        r = float(snapshot.thermal_resistance_c_per_w[srv[j]])
-        p_max = (float(snapshot.slowdown_temp_c[srv[j]]) - 1.0 - float(snapshot.inlet_hi_c[srv[j]])) / max(r, 1e-6)
-        out[j] = max(p_max - opt.gpu_idle_w, 0.0) / max(w_per_tok, 1e-9)
+    cfg = [inst.config_ids[i] for i in idx]
+    lookup = {c: catalogue.option(c) for c in set(cfg)}
+    idle = np.asarray([lookup[c].gpu_idle_w for c in cfg])
+    a_p = np.asarray([lookup[c].prefill_w_per_token_s for c in cfg])
+    a_d = np.asarray([lookup[c].decode_w_per_token_s for c in cfg])
+    pf = inst.prefill_frac[idx] if inst.prefill_frac.size else np.full(idx.size, 0.5)
+    w_per_tok = np.maximum(pf * a_p + (1.0 - pf) * a_d, 1e-9)
+    r = np.maximum(snapshot.thermal_resistance_c_per_w[srv], 1e-6)
+    p_max = (snapshot.slowdown_temp_c[srv] - 1.0 - snapshot.inlet_hi_c[srv]) / r
+    out: FloatArray = np.maximum(p_max - idle, 0.0) / w_per_tok
     return out

@@ -105,10 +105,10 @@ def synthetic_snapshot(
     temp_hi = inlet_hi + r_th * gpu_power * 1.05
     server_power = base + gpus * gpu_power
     server_idle = base + gpus * idle_gpu
-    row_power = np.bincount(row, weights=server_power, minlength=num_rows)
+    row_power = np.bincount(row, weights=server_power, minlength=num_rows).astype(np.float64)
     nameplate = np.bincount(row, weights=base + gpus * tdp, minlength=num_rows)
     budget = nameplate / oversubscription
-    zone_heat = np.bincount(zone, weights=server_power, minlength=num_zones)
+    zone_heat = np.bincount(zone, weights=server_power, minlength=num_zones).astype(np.float64)
     zone_cap = np.bincount(zone, weights=base + gpus * tdp, minlength=num_zones) / 1.2
 
     demand = np.asarray([load[[i for i in range(ni) if eps[i] == e]].sum() for e in endpoint_ids])
@@ -159,11 +159,11 @@ def synthetic_snapshot(
         row_ids=tuple(f"row-{i}" for i in range(num_rows)),
         row_budget_w=budget,
         row_power_w=row_power,
-        row_power_hi_w=row_power * 1.03,
+        row_power_hi_w=(row_power * 1.03).astype(np.float64),
         zone_ids=tuple(f"zone-{i}" for i in range(num_zones)),
         zone_capacity_w=zone_cap,
         zone_heat_w=zone_heat,
-        zone_heat_hi_w=zone_heat * 1.03,
+        zone_heat_hi_w=(zone_heat * 1.03).astype(np.float64),
         instances=instances,
         vms=vms,
         endpoint_ids=endpoint_ids,
