@@ -15,9 +15,9 @@ Bounds (all from :class:`tapas.settings.ControllerSettings`):
 * expiry after issue and no later than ``max_command_ttl_s`` after it;
 * at most ``max_commands_per_instance_per_min`` commands per target (instance, or
   server for host commands) in any 60 s window. Emergency commands (``trigger ==
-  "emergency"``) that only tighten a cap are exempt from the rate limit, because a
-  power emergency has a deadline of seconds (POLCA, ASPLOS 2024) and a cap that lowers
-  power can only make things safer; they still must respect every bound.
+  "emergency"``) other than ``revert`` are exempt from the rate limit, because a power
+  emergency has a deadline of seconds (POLCA, ASPLOS 2024) and an emergency plan only
+  lowers power; they still must respect every bound.
 
 Everything here is pure or holds only bounded in-memory state; time is an argument.
 """
@@ -35,8 +35,6 @@ from contracts import ControlEvent, ReconfigCommand, ReconfigParams, SafetyViola
 from tapas.settings import ControllerSettings
 
 RATE_WINDOW_S = 60.0
-#: Actions that can only lower power (the exemption for emergencies applies to them).
-TIGHTENING_ACTIONS = frozenset({"set_frequency_cap", "set_power_limit"})
 #: Actions the node agent applies on the host through NVML; the rest are for the serving layer.
 HOST_ACTIONS = frozenset({"set_frequency_cap", "set_power_limit", "revert"})
 
@@ -258,7 +256,7 @@ class SafetyGate:
 
     @staticmethod
     def _rate_exempt(command: ReconfigCommand) -> bool:
-        return command.trigger == "emergency" and command.action in TIGHTENING_ACTIONS
+        return command.trigger == "emergency" and command.action != "revert"
 
 
 def refusal_event(command: ReconfigCommand, reason: str, *, now: datetime, refused_by: str) -> ControlEvent:

@@ -1,0 +1,714 @@
+"""``tapas controller``: the live service around the pure decision core.
+
+Two layers, both boring on purpose:
+
+* :class:`Controller` — no Kafka. Messages in (``handle``), decisions out (``tick``),
+  time passed in. It keeps the latest forecasts (:mod:`controller.snapshot_builder`),
+  builds a :class:`~controller.core.snapshot.Snapshot`, calls the core
+  (placement, routing, reconfiguration, emergency), passes every command through the
+  :class:`~controller.safety.SafetyGate` and returns :class:`Outgoing` messages.
+* :func:`run_service` — the Kafka shell: ``assign()``-ed consumer (no group join),
+  producer, a tick every ``tick_s``, undecodable input to the dead-letter topic.
+
+Behaviour an operator relies on:
+
+* **Modes.** ``advisory``: hints, weights and commands are published marked advisory
+  (``advisory=True`` / ``mode="advisory"``); agents show them, nothing is enforced.
+  ``enforce``: commands carry ``mode="enforce"`` and agents apply them. A
+  :class:`~contracts.ControllerMode` message on ``tapas.control.mode`` switches at run
+  time and is answered by a ``mode_changed`` event.
+* **Stale forecasts** (newest forecast older than ``stale_after_s``): a
+  ``stale_forecasts`` event once; routing weights decay from the last good ones to
+  capacity-proportional ones with time constant ``stale_decay_s`` and are flagged
+  ``stale_inputs``; no configuration that raises power is issued; placement requests are
+  answered infeasible ("cannot vouch for headroom"). Emergency tightening still runs.
+  When forecasts return, a ``forecasts_recovered`` event and normal operation.
+* **Emergencies** (``power_emergency`` / ``cooling_failure`` events) are planned on
+  arrival, within the domain's deadline, by ``controller.core.emergency``; the plan's
+  commands carry ``trigger="emergency"``; while an emergency is active no change that
+  raises power is issued in its domain; an ``emergency_plan`` event records what was
+  relaxed. ``emergency_cleared`` (or the event's ``ends_at``) ends it.
+* **Commands** carry deterministic ids (same decision, same planning epoch → same id),
+  an expiry of ``command_ttl_s``, and pass the safety bounds; a refused one is reported
+  as a ``safety_refused`` event and never published.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+import numpy as np
+
+from contracts import (
+    CommandStatus,
+    Contract,
+    ContractError,
+    ControlEvent,
+    ControllerMode,
+    DeadLetter,
+    DomainForecast,
+    GpuSample,
+    InstanceWeight,
+    PlacementCandidate,
+    PlacementHint,
+    PlacementRequest,
+    ReconfigCommand,
+    ReconfigParams,
+    RoutingWeights,
+    ServerForecast,
+    decode,
+    topic_for,
+)
+from controller.core import placement, reconfigure, routing
+from controller.core.catalogue import Catalogue
+from controller.core.snapshot import (
+    ConfigChange,
+    Emergency,
+    EmergencyPlan,
+    GpuCap,
+    PlacementMargins,
+    RoutingDecision,
+    RoutingParams,
+    Snapshot,
+)
+from controller.core.snapshot import PlacementRequest as CorePlacementRequest
+from controller.core.snapshot import ReconfigParams as CoreReconfigParams
+from controller.metrics import ControllerMetrics
+from controller.safety import SafetyBounds, SafetyGate, make_command_id, refusal_event
+from controller.snapshot_builder import LiveState, build_snapshot
+from tapas.settings import ControllerSettings, Settings, kafka_python_kwargs
+from tapas.topology import Topology
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["advisory", "enforce"]
+
+
+@dataclass(frozen=True)
+class ControllerTopics:
+    """Topic names the service reads and writes (the topic table's by default; tests use unique ones)."""
+
+    server_forecasts: str = topic_for(ServerForecast)
+    domain_forecasts: str = topic_for(DomainForecast)
+    gpu_samples: str = topic_for(GpuSample)
+    placement_requests: str = topic_for(PlacementRequest)
+    placement_hints: str = topic_for(PlacementHint)
+    routing_weights: str = topic_for(RoutingWeights)
+    commands: str = topic_for(ReconfigCommand)
+    status: str = topic_for(CommandStatus)
+    mode: str = topic_for(ControllerMode)
+    events: str = topic_for(ControlEvent)
+    deadletter: str = topic_for(DeadLetter)
+
+    @property
+    def inputs(self) -> dict[str, type[Contract]]:
+        """Topics consumed, with the contract each carries."""
+        return {self.server_forecasts: ServerForecast, self.domain_forecasts: DomainForecast,
+                self.gpu_samples: GpuSample, self.placement_requests: PlacementRequest,
+                self.mode: ControllerMode, self.events: ControlEvent, self.status: CommandStatus}
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message to publish."""
+
+    topic: str
+    key: str
+    message: Contract
+
+
+@dataclass
+class ActiveEmergency:
+    """An emergency being handled and the plan made for it."""
+
+    emergency: Emergency
+    event: ControlEvent
+    plan: EmergencyPlan | None = None
+    capped_servers: set[str] = field(default_factory=set)
+
+
+def _ts(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+class Controller:
+    """The controller's state machine: messages in, decisions out, no I/O and no clock reads."""
+
+    def __init__(self, topology: Topology, catalogue: Catalogue, settings: ControllerSettings, *,
+                 mode: Mode | None = None, topics: ControllerTopics | None = None,
+                 metrics: ControllerMetrics | None = None, started_at: datetime,
+                 routing_params: RoutingParams | None = None, margins: PlacementMargins | None = None,
+                 reconfig_params: CoreReconfigParams | None = None) -> None:
+        self.topology = topology
+        self.catalogue = catalogue
+        self.settings = settings
+        self.mode: Mode = mode or settings.mode
+        self.mode_pinned = mode is not None
+        self.topics = topics or ControllerTopics()
+        self.metrics = metrics or ControllerMetrics()
+        self.started_at = started_at
+        self.state = LiveState(topology)
+        self.gate = SafetyGate(SafetyBounds.from_settings(settings))
+        self.routing_params = routing_params or RoutingParams(valid_for_s=max(2.0, 2 * settings.tick_s))
+        self.margins = margins or PlacementMargins()
+        self.reconfig_params = reconfig_params or CoreReconfigParams(
+            stale_after_s=settings.stale_after_s, command_ttl_s=settings.command_ttl_s,
+            fast_interval_s=settings.reconfig_period_s)
+        self.stale = False
+        self.stale_since: datetime | None = None
+        self.previous_routing: dict[str, RoutingDecision] = {}
+        self.last_good_routing: dict[str, RoutingDecision] = {}
+        self.emergencies: dict[str, ActiveEmergency] = {}
+        self.last_reconfig_at: datetime | None = None
+        self._snapshot: Snapshot | None = None
+        self._snapshot_at: datetime | None = None
+        self.num_refused = 0
+        self.num_commands = 0
+        self.metrics.mode_enforce.set(1.0 if self.mode == "enforce" else 0.0)
+
+    # ------------------------------------------------------------------ input
+    def handle(self, topic: str, message: Contract, *, now: datetime) -> list[Outgoing]:
+        """Take one decoded input message; returns what it causes to be published right away."""
+        if isinstance(message, ServerForecast):
+            self.state.add_server_forecast(message)
+            self._snapshot = None
+            return []
+        if isinstance(message, DomainForecast):
+            self.state.add_domain_forecast(message)
+            self._snapshot = None
+            return []
+        if isinstance(message, GpuSample):
+            n = len(message.gpus)
+            power = message.gpu_power_w
+            self.state.add_workload(message.server_id, message.workload,
+                                    gpu_power_w=power / n if power is not None else None, sampled_at=message.sampled_at)
+            return []
+        if isinstance(message, PlacementRequest):
+            return [self.place(message, now=now)]
+        if isinstance(message, ControllerMode):
+            return self.set_mode(message, now=now)
+        if isinstance(message, ControlEvent):
+            return self.on_event(message, now=now)
+        if isinstance(message, CommandStatus):
+            if message.status in ("refused", "failed"):
+                log.warning("event=command_%s command=%s server=%s detail=%s", message.status, message.command_id,
+                            message.server_id, message.detail)
+            return []
+        return []
+
+    def set_mode(self, msg: ControllerMode, *, now: datetime) -> list[Outgoing]:
+        """Switch advisory/enforce. Retained messages older than our start do not override a ``--mode`` flag."""
+        if self.mode_pinned and msg.changed_at < self.started_at:
+            return []
+        old, self.mode = self.mode, msg.mode
+        self.metrics.mode_enforce.set(1.0 if self.mode == "enforce" else 0.0)
+        if old == msg.mode:
+            return []
+        log.info("event=mode_changed from=%s to=%s by=%s", old, msg.mode, msg.changed_by)
+        return [self._event("mode_changed", "info", now, detail=f"controller mode {old} -> {msg.mode} "
+                                                              f"by {msg.changed_by}")]
+
+    # ------------------------------------------------------------------ snapshot
+    def snapshot(self, now: datetime) -> Snapshot:
+        """The current snapshot (rebuilt when new data arrived or a tick passed)."""
+        if (self._snapshot is None or self._snapshot_at is None
+                or (now - self._snapshot_at).total_seconds() >= self.settings.tick_s):
+            self._snapshot = build_snapshot(self.state, self.catalogue, now=now)
+            self._snapshot_at = now
+        return self._snapshot
+
+    # ------------------------------------------------------------------ placement
+    def place(self, req: PlacementRequest, *, now: datetime) -> Outgoing:
+        """Answer one placement request with ranked hints (infeasible while forecasts are stale)."""
+        advisory = self.mode == "advisory"
+        age_s = self.state.forecast_age_s(now)
+        if age_s > self.settings.stale_after_s:
+            hint = PlacementHint(
+                request_id=req.request_id, issued_at=now, feasible=False, candidates=[], advisory=advisory,
+                reason=(f"forecasts stale ({_age(age_s)}): cannot vouch for any server's thermal or power "
+                        f"headroom; no placement hinted until forecasts return"))
+            self.metrics.placements.labels("false").inc()
+            return Outgoing(self.topics.placement_hints, req.request_id, hint)
+        snap = self.snapshot(now)
+        core_req = CorePlacementRequest(
+            request_id=req.request_id, vm_kind=req.vm_kind, num_gpus=req.num_gpus,
+            gpu_power_w=req.expected_power_w_per_gpu, vm_class=req.vm_class,
+            expected_lifetime_s=req.expected_lifetime_s, endpoint_id=req.endpoint_id)
+        decision = placement.rank_servers(snap, core_req, now_s=snap.now_s, margins=self.margins)
+        hint = PlacementHint(
+            request_id=req.request_id, issued_at=now, feasible=decision.feasible, advisory=advisory,
+            reason=decision.reason[:2000],
+            candidates=[PlacementCandidate(
+                server_id=c.server_id, rank=c.rank, score=_finite(c.score),
+                predicted_peak_gpu_temp_c=_finite(c.predicted_peak_gpu_temp_c),
+                thermal_headroom_c=_finite(c.thermal_headroom_c),
+                row_power_headroom_w=_finite(c.row_power_headroom_w),
+                zone_heat_headroom_w=_finite(c.zone_heat_headroom_w), free_gpus=c.free_gpus)
+                for c in decision.candidates])
+        self.metrics.placements.labels("true" if decision.feasible else "false").inc()
+        return Outgoing(self.topics.placement_hints, req.request_id, hint)
+
+    # ------------------------------------------------------------------ tick
+    def tick(self, now: datetime) -> list[Outgoing]:
+        """One decision tick: staleness, emergencies' end, routing weights, and (every period) reconfiguration."""
+        t0 = time.perf_counter()
+        out: list[Outgoing] = []
+        out += self._check_staleness(now)
+        out += self._expire_emergencies(now)
+        snap = self.snapshot(now)
+        out += self._routing(snap, now)
+        due = self.last_reconfig_at is None or (
+            (now - self.last_reconfig_at).total_seconds() >= self.settings.reconfig_period_s)
+        if due and len(snap.instances) > 0:
+            self.last_reconfig_at = now
+            out += self._reconfigure(snap, now)
+        self.gate.forget_expired(now)
+        self.metrics.forecast_age.set(min(self.state.forecast_age_s(now), 1e9))
+        self.metrics.tick_seconds.set(time.perf_counter() - t0)
+        return out
+
+    def _check_staleness(self, now: datetime) -> list[Outgoing]:
+        age_s = self.state.forecast_age_s(now)
+        stale = age_s > self.settings.stale_after_s
+        self.metrics.stale.set(1.0 if stale else 0.0)
+        if stale == self.stale:
+            return []
+        self.stale = stale
+        if stale:
+            self.stale_since = now
+            log.warning("event=stale_forecasts age_s=%.1f", age_s)
+            return [self._event("stale_forecasts", "warning", now, detail=(
+                f"newest forecast {_age(age_s)} old (limit {self.settings.stale_after_s:.0f} s): routing decays "
+                f"to capacity-proportional weights, no new aggressive reconfiguration, placements refused"))]
+        self.stale_since = None
+        log.info("event=forecasts_recovered age_s=%.1f", age_s)
+        return [self._event("forecasts_recovered", "info", now,
+                            detail=f"forecasts fresh again ({_age(age_s)} old); normal operation resumed")]
+
+    # ------------------------------------------------------------------ routing
+    def _routing(self, snap: Snapshot, now: datetime) -> list[Outgoing]:
+        out: list[Outgoing] = []
+        present = set(snap.instances.endpoint_ids)
+        for ep in snap.endpoint_ids:
+            if ep not in present:
+                continue
+            decision = routing.routing_weights(
+                snap, ep, previous=self.previous_routing.get(ep), now_s=snap.now_s, params=self.routing_params,
+                catalogue=self.catalogue, stale_after_s=self.settings.stale_after_s)
+            if self.stale:
+                decision = self._decay_to(decision, now)
+            else:
+                self.last_good_routing[ep] = decision
+            self.previous_routing[ep] = decision
+            self.metrics.observe_routing(decision)
+            out.append(Outgoing(self.topics.routing_weights, ep, self._weights_message(decision, now)))
+        return out
+
+    def _decay_to(self, fallback: RoutingDecision, now: datetime) -> RoutingDecision:
+        """Last good weights decaying toward the capacity-proportional fallback (time constant stale_decay_s)."""
+        good = self.last_good_routing.get(fallback.endpoint_id)
+        if good is None or self.stale_since is None:
+            return fallback
+        elapsed_s = max(0.0, (now - self.stale_since).total_seconds())
+        keep = math.exp(-elapsed_s / self.settings.stale_decay_s)
+        last = dict(zip(good.instance_ids, good.weights, strict=True))
+        prev = np.asarray([last.get(i, w) for i, w in zip(fallback.instance_ids, fallback.weights, strict=True)])
+        w = keep * prev + (1.0 - keep) * fallback.weights
+        w = w / w.sum() if w.sum() > 0 else fallback.weights
+        return replace(fallback, weights=w, reason=(
+            f"STALE forecasts for {elapsed_s:.0f}s: last good weights decaying to capacity-proportional "
+            f"({keep:.0%} last good); " + fallback.reason)[:2000])
+
+    def _weights_message(self, d: RoutingDecision, now: datetime) -> RoutingWeights:
+        snap_ids = self.snapshot(now).server_ids
+        inst = self.snapshot(now).instances
+        w = np.clip(d.weights, 0.0, 1.0)
+        w = w / w.sum()
+        lp = np.clip(d.long_prompt_weights, 0.0, 1.0)
+        return RoutingWeights(
+            endpoint_id=d.endpoint_id, issued_at=now,
+            valid_until=now + timedelta(seconds=self.routing_params.valid_for_s),
+            advisory=self.mode == "advisory", stale_inputs=self.stale or d.stale_inputs, reason=d.reason[:2000],
+            weights=[InstanceWeight(
+                instance_id=iid, server_id=snap_ids[int(inst.server_index[int(d.instance_index[j])])],
+                weight=float(w[j]), state="drain" if d.draining[j] else "active",
+                thermal_headroom_c=_finite(d.thermal_headroom_c[j]),
+                power_headroom_w=_finite(d.power_headroom_w[j]),
+                capacity_tokens_per_s=max(0.0, _finite(d.capacity_tokens_per_s[j])),
+                long_prompt_weight=float(lp[j])) for j, iid in enumerate(d.instance_ids)])
+
+    # ------------------------------------------------------------------ reconfiguration
+    def _reconfigure(self, snap: Snapshot, now: datetime) -> list[Outgoing]:
+        changes = reconfigure.plan_reconfiguration(
+            snap, self.catalogue, now_s=snap.now_s, params=self.reconfig_params,
+            stale_after_s=self.settings.stale_after_s)
+        kept = [c for c in changes if not self._blocked(c, snap)]
+        return self._issue_changes(kept, now)
+
+    def _blocked(self, change: ConfigChange, snap: Snapshot) -> bool:
+        """No change that raises power while forecasts are stale or while its domain is in an emergency."""
+        if not raises_power(change, snap, self.catalogue):
+            return False
+        if self.stale:
+            return True
+        srv = change.server_index
+        for em in self.emergencies.values():
+            e = em.emergency
+            if e.domain_kind == "cluster":
+                return True
+            if e.domain_kind == "row" and int(snap.server_row[srv]) == e.domain_index:
+                return True
+            if e.domain_kind == "zone" and int(snap.server_zone[srv]) == e.domain_index:
+                return True
+        return False
+
+    def _issue_changes(self, changes: Iterable[ConfigChange], now: datetime) -> list[Outgoing]:
+        out: list[Outgoing] = []
+        for change in changes:
+            for cmd in change_to_commands(change, self.catalogue, mode=self.mode, now=now,
+                                          ttl_s=self.settings.command_ttl_s,
+                                          epoch_s=self.settings.reconfig_period_s):
+                out += self._admit(cmd, now, capacity_frac_after=self._capacity_frac(change))
+        return out
+
+    def _capacity_frac(self, change: ConfigChange) -> float | None:
+        try:
+            to = self.catalogue.option(change.to_config_id)
+            endpoint = next(ep for ep, opts in self.catalogue.options.items() if to in opts)
+            nominal = self.catalogue.default(endpoint).capacity_tokens_per_s_at_slo
+        except (KeyError, StopIteration):
+            return None
+        return to.capacity_tokens_per_s_at_slo / nominal if nominal > 0 else None
+
+    def _admit(self, cmd: ReconfigCommand, now: datetime, *, capacity_frac_after: float | None = None
+               ) -> list[Outgoing]:
+        verdict = self.gate.admit(cmd, now=now, capacity_frac_after=capacity_frac_after)
+        if verdict.ok:
+            self.num_commands += 1
+            self.metrics.commands.labels(cmd.action).inc()
+            return [Outgoing(self.topics.commands, cmd.server_id, cmd)]
+        if verdict.status == "refused":
+            self.num_refused += 1
+            self.metrics.refused.inc()
+            log.warning("event=safety_refused command=%s reason=%s", cmd.command_id, verdict.reason)
+            return [Outgoing(self.topics.events, cmd.server_id,
+                             refusal_event(cmd, verdict.reason, now=now, refused_by="controller"))]
+        return []
+
+    # ------------------------------------------------------------------ emergencies
+    def on_event(self, ev: ControlEvent, *, now: datetime) -> list[Outgoing]:
+        """React to an emergency (plan now) or its end; other events are informational."""
+        if ev.event_kind == "emergency_cleared":
+            return self._clear(ev, now)
+        if ev.event_kind not in ("power_emergency", "cooling_failure"):
+            return []
+        if ev.event_id in self.emergencies:
+            return []  # idempotent: the same event delivered twice is planned once
+        em = to_emergency(ev, self.topology)
+        if em is None:
+            log.warning("event=emergency_ignored id=%s domain=%s/%s (unknown domain)", ev.event_id,
+                        ev.domain_kind, ev.domain_id)
+            return []
+        if ev.ends_at is not None and ev.ends_at <= now:
+            return []
+        active = ActiveEmergency(em, ev)
+        self.emergencies[ev.event_id] = active
+        return self._plan(active, now)
+
+    def _plan(self, active: ActiveEmergency, now: datetime) -> list[Outgoing]:
+        from controller.core import emergency as core_emergency
+
+        snap = self.snapshot(now)
+        plan = core_emergency.plan_emergency(snap, self.catalogue, active.emergency, now_s=snap.now_s)
+        active.plan = plan
+        out = self._issue_changes(plan.changes, now)
+        for cap in plan.caps:
+            for cmd in cap_to_commands(cap, mode=self.mode, now=now, max_ttl_s=self.settings.max_command_ttl_s,
+                                       ends_at=active.event.ends_at):
+                sent = self._admit(cmd, now)
+                if any(o.topic == self.topics.commands for o in sent):
+                    active.capped_servers.add(cap.server_id)
+                out += sent
+        relaxed = "; ".join(f"{r.subject}: {r.promise} until {_ts(r.until_s).isoformat()} "
+                            f"(quality cost {r.quality_cost:.3f}, performance cost {r.performance_cost_frac:.0%})"
+                            for r in plan.relaxed)
+        e = active.event
+        detail = (f"{e.event_kind} {e.domain_kind}/{e.domain_id}: {len(plan.changes)} SaaS changes, "
+                  f"{len(plan.caps)} IaaS caps, predicted {plan.predicted_power_w:.0f} W vs budget "
+                  f"{plan.budget_w:.0f} W ({'meets' if plan.meets_budget else 'DOES NOT meet'} it) by "
+                  f"{_ts(plan.effective_by_s).isoformat()}; relaxed: {relaxed or 'nothing'}; {plan.reason}")
+        out.append(self._event("emergency_plan", "critical" if not plan.meets_budget else "warning", now,
+                               domain_kind=e.domain_kind, domain_id=e.domain_id, detail=detail[:4000]))
+        return out
+
+    def _clear(self, ev: ControlEvent, now: datetime) -> list[Outgoing]:
+        ended = [k for k, a in self.emergencies.items()
+                 if (a.event.domain_kind, a.event.domain_id) == (ev.domain_kind, ev.domain_id)]
+        return [o for k in ended for o in self._end(k, now)]
+
+    def _expire_emergencies(self, now: datetime) -> list[Outgoing]:
+        ended = [k for k, a in self.emergencies.items() if a.event.ends_at is not None and a.event.ends_at <= now]
+        return [o for k in ended for o in self._end(k, now)]
+
+    def _end(self, key: str, now: datetime) -> list[Outgoing]:
+        active = self.emergencies.pop(key)
+        out: list[Outgoing] = []
+        for sid in sorted(active.capped_servers):
+            cmd = ReconfigCommand(
+                command_id=make_command_id(target=sid, action="revert", params=ReconfigParams(),
+                                           epoch=int(now.timestamp())),
+                issued_at=now, expires_at=now + timedelta(seconds=self.settings.command_ttl_s), server_id=sid,
+                action="revert", reason=f"emergency {key} over: lift its IaaS caps", trigger="emergency",
+                mode=self.mode, layer="host")
+            out += self._admit(cmd, now)
+        log.info("event=emergency_ended id=%s reverted=%d", key, len(active.capped_servers))
+        return out
+
+    # ------------------------------------------------------------------ helpers
+    def _event(self, kind: str, severity: str, now: datetime, *, domain_kind: str = "cluster",
+               domain_id: str = "cluster", detail: str = "") -> Outgoing:
+        ev = ControlEvent(event_id=f"ctl-{kind}-{int(now.timestamp() * 1000)}"[:64], event_kind=kind,  # type: ignore[arg-type]
+                          severity=severity, occurred_at=now, domain_kind=domain_kind,  # type: ignore[arg-type]
+                          domain_id=domain_id, detail=detail)
+        return Outgoing(self.topics.events, domain_id, ev)
+
+
+# ---------------------------------------------------------------------- pure translations
+
+
+def raises_power(change: ConfigChange, snap: Snapshot, catalogue: Catalogue) -> bool:
+    """True when the target configuration draws more per-GPU power at the instance's load than the current one."""
+    try:
+        a = catalogue.option(change.from_config_id)
+        b = catalogue.option(change.to_config_id)
+    except KeyError:
+        return True
+    i = change.instance_index
+    load = float(snap.instances.load_tokens_per_s[i]) if 0 <= i < len(snap.instances) else 0.0
+    pf = float(snap.instances.prefill_frac[i]) if 0 <= i < len(snap.instances) else 0.5
+    pa = a.gpu_power_w(pf * load, (1 - pf) * load)
+    pb = b.gpu_power_w(pf * min(load, b.capacity_tokens_per_s_at_slo), (1 - pf) * min(load, b.capacity_tokens_per_s_at_slo))
+    return pb > pa + 1e-6 or b.frequency_cap_mhz > a.frequency_cap_mhz
+
+
+def change_to_commands(change: ConfigChange, catalogue: Catalogue, *, mode: Mode, now: datetime, ttl_s: float,
+                       epoch_s: float) -> list[ReconfigCommand]:
+    """The commands that carry one configuration change.
+
+    The host command (frequency cap, applied by ``tapas agent``) and, when the batch size
+    or the weight layout changes, one serving-layer command carrying the whole target
+    configuration (``params.config_id`` plus every knob). For a slow change its action
+    names the heaviest knob (variant > precision > tensor parallelism). Contract for
+    the serving layer: docs/serving-commands.md.
+    """
+    a = catalogue.option(change.from_config_id)
+    b = catalogue.option(change.to_config_id)
+    expires_s = min(change.expires_at_s, now.timestamp() + ttl_s) if change.expires_at_s > now.timestamp() \
+        else now.timestamp() + ttl_s
+    expires_at = _ts(expires_s)
+    epoch = int(change.issued_at_s // max(epoch_s, 1e-3))
+    common = dict(issued_at=now, expires_at=expires_at, server_id=change.server_id, instance_id=change.instance_id,
+                  trigger=change.trigger[:64], headroom=_finite(change.headroom), mode=mode)
+    reason = f"{change.from_config_id} -> {change.to_config_id}: {change.reason}"[:2000]
+    out: list[ReconfigCommand] = []
+    if b.frequency_cap_mhz != a.frequency_cap_mhz:
+        p = ReconfigParams(frequency_cap_mhz=b.frequency_cap_mhz, config_id=b.config_id)
+        out.append(ReconfigCommand(command_id=make_command_id(target=change.instance_id, action="set_frequency_cap",
+                                                              params=p, epoch=epoch),
+                                   action="set_frequency_cap", params=p, reason=reason, layer="host",
+                                   **common))  # type: ignore[arg-type]
+    action: str | None = None
+    if b.model_variant != a.model_variant:
+        action = "set_model_variant"
+    elif b.precision != a.precision:
+        action = "set_precision"
+    elif b.tensor_parallelism != a.tensor_parallelism:
+        action = "set_tensor_parallelism"
+    elif b.max_batch != a.max_batch:
+        action = "set_max_batch"
+    if action is not None:
+        p = ReconfigParams(max_batch=b.max_batch, tensor_parallelism=b.tensor_parallelism,
+                           precision=b.precision if b.precision in ("fp16", "bf16", "fp8", "int8", "int4") else None,  # type: ignore[arg-type]
+                           model_variant=b.model_variant[:64], config_id=b.config_id,
+                           frequency_cap_mhz=b.frequency_cap_mhz)
+        out.append(ReconfigCommand(command_id=make_command_id(target=change.instance_id, action=action, params=p,
+                                                              epoch=epoch),
+                                   action=action, params=p, reason=reason, layer="serving",  # type: ignore[arg-type]
+                                   **common))  # type: ignore[arg-type]
+    return out
+
+
+def cap_to_commands(cap: GpuCap, *, mode: Mode, now: datetime, max_ttl_s: float,
+                    ends_at: datetime | None) -> list[ReconfigCommand]:
+    """Host commands for an emergency cap on a server's GPUs (power limit and/or frequency cap)."""
+    end_s = cap.expires_at_s if cap.expires_at_s > now.timestamp() else (
+        ends_at.timestamp() if ends_at is not None else now.timestamp() + max_ttl_s)
+    expires_at = _ts(min(end_s, now.timestamp() + max_ttl_s))
+    out: list[ReconfigCommand] = []
+    target = cap.vm_id or cap.server_id
+    for action, p in (("set_power_limit", ReconfigParams(power_limit_w=cap.power_limit_w)
+                       if cap.power_limit_w is not None else None),
+                      ("set_frequency_cap", ReconfigParams(frequency_cap_mhz=cap.frequency_cap_mhz)
+                       if cap.frequency_cap_mhz is not None else None)):
+        if p is None:
+            continue
+        out.append(ReconfigCommand(
+            command_id=make_command_id(target=target, action=action, params=p, epoch=int(cap.issued_at_s)),
+            issued_at=now, expires_at=expires_at, server_id=cap.server_id, instance_id=cap.vm_id,
+            action=action, params=p, reason=cap.reason[:2000], trigger="emergency", mode=mode,  # type: ignore[arg-type]
+            layer="host"))
+    return out
+
+
+def to_emergency(ev: ControlEvent, topology: Topology) -> Emergency | None:
+    """The core's Emergency for an event, mapping PDU/rack/server domains to their row or zone."""
+    kind: Literal["power", "cooling"] = "power" if ev.event_kind == "power_emergency" else "cooling"
+    dk, did = ev.domain_kind, ev.domain_id
+    row_id: str | None = None
+    zone_id: str | None = None
+    if dk == "cluster":
+        return Emergency(event_id=ev.event_id, kind=kind, domain_kind="cluster", domain_index=0,
+                         started_at_s=ev.occurred_at.timestamp(),
+                         ends_at_s=ev.ends_at.timestamp() if ev.ends_at else None, budget_frac=ev.budget_frac,
+                         supply_temp_rise_c=ev.supply_temp_rise_c)
+    if dk == "row":
+        row_id = did
+    elif dk == "zone":
+        zone_id = did
+    elif dk in ("rack", "pdu"):
+        rack = next((r for r in topology.racks if did in (r.rack_id, r.pdu_id)), None)
+        if rack is not None:
+            row_id, zone_id = rack.row_id, rack.zone_id
+    elif dk == "server" and did in topology.by_id:
+        s = topology.by_id[did]
+        row_id, zone_id = s.row_id, s.zone_id
+    if kind == "power" and row_id in topology.row_ids:
+        return Emergency(event_id=ev.event_id, kind="power", domain_kind="row",
+                         domain_index=topology.row_ids.index(row_id), started_at_s=ev.occurred_at.timestamp(),
+                         ends_at_s=ev.ends_at.timestamp() if ev.ends_at else None, budget_frac=ev.budget_frac)
+    if kind == "cooling":
+        if zone_id is None and row_id is not None:
+            zone_id = next((r.zone_id for r in topology.rows if r.row_id == row_id), None)
+        if zone_id in topology.zone_ids:
+            return Emergency(event_id=ev.event_id, kind="cooling", domain_kind="zone",
+                             domain_index=topology.zone_ids.index(zone_id), started_at_s=ev.occurred_at.timestamp(),
+                             ends_at_s=ev.ends_at.timestamp() if ev.ends_at else None,
+                             supply_temp_rise_c=ev.supply_temp_rise_c)
+    return None
+
+
+def _finite(x: float) -> float:
+    v = float(x)
+    return v if math.isfinite(v) else (1e9 if v > 0 else -1e9)
+
+
+def _age(age_s: float) -> str:
+    return "never received" if age_s >= 1e8 else f"{age_s:.0f} s"
+
+
+# ---------------------------------------------------------------------- the Kafka shell
+
+
+def run_service(settings: Settings, topology: Topology, catalogue: Catalogue, *, stop: threading.Event,
+                mode: Mode | None = None, topics: ControllerTopics | None = None,
+                metrics: ControllerMetrics | None = None, clock: Callable[[], datetime] | None = None,
+                on_ready: Callable[[Controller], None] | None = None) -> Controller:
+    """Run the controller until ``stop`` is set; returns the final Controller (for tests and reports).
+
+    The consumer is ``assign()``-ed to every partition of the input topics (no group
+    join): forecasts, samples and requests from their end; events from
+    ``max_command_ttl_s`` ago (an emergency announced just before a restart is still
+    planned); the mode topic from its beginning (the latest retained mode).
+    """
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    now_fn = clock or (lambda: datetime.now(UTC))
+    topics = topics or ControllerTopics()
+    cs = settings.controller
+    kw = kafka_python_kwargs(settings.kafka)
+    controller = Controller(topology, catalogue, cs, mode=mode, topics=topics, metrics=metrics, started_at=now_fn())
+    consumer = KafkaConsumer(**kw, client_id=f"{settings.kafka.client_id}-controller", enable_auto_commit=False,
+                             group_id=None)
+    producer = KafkaProducer(**kw, client_id=f"{settings.kafka.client_id}-controller", linger_ms=5, acks=1)
+    metrics_server = None
+    try:
+        tps: list[TopicPartition] = []
+        for topic in topics.inputs:
+            parts = consumer.partitions_for_topic(topic) or {0}
+            tps += [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_end()
+        mode_tps = [tp for tp in tps if tp.topic == topics.mode]
+        consumer.seek_to_beginning(*mode_tps)
+        event_tps = [tp for tp in tps if tp.topic == topics.events]
+        since_ms = int((now_fn().timestamp() - cs.max_command_ttl_s) * 1000)
+        try:
+            found = consumer.offsets_for_times({tp: since_ms for tp in event_tps})
+        except Exception:  # noqa: BLE001 - a broker without timestamp lookup: start at the end
+            found = {}
+        for tp, off in found.items():
+            if off is not None:
+                consumer.seek(tp, off.offset)
+        if cs.metrics_port and metrics is None:
+            metrics_server = controller.metrics.serve(cs.metrics_port)
+        log.info("event=controller_started mode=%s servers=%d endpoints=%d", controller.mode, topology.num_servers,
+                 len(catalogue.endpoint_ids))
+        if on_ready is not None:
+            on_ready(controller)
+        next_tick = time.monotonic()
+        while not stop.is_set():
+            wait_ms = max(0, int((next_tick - time.monotonic()) * 1000))
+            batches = consumer.poll(timeout_ms=min(wait_ms, 200), max_records=2000)
+            out: list[Outgoing] = []
+            for tp, records in batches.items():
+                model = topics.inputs[tp.topic]
+                for rec in records:
+                    try:
+                        msg = decode(model, rec.value)
+                    except ContractError as exc:
+                        out.append(_dead_letter(topics, tp.topic, rec, exc, now_fn()))
+                        continue
+                    out += controller.handle(tp.topic, msg, now=now_fn())
+            if time.monotonic() >= next_tick:
+                out += controller.tick(now_fn())
+                next_tick = max(next_tick + cs.tick_s, time.monotonic())
+            for o in out:
+                producer.send(o.topic, key=o.key.encode(), value=o.message.to_bytes())
+            if out:
+                producer.flush(timeout=10)
+    finally:
+        consumer.close()
+        producer.close(timeout=5)
+        if metrics_server is not None:
+            metrics_server.shutdown()  # type: ignore[attr-defined]
+    return controller
+
+
+def _dead_letter(topics: ControllerTopics, source: str, rec: object, exc: ContractError, now: datetime) -> Outgoing:
+    raw: bytes = getattr(rec, "value", b"") or b""
+    key = getattr(rec, "key", None)
+    dl = DeadLetter(source_topic=source, partition=getattr(rec, "partition", None),
+                    offset=getattr(rec, "offset", None), received_at=now, field=exc.field,
+                    reason=f"controller: {exc.reason}"[:4000], raw_b64=base64.b64encode(raw[:100_000]).decode())
+    return Outgoing(topics.deadletter, key.decode(errors="replace") if isinstance(key, bytes) else "", dl)
+
+
+def publish_mode(settings: Settings, mode: Mode, *, changed_by: str = "operator", topic: str | None = None) -> ControllerMode:
+    """Publish a ControllerMode message (``tapas controller mode ...``)."""
+    from kafka import KafkaProducer
+
+    msg = ControllerMode(mode=mode, changed_at=datetime.now(UTC), changed_by=changed_by)
+    producer = KafkaProducer(**kafka_python_kwargs(settings.kafka), acks=1)
+    try:
+        producer.send(topic or topic_for(ControllerMode), key=b"mode", value=msg.to_bytes()).get(timeout=10)
+    finally:
+        producer.close(timeout=5)
+    return msg
