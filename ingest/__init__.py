@@ -1,1 +1,7 @@
-"""Collectors (NVML, Redfish, SNMP, replay, simulator feed), edge validation and the buffered producer. No modelling, no decisions."""
+"""Collectors that turn GPUs, BMCs, PDUs, recorded files and the simulator into contract messages on Kafka.
+
+Holds the sources (``ingest.sources``: nvml, redfish, snmp, replay, sim), the edge
+validation rules (``ingest.validate``) and the buffered, retrying producer
+(``ingest.producer``). Does no modelling and takes no decisions: a reading leaves
+here either as a good value or flagged in ``invalid_fields``, never altered.
+"""
