@@ -300,8 +300,10 @@ class Controller:
         for ep in snap.endpoint_ids:
             if ep not in present:
                 continue
+            # While stale the core returns the capacity-proportional target unsmoothed; _decay_to blends.
             decision = routing.routing_weights(
-                snap, ep, previous=self.previous_routing.get(ep), now_s=snap.now_s, params=self.routing_params,
+                snap, ep, previous=None if self.stale else self.previous_routing.get(ep), now_s=snap.now_s,
+                params=self.routing_params,
                 catalogue=self.catalogue, stale_after_s=self.settings.stale_after_s)
             if self.stale:
                 decision = self._decay_to(decision, now)

@@ -1,0 +1,158 @@
+"""The live controller's state machine without Kafka: forecasts in, hints/weights/commands/events out."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import numpy as np
+
+from contracts import (
+    ControlEvent,
+    ControllerMode,
+    PlacementHint,
+    PlacementRequest,
+    ReconfigCommand,
+    RoutingWeights,
+)
+from controller.core.snapshot import ConfigChange
+from controller.service import Controller, Outgoing, raises_power
+from tapas.settings import ControllerSettings
+from tests.controller_world import ENDPOINT, T0, forecast, gpu_sample, world_catalogue, world_topology
+
+
+def make(**settings: object) -> Controller:
+    return Controller(world_topology(8), world_catalogue(), ControllerSettings(metrics_port=0, **settings),
+                      started_at=T0)
+
+
+def feed(c: Controller, at: datetime, *, hot: int | None = None, saas: int = 4) -> None:
+    for i, s in enumerate(c.topology.server_ids):
+        is_hot = i == hot
+        c.handle("f", forecast(s, at, temp_c=84 if is_hot else 60, hi_c=90 if is_hot else 64,
+                               inlet_c=45 if is_hot else 24), now=at)
+        if i < saas:
+            c.handle("g", gpu_sample(s, at), now=at)
+
+
+def of(out: list[Outgoing], kind: type) -> list:
+    return [o.message for o in out if isinstance(o.message, kind)]
+
+
+def test_placement_hint_ranks_free_servers_and_is_advisory() -> None:
+    c = make()
+    feed(c, T0)
+    c.tick(T0)
+    [hint] = of(c.handle("p", PlacementRequest(request_id="r1", requested_at=T0, vm_kind="iaas", num_gpus=8), now=T0),
+                PlacementHint)
+    assert hint.feasible and hint.advisory
+    saas_servers = set(c.topology.server_ids[:4])
+    assert hint.candidates and not {x.server_id for x in hint.candidates} & saas_servers
+    assert [x.rank for x in hint.candidates] == list(range(1, len(hint.candidates) + 1))
+    assert all(x.thermal_headroom_c >= 0 for x in hint.candidates)
+
+
+def test_routing_weights_every_tick_drain_hot_instance() -> None:
+    c = make()
+    feed(c, T0)
+    [w0] = of(c.tick(T0), RoutingWeights)
+    assert w0.endpoint_id == ENDPOINT and abs(sum(x.weight for x in w0.weights) - 1) < 1e-9
+    assert len(w0.weights) == 4 and w0.advisory and not w0.stale_inputs
+    t1 = T0 + timedelta(seconds=1)
+    feed(c, t1, hot=0)
+    [w1] = of(c.tick(t1), RoutingWeights)
+    hot = next(x for x in w1.weights if x.server_id == c.topology.server_ids[0])
+    assert hot.state == "drain" and hot.weight == 0.0
+    assert c.metrics.registry.get_sample_value("tapas_routing_weight",
+                                               {"endpoint": ENDPOINT, "instance": hot.instance_id}) == 0.0
+    assert c.metrics.registry.get_sample_value("tapas_thermal_headroom_celsius",
+                                               {"endpoint": ENDPOINT, "instance": hot.instance_id}) < 0
+
+
+def test_hot_instance_gets_a_command_with_id_expiry_reason_and_mode_follows_switch() -> None:
+    c = make()
+    feed(c, T0)
+    c.tick(T0)
+    t1 = T0 + timedelta(seconds=6)
+    feed(c, t1, hot=0)
+    cmds = of(c.tick(t1), ReconfigCommand)
+    assert cmds, "a hot instance must be reconfigured"
+    cmd = cmds[0]
+    assert cmd.server_id == c.topology.server_ids[0] and cmd.action == "set_frequency_cap"
+    assert cmd.mode == "advisory" and cmd.expires_at > cmd.issued_at and "thermal" in cmd.reason
+    assert cmd.params.frequency_cap_mhz is not None and cmd.params.frequency_cap_mhz < 1410
+    ev = of(c.handle("m", ControllerMode(mode="enforce", changed_at=t1), now=t1), ControlEvent)
+    assert [e.event_kind for e in ev] == ["mode_changed"] and c.mode == "enforce"
+    # the same plan in a later epoch is a new command, now enforced
+    t2 = t1 + timedelta(seconds=6)
+    feed(c, t2, hot=0)
+    cmds2 = of(c.tick(t2), ReconfigCommand)
+    assert cmds2 and all(x.mode == "enforce" for x in cmds2)
+    [w] = of(c.tick(t2 + timedelta(seconds=1)), RoutingWeights)
+    assert not w.advisory
+
+
+def test_commands_outside_safety_bounds_are_refused_and_reported() -> None:
+    c = make(min_frequency_mhz=1300.0)
+    feed(c, T0)
+    c.tick(T0)
+    t1 = T0 + timedelta(seconds=6)
+    feed(c, t1, hot=0)
+    out = c.tick(t1)
+    assert not [m for m in of(out, ReconfigCommand) if (m.params.frequency_cap_mhz or 2000) < 1300]
+    refused = [e for e in of(out, ControlEvent) if e.event_kind == "safety_refused"]
+    assert refused and "minimum frequency" in refused[0].detail
+    assert c.num_refused >= 1
+
+
+def test_stale_forecasts_decay_weights_refuse_placement_and_recover() -> None:
+    c = make(stale_after_s=5.0, stale_decay_s=10.0)
+    feed(c, T0, hot=0)
+    [good] = of(c.tick(T0), RoutingWeights)
+    assert good.weights[0].weight == 0.0  # hot instance drained while data is fresh
+    # no forecast for a while: stale event once, weights decay to capacity-proportional (equal here)
+    t_stale = T0 + timedelta(seconds=6)
+    out = c.tick(t_stale)
+    assert [e.event_kind for e in of(out, ControlEvent)] == ["stale_forecasts"]
+    [w_early] = of(out, RoutingWeights)
+    assert w_early.stale_inputs and "STALE" in w_early.reason
+    out_later = c.tick(t_stale + timedelta(seconds=60))
+    assert not [e for e in of(out_later, ControlEvent) if e.event_kind == "stale_forecasts"]
+    [w_late] = of(out_later, RoutingWeights)
+    early = np.array([x.weight for x in w_early.weights])
+    late = np.array([x.weight for x in w_late.weights])
+    assert np.abs(late - 0.25).max() < 0.01 < np.abs(early - 0.25).max()
+    [hint] = of(c.handle("p", PlacementRequest(request_id="r2", requested_at=t_stale, vm_kind="saas", num_gpus=8),
+                         now=t_stale), PlacementHint)
+    assert not hint.feasible and "stale" in hint.reason
+    # data returns
+    t_back = t_stale + timedelta(seconds=61)
+    feed(c, t_back)
+    out_back = c.tick(t_back)
+    assert [e.event_kind for e in of(out_back, ControlEvent)] == ["forecasts_recovered"]
+    assert not of(out_back, RoutingWeights)[0].stale_inputs
+
+
+def test_changes_that_raise_power_are_blocked_while_stale() -> None:
+    c = make(stale_after_s=5.0)
+    feed(c, T0)
+    snap = c.snapshot(T0)
+    relax = ConfigChange(instance_id=snap.instances.instance_ids[0], instance_index=0, server_index=0,
+                         server_id=snap.server_ids[0], from_config_id="70b-tp8-fp16-1000",
+                         to_config_id="70b-tp8-fp16-1410", slow=False, trigger="relax", headroom=10.0, reason="cool",
+                         issued_at_s=snap.now_s, expires_at_s=snap.now_s + 60)
+    tighten = ConfigChange(**{**relax.__dict__, "from_config_id": "70b-tp8-fp16-1410",
+                              "to_config_id": "70b-tp8-fp16-1000", "trigger": "thermal"})
+    assert raises_power(relax, snap, c.catalogue) and not raises_power(tighten, snap, c.catalogue)
+    assert not c._blocked(relax, snap)
+    c.tick(T0 + timedelta(seconds=10))
+    assert c.stale and c._blocked(relax, snap) and not c._blocked(tighten, snap)
+
+
+def test_retained_mode_older_than_start_does_not_override_pinned_mode() -> None:
+    c = Controller(world_topology(8), world_catalogue(), ControllerSettings(metrics_port=0), mode="advisory",
+                   started_at=T0)
+    assert c.handle("m", ControllerMode(mode="enforce", changed_at=T0 - timedelta(hours=1)), now=T0) == []
+    assert c.mode == "advisory"
+    c2 = make()
+    c2.handle("m", ControllerMode(mode="enforce", changed_at=T0 - timedelta(hours=1)), now=T0)
+    assert c2.mode == "enforce"
