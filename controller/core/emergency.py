@@ -237,9 +237,15 @@ def _plan_cooling(
         else snapshot.server_zone == emergency.domain_index
     )
     inlet = np.maximum(snapshot.inlet_hi_c, snapshot.inlet_c) + np.where(in_zone, rise, 0.0)
-    changes = plan_reconfiguration(
+    planned = plan_reconfiguration(
         snapshot, catalogue, now_s=now_s, params=params, inlet_c=inlet, allow_slow=False, trigger_hint="emergency"
     )
+    # Outside the failed zone keep only the moves that add capacity for load shifted away from it.
+    changes = [
+        c for c in planned
+        if in_zone[c.server_index]
+        or catalogue.option(c.to_config_id).capacity_tokens_per_s_at_slo > catalogue.option(c.from_config_id).capacity_tokens_per_s_at_slo
+    ]
     relaxed = _saas_relaxed(snapshot, catalogue, changes, until_s)
     limit_c = snapshot.slowdown_temp_c - params.thermal_margin_c
     caps: list[GpuCap] = []

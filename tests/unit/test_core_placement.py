@@ -1,0 +1,74 @@
+"""Placement hints never break a limit they claim to respect; IaaS gets the safest spots."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from controller.core.placement import rank_servers
+from controller.core.snapshot import PlacementMargins, PlacementRequest
+from controller.core.synthetic import synthetic_snapshot
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    kind=st.sampled_from(["iaas", "saas"]),
+    gpus=st.sampled_from([1, 2, 4, 8]),
+    power=st.one_of(st.none(), st.floats(100, 700)),
+    rise=st.floats(0, 30),
+    oversub=st.floats(1.0, 2.5),
+)
+def test_candidates_respect_every_limit(seed: int, kind: str, gpus: int, power: float | None, rise: float, oversub: float) -> None:
+    rng = np.random.default_rng(seed)
+    snap = synthetic_snapshot(rng, num_servers=96, num_instances=30, num_vms=30, oversubscription=oversub)
+    free = rng.integers(0, 9, snap.num_servers)
+    snap = replace(snap, inlet_hi_c=snap.inlet_hi_c + rise, free_gpus=free.astype(np.int64))
+    m = PlacementMargins()
+    req = PlacementRequest("r", kind, gpus, gpu_power_w=power)  # type: ignore[arg-type]
+    d = rank_servers(snap, req, now_s=0.0, margins=m)
+    assert d.feasible == bool(d.candidates)
+    t_margin = m.iaas_thermal_margin_c if kind == "iaas" else m.saas_thermal_margin_c
+    p_margin = m.iaas_power_margin_frac if kind == "iaas" else m.saas_power_margin_frac
+    z_margin = m.iaas_zone_margin_frac if kind == "iaas" else m.saas_zone_margin_frac
+    scores = [c.score for c in d.candidates]
+    assert scores == sorted(scores, reverse=True)
+    for c in d.candidates:
+        s = c.server_index
+        p = power if power is not None else float(snap.gpu_tdp_w[s])
+        # Recompute independently: the VM's GPUs at the forecast-high inlet, and the server's own forecast.
+        peak = max(float(snap.gpu_temp_hi_c[s]), float(snap.inlet_hi_c[s] + snap.thermal_resistance_c_per_w[s] * p))
+        added = gpus * max(p - float(snap.gpu_idle_power_w[s]), 0.0)
+        r, z = int(snap.server_row[s]), int(snap.server_zone[s])
+        assert snap.free_gpus[s] >= gpus
+        assert peak <= snap.slowdown_temp_c[s] - t_margin + 1e-9
+        assert snap.row_power_hi_w[r] + added <= snap.row_budget_w[r] * (1 - p_margin) + 1e-6
+        assert snap.zone_heat_hi_w[z] + added <= snap.zone_capacity_w[z] * (1 - z_margin) + 1e-6
+        assert abs(c.predicted_peak_gpu_temp_c - peak) < 1e-6
+
+
+def test_iaas_takes_the_safest_server_and_saas_leaves_it() -> None:
+    rng = np.random.default_rng(3)
+    snap = synthetic_snapshot(rng, num_servers=64, num_instances=0, num_vms=0, oversubscription=1.0)
+    inlet = np.full(snap.num_servers, 30.0)
+    inlet[5] = 18.0  # the coolest spot
+    free = np.full(snap.num_servers, 8, dtype=np.int64)
+    free[10] = 4  # a partly used server
+    snap = replace(snap, inlet_hi_c=inlet, gpu_temp_hi_c=inlet + 10, free_gpus=free)
+    iaas = rank_servers(snap, PlacementRequest("a", "iaas", 4), now_s=0.0)
+    assert iaas.candidates[0].server_id == snap.server_ids[5]
+    saas = rank_servers(snap, PlacementRequest("b", "saas", 4), now_s=0.0)
+    # SaaS: all spots comfortably safe, so it fills the partly used server and keeps whole servers free.
+    assert saas.candidates[0].server_id == snap.server_ids[10]
+
+
+def test_no_feasible_server_says_why() -> None:
+    rng = np.random.default_rng(4)
+    snap = synthetic_snapshot(rng, num_servers=16, num_instances=0, num_vms=0)
+    hot = replace(snap, inlet_hi_c=snap.inlet_hi_c + 60.0)
+    d = rank_servers(hot, PlacementRequest("c", "iaas", 8), now_s=0.0)
+    assert not d.feasible and d.candidates == ()
+    assert "16 thermal" in d.reason
