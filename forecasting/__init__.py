@@ -11,7 +11,7 @@ decision logic.
 
 Physics default (used when the registry has no promoted version): hottest-GPU
 temperature follows a first-order lag, ``T(t+h) = T_ss + (T(t) - T_ss) * exp(-h/tau)``
-with ``T_ss = inlet + b + R * p_gpu`` (``tau`` 30 s, ``R`` 6 °C per 100 W per GPU,
+with ``T_ss = inlet + b + R * p_gpu`` (``tau`` 30 s, ``R`` 10 °C per 100 W per GPU,
 ``b`` 5 °C), where ``R`` and ``b`` are corrected per server by recursive least
 squares on the lag-filtered power; server power is assumed to stay at its 5-second
 level (plus the learned non-GPU power). Training (``tapas train``) replaces these

@@ -103,7 +103,7 @@ class ForecasterParams:
 
     version: str = "physics-default"
     tau_thermal_s: float = 30.0
-    r_c_per_100w: float = 6.0
+    r_c_per_100w: float = 10.0
     b_c: float = 5.0
     prior_var_r: float = 4.0
     prior_var_b: float = 25.0

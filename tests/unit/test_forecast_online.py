@@ -35,10 +35,10 @@ def test_steady_server_forecast_is_flat_and_interval_contains_point() -> None:
     f = OnlineForecaster()
     st = f.new_state()
     for i in range(120):
-        st = f.update(st, obs(float(i), 24.0 + 5.0 + 6.0 * 4.0, 400.0 * 8))
-    out = f.forecast(st, obs(119.0, 53.0, 3200.0), [10, 60, 300])
+        st = f.update(st, obs(float(i), 24.0 + 5.0 + 10.0 * 4.0, 400.0 * 8))
+    out = f.forecast(st, obs(119.0, 69.0, 3200.0), [10, 60, 300])
     for h in out:
-        assert h.gpu_temp_c == pytest.approx(53.0, abs=0.2)
+        assert h.gpu_temp_c == pytest.approx(69.0, abs=0.2)
         assert h.gpu_temp_lo_c < h.gpu_temp_c < h.gpu_temp_hi_c
         assert h.power_w == pytest.approx(3200.0 + 1600.0, rel=0.01)
 
@@ -47,14 +47,14 @@ def test_power_step_forecast_rises_with_first_order_lag() -> None:
     """After a power step the forecast heads to the new steady state, more so at longer horizons."""
     f = OnlineForecaster()
     powers = [200.0] * 300 + [600.0] * 5
-    temps = simulate_lag(6.0, 5.0, 30.0, powers, t0=24 + 5 + 12)
+    temps = simulate_lag(10.0, 5.0, 30.0, powers, t0=24 + 5 + 20)
     st = f.new_state()
     for i, (p, t) in enumerate(zip(powers, temps, strict=True)):
         st = f.update(st, obs(float(i), t, p * 8))
     last = obs(304.0, temps[-1], 600.0 * 8)
     f10, f60, f300 = f.forecast(st, last, [10, 60, 300])
     assert temps[-1] < f10.gpu_temp_c < f60.gpu_temp_c < f300.gpu_temp_c
-    assert f300.gpu_temp_c < 24 + 5 + 36 + 0.5  # never beyond the new steady state
+    assert f300.gpu_temp_c < 24 + 5 + 60 + 0.5  # never beyond the new steady state
 
 
 def test_hot_server_offset_is_learned_within_minutes() -> None:

@@ -1,0 +1,98 @@
+"""Offline training of the global model: per-horizon residual corrections and calibrated intervals.
+
+The global model is linear in the shared features (scikit-learn ``Ridge``, one per
+horizon and target) on top of the physics forecast, so the stream worker evaluates
+it with a dot product per horizon. The per-server online part (RLS on the thermal
+offset/resistance and the load→power map) runs inside the features. Interval
+bounds are the 5th/95th percentiles of the corrected residuals on the latest
+``calibration_frac`` of the training range, fitted after the corrections were fitted
+on the earlier part (so they are out-of-sample), then the corrections are refit on
+everything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from sklearn.linear_model import Ridge
+
+from forecasting.backtest import FoldedHistory
+from forecasting.features import FEATURE_NAMES
+from forecasting.state import ForecasterParams
+
+F = npt.NDArray[np.float64]
+
+#: Horizons ``tapas train`` fits, seconds (the worker interpolates between them).
+TRAIN_HORIZONS_S: tuple[float, ...] = (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0)
+
+
+def _ridge(x: F, y: F, shrinkage: float) -> F:
+    """Ridge coefficients with a penalty proportional to the rows (shrinkage toward the physics model)."""
+    model = Ridge(alpha=max(shrinkage * len(y), 1e-6), fit_intercept=False)
+    model.fit(x, y)
+    return np.asarray(model.coef_, dtype=np.float64)
+
+
+def _validated(x: F, r: F, early: npt.NDArray[np.bool_], shrinkage: float,
+               level: tuple[float, float]) -> tuple[list[float], list[float]]:
+    """Coefficients (all rows) and interval quantiles (late rows) for one target and horizon.
+
+    The correction is kept only when, fitted on the early rows, it lowers the mean
+    absolute error on the late rows; otherwise the physics forecast stands (zero
+    correction) and the quantiles are those of its residuals.
+    """
+    late = ~early
+    coef = _ridge(x[early], r[early], shrinkage)
+    corrected = r[late] - x[late] @ coef
+    if np.mean(np.abs(corrected)) < np.mean(np.abs(r[late])):
+        resid = corrected
+        final = _ridge(x, r, shrinkage).tolist()
+    else:
+        resid = r[late]
+        final = [0.0] * x.shape[1]
+    return final, [float(np.quantile(resid, level[0])), float(np.quantile(resid, level[1]))]
+
+
+def fit_corrections(folded: FoldedHistory, base: ForecasterParams, *, version: str,
+                    calibration_frac: float = 0.3, shrinkage: float = 0.1, interval_level: float = 0.9,
+                    metadata: dict[str, Any] | None = None) -> ForecasterParams:
+    """Fit per-horizon residual corrections and residual quantiles on folded history.
+
+    Args:
+        folded: the output of :func:`forecasting.backtest.fold_history` for the training range.
+        base: the parameters the history was folded with (physics constants kept as they are,
+            since the features depend on them).
+        version: the new version's name.
+        calibration_frac: latest share of the range whose residuals set the interval bounds.
+        shrinkage: ridge penalty per training row (features are O(1); larger = closer to physics).
+        interval_level: nominal central coverage of the interval.
+        metadata: provenance stored with the parameters.
+    """
+    lo_q, hi_q = (1.0 - interval_level) / 2.0, 1.0 - (1.0 - interval_level) / 2.0
+    cut = float(np.quantile(folded.at_s, 1.0 - calibration_frac)) if len(folded) else 0.0
+    temp_coef: dict[str, list[float]] = {}
+    power_coef: dict[str, list[float]] = {}
+    temp_q: dict[str, list[float]] = {}
+    power_q: dict[str, list[float]] = {}
+    n = folded.num_gpus
+    for k, h in enumerate(folded.horizons_s):
+        yt, yp = folded.target_temp_c[:, k], folded.target_power_w[:, k]
+        ok = ~np.isnan(yt) & ~np.isnan(yp)
+        if ok.sum() < 4 * len(FEATURE_NAMES):
+            continue
+        x = folded.features[ok]
+        rt = yt[ok] - folded.phys_temp_c[ok, k]
+        rp = (yp[ok] - folded.base_w[ok]) / n[ok] - folded.phys_pgpu_w[ok, k]
+        early = folded.at_s[ok] < cut
+        if early.sum() < 2 * len(FEATURE_NAMES) or (~early).sum() < 20:
+            raise ValueError(f"too little history to train horizon {h:g} s: "
+                             f"{int(early.sum())} fitting rows, {int((~early).sum())} calibration rows")
+        key = f"{h:g}"
+        temp_coef[key], temp_q[key] = _validated(x, rt, early, shrinkage, (lo_q, hi_q))
+        power_coef[key], power_q[key] = _validated(x, rp, early, shrinkage, (lo_q, hi_q))
+    return replace(base, version=version, horizons_s=tuple(folded.horizons_s), temp_coef=temp_coef,
+                   power_coef=power_coef, temp_q=temp_q, power_q=power_q, interval_level=interval_level,
+                   metadata=dict(metadata or {}))
