@@ -1,0 +1,88 @@
+"""Controller commands: ``tapas controller [--mode]``, ``tapas controller mode advisory|enforce``, ``tapas agent``."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Literal
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+controller_app = typer.Typer(
+    help="The live controller: placement hints, routing weights, reconfiguration commands, emergencies.",
+    invoke_without_command=True,
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(controller_app, name="controller")
+    app.command("agent")(agent)
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    return stop
+
+
+@controller_app.callback()
+def controller(
+    ctx: typer.Context,
+    mode: str = typer.Option(None, "--mode", help="advisory or enforce (default: TAPAS_CONTROLLER__MODE, or the "
+                                                  "latest mode on tapas.control.mode)."),
+) -> None:
+    """Run the controller service until SIGINT/SIGTERM (when no subcommand is given)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from contracts.errors import ConfigError
+    from controller.service import run_service
+    from simulator.catalogue import build_catalogue
+    from tapas.settings import load_settings
+    from tapas.topology import load_topology
+
+    if mode not in (None, "advisory", "enforce"):
+        raise ConfigError(f"--mode={mode!r}: choose advisory or enforce")
+    settings = load_settings()
+    topology = load_topology(settings.cluster_file)
+    catalogue, _specs = build_catalogue(topology.servers[0].sku)
+    stop = _stop_on_signals()
+    console.print(f"controller: {topology.num_servers} servers, endpoints {list(catalogue.endpoint_ids)}, "
+                  f"mode {mode or settings.controller.mode}; Ctrl-C to stop")
+    ctl = run_service(settings, topology, catalogue, stop=stop, mode=mode)  # type: ignore[arg-type]
+    console.print(f"controller stopped: {ctl.num_commands} commands issued, {ctl.num_refused} refused")
+
+
+@controller_app.command("mode")
+def set_mode(
+    mode: str = typer.Argument(..., help="advisory (publish decisions, enforce nothing) or enforce."),
+    changed_by: str = typer.Option("operator", "--by", help="Who switched (recorded in the event)."),
+) -> None:
+    """Switch the running controller between advisory and enforce (publishes on tapas.control.mode)."""
+    from contracts.errors import ConfigError
+    from controller.service import publish_mode
+    from tapas.settings import load_settings
+
+    if mode not in ("advisory", "enforce"):
+        raise ConfigError(f"mode={mode!r}: choose advisory or enforce")
+    chosen: Literal["advisory", "enforce"] = "enforce" if mode == "enforce" else "advisory"
+    msg = publish_mode(load_settings(), chosen, changed_by=changed_by)
+    console.print(f"controller mode -> {msg.mode} (published {msg.changed_at.isoformat()})")
+
+
+def agent(
+    server_id: str = typer.Option(..., "--server-id", help="The server this agent runs on (command key)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Never touch the GPUs; report what would be set."),
+) -> None:
+    """Node agent: apply host reconfiguration commands (GPU clock locks, power limits) for one server."""
+    from controller.agent import open_gpu_control, run_agent
+    from tapas.settings import load_settings
+
+    settings = load_settings()
+    control = open_gpu_control(dry_run=dry_run)
+    console.print(f"agent {server_id}: {control.describe()}")
+    stop = _stop_on_signals()
+    a = run_agent(settings, server_id, control, stop=stop)
+    console.print(f"agent stopped: {a.num_applied} commands applied ({'dry run' if control.dry_run else 'NVML'})")

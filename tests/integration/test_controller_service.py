@@ -1,0 +1,158 @@
+"""The live controller through the embedded broker: forecasts in, a placement answered, weights and commands out,
+no new aggressive command while forecasts are stale, recovery when they return."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import fields
+from datetime import UTC, datetime
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from contracts import (
+    Contract,
+    ControlEvent,
+    PlacementHint,
+    PlacementRequest,
+    ReconfigCommand,
+    RoutingWeights,
+    decode,
+)
+from controller.metrics import ControllerMetrics
+from controller.service import Controller, ControllerTopics, run_service
+from tapas.settings import Settings
+from tests.controller_world import ENDPOINT, forecast, gpu_sample, world_catalogue, world_topology
+
+pytestmark = pytest.mark.integration
+
+STALE_AFTER_S = 3.0
+
+
+class Harness:
+    """The service in a thread, a producer for inputs and a collector for outputs."""
+
+    def __init__(self, bootstrap: str, topics: ControllerTopics, **controller: object) -> None:
+        self.topics = topics
+        self.topology = world_topology(8)
+        settings = Settings(kafka={"bootstrap_servers": bootstrap},
+                            controller={"tick_s": 0.5, "stale_after_s": STALE_AFTER_S, "reconfig_period_s": 1.0,
+                                        "metrics_port": 0, "stale_decay_s": 5.0, **controller})
+        self.stop = threading.Event()
+        self.ready = threading.Event()
+        self.controller: Controller | None = None
+
+        def ready(c: Controller) -> None:
+            self.controller = c
+            self.ready.set()
+
+        self.thread = threading.Thread(target=run_service, name="controller-under-test", kwargs=dict(
+            settings=settings, topology=self.topology, catalogue=world_catalogue(), stop=self.stop, topics=topics,
+            metrics=ControllerMetrics(), on_ready=ready))
+        self.producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        outs = [topics.placement_hints, topics.routing_weights, topics.commands, topics.events]
+        self.consumer.assign([TopicPartition(t, 0) for t in outs])
+        self.models: dict[str, type[Contract]] = {topics.placement_hints: PlacementHint,
+                                                  topics.routing_weights: RoutingWeights,
+                                                  topics.commands: ReconfigCommand, topics.events: ControlEvent}
+        self.received: list[Contract] = []
+
+    def start(self) -> None:
+        self.thread.start()
+        assert self.ready.wait(20), "controller did not start"
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(20)
+        self.producer.close(timeout=5)
+        self.consumer.close()
+
+    def send(self, topic: str, key: str, msg: Contract) -> None:
+        self.producer.send(topic, key=key.encode(), value=msg.to_bytes())
+
+    def feed(self, *, hot: int | None = 0) -> None:
+        now = datetime.now(UTC)
+        for i, s in enumerate(self.topology.server_ids):
+            h = i == hot
+            self.send(self.topics.server_forecasts, s, forecast(s, now, temp_c=84 if h else 60, hi_c=90 if h else 64,
+                                                                inlet_c=45 if h else 24))
+            if i < 4:
+                self.send(self.topics.gpu_samples, s, gpu_sample(s, now))
+        self.producer.flush()
+
+    def collect(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for tp, recs in self.consumer.poll(200).items():
+                self.received += [decode(self.models[tp.topic], r.value) for r in recs]
+
+    def wait_for(self, pred: Callable[[Contract], bool], timeout_s: float, *, feeding: bool = False) -> Contract:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = [m for m in self.received if pred(m)]
+            if found:
+                return found[0]
+            if feeding:
+                self.feed()
+            self.collect(0.5)
+        raise AssertionError(f"no matching message within {timeout_s} s; got {len(self.received)} messages")
+
+
+@pytest.fixture
+def harness(broker: object, topic_factory: Callable[..., str]) -> Iterator[Harness]:
+    topics = ControllerTopics(**{f.name: topic_factory(f.name) for f in fields(ControllerTopics)})
+    h = Harness(broker.bootstrap, topics)  # type: ignore[attr-defined]
+    h.start()
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+def test_forecasts_in_hints_weights_commands_out_and_safe_when_stale(harness: Harness) -> None:
+    h = harness
+    # 1. forecasts in: weights every tick, the hot instance reconfigured
+    w = h.wait_for(lambda m: isinstance(m, RoutingWeights) and not m.stale_inputs, 15, feeding=True)
+    assert isinstance(w, RoutingWeights) and w.endpoint_id == ENDPOINT and len(w.weights) == 4
+    cmd = h.wait_for(lambda m: isinstance(m, ReconfigCommand), 15, feeding=True)
+    assert isinstance(cmd, ReconfigCommand)
+    assert cmd.server_id == h.topology.server_ids[0] and cmd.action == "set_frequency_cap"
+    assert cmd.expires_at > cmd.issued_at and cmd.reason and cmd.mode == "advisory"
+
+    # 2. a placement request answered with hints
+    h.feed()
+    h.send(h.topics.placement_requests, "req-int-1",
+           PlacementRequest(request_id="req-int-1", requested_at=datetime.now(UTC), vm_kind="iaas", num_gpus=8))
+    h.producer.flush()
+    hint = h.wait_for(lambda m: isinstance(m, PlacementHint) and m.request_id == "req-int-1", 10, feeding=True)
+    assert isinstance(hint, PlacementHint) and hint.feasible and hint.candidates
+    assert hint.candidates[0].server_id not in h.topology.server_ids[:4]  # SaaS servers have no free GPUs
+
+    # 3. forecasts stop: stale event, flagged weights, no placement vouched, no new aggressive command
+    stale = h.wait_for(lambda m: isinstance(m, ControlEvent) and m.event_kind == "stale_forecasts",
+                       STALE_AFTER_S + 10)
+    assert isinstance(stale, ControlEvent)
+    h.send(h.topics.placement_requests, "req-int-2",
+           PlacementRequest(request_id="req-int-2", requested_at=datetime.now(UTC), vm_kind="saas", num_gpus=8))
+    h.producer.flush()
+    hint2 = h.wait_for(lambda m: isinstance(m, PlacementHint) and m.request_id == "req-int-2", 10)
+    assert isinstance(hint2, PlacementHint) and not hint2.feasible and "stale" in hint2.reason
+    h.collect(3.0)
+    during = [m for m in h.received if getattr(m, "issued_at", None) and m.issued_at > stale.occurred_at]
+    weights_during = [m for m in during if isinstance(m, RoutingWeights)]
+    assert weights_during and all(m.stale_inputs for m in weights_during)
+    commanded = {c.instance_id: c.params.frequency_cap_mhz for c in h.received
+                 if isinstance(c, ReconfigCommand) and c.issued_at <= stale.occurred_at}
+    for c in (m for m in during if isinstance(m, ReconfigCommand)):
+        assert c.trigger != "relax", f"aggressive command while stale: {c.reason}"
+        assert (c.params.frequency_cap_mhz or 0) <= (commanded.get(c.instance_id) or 1e9)
+
+    # 4. forecasts return: recovery event and fresh weights
+    h.wait_for(lambda m: isinstance(m, ControlEvent) and m.event_kind == "forecasts_recovered", 15, feeding=True)
+    h.wait_for(lambda m: isinstance(m, RoutingWeights) and not m.stale_inputs and m.issued_at > stale.occurred_at,
+               10, feeding=True)
+    assert h.controller is not None and h.controller.metrics.registry.get_sample_value(
+        "tapas_controller_forecasts_stale") == 0.0
