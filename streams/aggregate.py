@@ -1,0 +1,189 @@
+"""Rack, row, PDU and cooling-zone aggregates: per-worker partial sums and their combination; pure.
+
+Servers of one row are spread over every worker (telemetry is keyed by server),
+so aggregation is two steps, the map-side combine of MapReduce: each worker sums
+its own servers per domain every tick (:func:`worker_partials`, vectorised with
+``np.bincount``) and sends one small partial per domain re-keyed by domain id;
+the worker owning that key combines the latest partial of every worker
+(:func:`combine_partials`) into a :class:`contracts.DomainForecast`. Partials are
+rebuilt every tick, so this state needs no changelog: a moved partition is whole
+again after one tick.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from contracts.messages import DomainForecast
+
+DomainKind = Literal["rack", "row", "pdu", "zone"]
+DOMAIN_KINDS: tuple[DomainKind, ...] = ("rack", "row", "pdu", "zone")
+
+
+@dataclass(frozen=True)
+class DomainLimits:
+    """Members and limits of every domain, from the topology.
+
+    Attributes:
+        ids: per kind, the domain ids in index order.
+        power_limit_w: per kind, each domain's power limit (PDU: nameplate / oversubscription,
+            row: budget, zone: cooling capacity).
+        pdus_of: per kind and domain id, the PDUs whose measured power sums to the domain's power.
+        inlet_limit_c: zone inlet limit, °C.
+    """
+
+    ids: Mapping[DomainKind, tuple[str, ...]]
+    power_limit_w: Mapping[DomainKind, tuple[float, ...]]
+    pdus_of: Mapping[DomainKind, Mapping[str, tuple[str, ...]]]
+    inlet_limit_c: float
+
+
+@dataclass(frozen=True)
+class Partial:
+    """One worker's sums over its servers of one domain at one tick (the internal re-keyed message)."""
+
+    worker_id: str
+    kind: DomainKind
+    domain_id: str
+    at_s: float
+    num_servers: int
+    power_w: float
+    max_inlet_c: float | None
+    horizons_s: tuple[float, ...]
+    power_forecast_w: tuple[float, ...]
+    power_forecast_hi_w: tuple[float, ...]
+
+    def to_bytes(self) -> bytes:
+        """JSON bytes for the internal partials topic."""
+        d: dict[str, Any] = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return json.dumps(d).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Partial:
+        """Inverse of :meth:`to_bytes`; raises ``ValueError``/``KeyError``/``TypeError`` on foreign bytes."""
+        d = json.loads(raw)
+        for k in ("horizons_s", "power_forecast_w", "power_forecast_hi_w"):
+            d[k] = tuple(float(v) for v in d[k])
+        return cls(**d)
+
+    @property
+    def key(self) -> str:
+        """Kafka key of the partial (and of the domain forecast): ``kind:domain_id``."""
+        return f"{self.kind}:{self.domain_id}"
+
+
+def worker_partials(*, worker_id: str, at_s: float, fresh: npt.NDArray[np.bool_],
+                    domain_index: Mapping[DomainKind, npt.NDArray[np.int64]], limits: DomainLimits,
+                    power_w: npt.NDArray[np.float64], inlet_c: npt.NDArray[np.float64],
+                    horizons_s: Sequence[float], power_fc_w: npt.NDArray[np.float64],
+                    power_fc_hi_w: npt.NDArray[np.float64]) -> list[Partial]:
+    """Per-domain sums over this worker's fresh servers.
+
+    Args:
+        fresh: which slots count (a recent forecast exists).
+        domain_index: per kind, each slot's domain index (-1 when the server is not in the topology).
+        power_w: each slot's latest server power (NaN unknown → counted as 0).
+        inlet_c: each slot's latest inlet (NaN unknown).
+        power_fc_w, power_fc_hi_w: ``[slot, horizon]`` point forecast and upper bound of server power.
+
+    Examples:
+        >>> lim = DomainLimits({"rack": ("k1",), "row": ("r1",), "pdu": ("p1",), "zone": ("z1",)},
+        ...                    {k: (1e4,) for k in DOMAIN_KINDS}, {k: {} for k in DOMAIN_KINDS}, 27.0)
+        >>> idx = {k: np.array([0, 0, -1]) for k in DOMAIN_KINDS}
+        >>> ps = worker_partials(worker_id="w", at_s=5.0, fresh=np.array([True, True, True]), domain_index=idx,
+        ...     limits=lim, power_w=np.array([100.0, 200.0, 50.0]), inlet_c=np.array([22.0, 25.0, 30.0]),
+        ...     horizons_s=[60.0], power_fc_w=np.array([[110.0], [210.0], [60.0]]),
+        ...     power_fc_hi_w=np.array([[120.0], [230.0], [70.0]]))
+        >>> [(p.kind, p.num_servers, p.power_w, p.max_inlet_c, p.power_forecast_hi_w) for p in ps][:1]
+        [('rack', 2, 300.0, 25.0, (350.0,))]
+    """
+    out: list[Partial] = []
+    pw = np.where(np.isnan(power_w), 0.0, power_w)
+    fc = np.where(np.isnan(power_fc_w), 0.0, power_fc_w)
+    fc_hi = np.where(np.isnan(power_fc_hi_w), 0.0, power_fc_hi_w)
+    inlet = np.where(np.isnan(inlet_c), -np.inf, inlet_c)
+    for kind in DOMAIN_KINDS:
+        idx = domain_index[kind]
+        sel = fresh & (idx >= 0)
+        if not sel.any():
+            continue
+        n_dom = len(limits.ids[kind])
+        d = idx[sel]
+        counts = np.bincount(d, minlength=n_dom)
+        power = np.bincount(d, weights=pw[sel], minlength=n_dom)
+        fcs = [np.bincount(d, weights=fc[sel, h], minlength=n_dom) for h in range(len(horizons_s))]
+        fcs_hi = [np.bincount(d, weights=fc_hi[sel, h], minlength=n_dom) for h in range(len(horizons_s))]
+        max_inlet = np.full(n_dom, -np.inf)
+        np.maximum.at(max_inlet, d, inlet[sel])
+        for j in np.flatnonzero(counts):
+            mi = float(max_inlet[j])
+            out.append(Partial(
+                worker_id=worker_id, kind=kind, domain_id=limits.ids[kind][j], at_s=at_s,
+                num_servers=int(counts[j]), power_w=float(power[j]),
+                max_inlet_c=mi if math.isfinite(mi) else None, horizons_s=tuple(float(h) for h in horizons_s),
+                power_forecast_w=tuple(float(f[j]) for f in fcs),
+                power_forecast_hi_w=tuple(float(f[j]) for f in fcs_hi),
+            ))
+    return out
+
+
+@dataclass
+class DomainCombiner:
+    """Latest partial of every worker per domain; combines the fresh ones into domain forecasts."""
+
+    limits: DomainLimits
+    stale_after_s: float = 5.0
+    latest: dict[str, dict[str, Partial]] = field(default_factory=dict)
+
+    def add(self, p: Partial) -> None:
+        """Keep ``p`` if it is the newest partial of its worker for its domain."""
+        per_worker = self.latest.setdefault(p.key, {})
+        old = per_worker.get(p.worker_id)
+        if old is None or p.at_s >= old.at_s:
+            per_worker[p.worker_id] = p
+
+    def combine(self, *, issued_at: Any, pdu_power_w: Mapping[str, float]) -> list[DomainForecast]:
+        """One forecast per domain from partials no older than ``stale_after_s`` behind the newest.
+
+        ``pdu_power_w`` holds the fresh measured power of each PDU; a domain whose PDUs
+        are all measured reports the measured sum and shifts its forecasts by the
+        difference to its servers' sum (unmetered loads).
+        """
+        out: list[DomainForecast] = []
+        for per_worker in list(self.latest.values()):
+            newest = max(p.at_s for p in per_worker.values())
+            parts = [p for p in per_worker.values() if newest - p.at_s <= self.stale_after_s]
+            for w in [w for w, p in per_worker.items() if newest - p.at_s > self.stale_after_s]:
+                del per_worker[w]
+            first = parts[0]
+            kind, dom = first.kind, first.domain_id
+            servers_w = sum(p.power_w for p in parts)
+            fc = [sum(p.power_forecast_w[h] for p in parts) for h in range(len(first.horizons_s))]
+            fc_hi = [sum(p.power_forecast_hi_w[h] for p in parts) for h in range(len(first.horizons_s))]
+            pdus = self.limits.pdus_of[kind].get(dom, ())
+            measured = [pdu_power_w[p] for p in pdus if p in pdu_power_w]
+            power = servers_w
+            if pdus and len(measured) == len(pdus):
+                power = sum(measured)
+                shift = power - servers_w
+                fc = [max(f + shift, 0.0) for f in fc]
+                fc_hi = [max(f + shift, 0.0) for f in fc_hi]
+            inlets = [p.max_inlet_c for p in parts if p.max_inlet_c is not None]
+            j = self.limits.ids[kind].index(dom)
+            out.append(DomainForecast(
+                domain_kind=kind, domain_id=dom, issued_at=issued_at,
+                num_servers=sum(p.num_servers for p in parts), power_w=max(power, 0.0),
+                power_limit_w=self.limits.power_limit_w[kind][j],
+                max_inlet_temp_c=max(inlets) if inlets else None,
+                inlet_limit_c=self.limits.inlet_limit_c if kind == "zone" else None,
+                horizons_s=list(first.horizons_s), power_forecast_w=fc,
+                power_forecast_hi_w=[max(a, b) for a, b in zip(fc_hi, fc, strict=True)],
+            ))
+        return out

@@ -1,0 +1,302 @@
+"""The Faust app: topics, the changelog-backed state table, and thin agents around :class:`StreamProcessor`.
+
+Agents take raw bytes in batches (``take_events``), hand them to the processor and
+send what it returns; every decision about joins, models and aggregates lives in
+``streams.processor`` and below. Two inputs are read by every worker outside the
+consumer group (plain aiokafka ``assign()``, no join): PDU power (every worker
+needs every PDU for its servers' shares and headroom) and model announcements
+(every worker must switch version).
+
+Durability: per-server state is written to the ``server-state`` table (changelog
+``<app_id>-server-state-changelog``, 8 partitions, keyed like the telemetry) for
+every server changed since the last write, immediately before Faust commits
+offsets (a sensor hook) and when partitions are revoked; Faust flushes the
+producer before committing, so the changelog always holds every update the
+committed offsets cover. Replayed samples are ignored by the state (not newer), so
+a restart restores exactly the state that was lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import faust
+from faust.sensors import Sensor
+
+from contracts.messages import (
+    DeadLetter,
+    DomainForecast,
+    GpuSample,
+    InletSample,
+    ModelAnnouncement,
+    PduPowerSample,
+    ServerForecast,
+)
+from contracts.topics import TOPIC_BY_NAME, topic_for
+from forecasting.online import OnlineForecaster
+from streams.aggregate import Partial
+from streams.joins import JoinWindows
+from streams.processor import BatchOutput, RawRecord, StreamProcessor, TopologyView
+from streams.store.base import HistoryStore, Point
+from tapas.settings import Settings, aiokafka_kwargs, ssl_context
+
+log = logging.getLogger(__name__)
+
+PARTIALS_TOPIC_SUFFIX = "domain-partials"
+STATE_TABLE = "server-state"
+
+
+def load_forecaster(registry_dir: Path, version: str | None = None) -> OnlineForecaster:
+    """The promoted forecaster (``forecasting.registry``), or the physics default when no registry exists yet."""
+    try:
+        from forecasting.registry import load_forecaster as registry_load
+    except ModuleNotFoundError:
+        log.warning("event=registry_missing fallback=physics-default")
+        return OnlineForecaster()
+    return registry_load(registry_dir, version=version)
+
+
+def faust_settings(settings: Settings) -> dict[str, Any]:
+    """Faust configuration from settings; the group timeouts are what shorten the join on Tansu."""
+    w = settings.worker
+    kw: dict[str, Any] = dict(
+        broker=[f"kafka://{b}" for b in settings.kafka.bootstrap_servers.split(",")],
+        value_serializer="raw", key_serializer="raw", store="memory://",
+        topic_partitions=TOPIC_BY_NAME[topic_for(GpuSample)].partitions, topic_replication_factor=1,
+        topic_disable_leader=True, table_standby_replicas=0,
+        web_port=w.web_port, web_host="127.0.0.1", web_bind="127.0.0.1", datadir=str(w.data_dir),
+        broker_session_timeout=w.session_timeout_s, broker_heartbeat_interval=w.heartbeat_interval_s,
+        broker_max_poll_interval=w.max_poll_interval_s, broker_rebalance_timeout=w.rebalance_timeout_s,
+        consumer_auto_offset_reset="earliest", producer_linger_ms=2, broker_commit_interval=2.0,
+        broker_client_id=settings.kafka.client_id, stream_buffer_maxsize=8192,
+    )
+    ctx = ssl_context(settings.kafka)
+    if ctx is not None:
+        kw["broker_credentials"] = ctx
+    return kw
+
+
+class _FlushBeforeCommit(Sensor):
+    """Writes dirty per-server state to the table when Faust starts a commit (before it flushes the producer)."""
+
+    def __init__(self, flush: Callable[[], object]) -> None:
+        super().__init__()
+        self._flush = flush
+
+    def on_commit_initiated(self, consumer: Any) -> Any:
+        self._flush()
+        return None
+
+
+class WorkerApp:
+    """The stream worker: builds the Faust app around a processor, a store and the settings."""
+
+    def __init__(self, settings: Settings, *, view: TopologyView, forecaster: OnlineForecaster,
+                 store: HistoryStore | None) -> None:
+        self.settings = settings
+        w = settings.worker
+        self.worker_id = uuid.uuid4().hex[:12]
+        self.processor = StreamProcessor(
+            view, forecaster, horizons_s=w.horizons_s, tick_s=w.tick_s,
+            windows=JoinWindows(w.inlet_max_age_s, w.power_max_age_s), downsample_s=settings.store.downsample_s,
+            worker_id=self.worker_id, store_enabled=store is not None)
+        self.store = store
+        self._points: list[Point] = []
+        self.app = faust.App(w.app_id, **faust_settings(settings))
+        app = self.app
+
+        def raw_topic(name: str, **kw: Any) -> Any:
+            return app.topic(name, value_serializer="raw", key_serializer="raw", **kw)
+
+        self.gpu_topic = raw_topic(topic_for(GpuSample))
+        self.inlet_topic = raw_topic(topic_for(InletSample))
+        self.forecast_topic = raw_topic(topic_for(ServerForecast))
+        self.domain_topic = raw_topic(topic_for(DomainForecast))
+        self.deadletter_topic = raw_topic(topic_for(DeadLetter))
+        self.partials_topic = raw_topic(f"{w.app_id}-{PARTIALS_TOPIC_SUFFIX}", partitions=4, internal=True)
+        self.table = app.Table(STATE_TABLE, partitions=self.app.conf.topic_partitions, use_partitioner=True,
+                               schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw",
+                                                   value_serializer="raw"))
+        app.sensors.add(_FlushBeforeCommit(self.flush_states))
+        app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
+        self._wire()
+
+    # ------------------------------------------------------------------ state table
+    def flush_states(self) -> int:
+        """Write every changed server's state to the changelog table; returns how many."""
+        dirty = self.processor.take_dirty_states()
+        for sid, raw in dirty.items():
+            self.table[sid.encode()] = raw
+        return len(dirty)
+
+    async def _on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
+        self.flush_states()
+        self.processor.forget_servers()
+
+    def _restore_unknown(self, records: list[RawRecord]) -> None:
+        known = self.processor.states.index
+        for rec in records:
+            if rec.key is None:
+                continue
+            sid = rec.key.decode(errors="replace")
+            if sid in known:
+                continue
+            raw = self.table.get(rec.key)
+            if raw:
+                try:
+                    self.processor.restore(sid, raw)
+                except ValueError as exc:
+                    log.error("event=state_restore_failed server=%s error=%s", sid, exc)
+
+    # ------------------------------------------------------------------ output
+    async def _send(self, out: BatchOutput) -> None:
+        for key, value in out.forecasts:
+            await self.forecast_topic.send(key=key, value=value)
+        for dl_key, dl in out.dead_letters:
+            await self.deadletter_topic.send(key=dl_key or b"", value=dl)
+        if out.points and self.store is not None:
+            self._points.extend(out.points)
+            if len(self._points) >= self.settings.store.max_buffered_points:
+                await self.flush_store()  # backpressure: the agent waits for the store
+
+    async def flush_store(self) -> None:
+        """Write buffered history points in batches (in a thread: the store client blocks)."""
+        if self.store is None or not self._points:
+            return
+        points, self._points = self._points, []
+        size = self.settings.store.batch_size
+        for i in range(0, len(points), size):
+            try:
+                await asyncio.to_thread(self.store.write, points[i:i + size])
+            except Exception as exc:  # StoreError or a client error: log, keep streaming
+                log.error("event=store_write_failed points=%d error=%s", len(points[i:i + size]), exc)
+
+    # ------------------------------------------------------------------ agents
+    def _wire(self) -> None:
+        app, w = self.app, self.settings.worker
+
+        def records(events: Any) -> list[RawRecord]:
+            return [RawRecord(e.message.key, e.message.value, e.message.topic, e.message.partition,
+                              e.message.offset) for e in events]
+
+        @app.agent(self.gpu_topic, name="gpu-samples")
+        async def gpu_samples(stream: Any) -> None:
+            async for events in stream.take_events(w.batch_max, within=w.batch_within_s):
+                batch = records(events)
+                self._restore_unknown(batch)
+                await self._send(self.processor.handle_gpu(batch))
+
+        @app.agent(self.inlet_topic, name="inlet-samples")
+        async def inlet_samples(stream: Any) -> None:
+            async for events in stream.take_events(w.batch_max, within=w.batch_within_s):
+                batch = records(events)
+                self._restore_unknown(batch)
+                await self._send(self.processor.handle_inlet(batch))
+
+        @app.agent(self.partials_topic, name="domain-partials")
+        async def domain_partials(stream: Any) -> None:
+            async for events in stream.take_events(1000, within=0.1):
+                for e in events:
+                    try:
+                        self.processor.combiner.add(Partial.from_bytes(e.message.value))
+                    except (ValueError, KeyError, TypeError) as exc:
+                        log.error("event=bad_partial error=%s", exc)
+
+        @app.timer(interval=w.tick_s)  # type: ignore[untyped-decorator]
+        async def publish_domains() -> None:
+            for p in self.processor.domain_partials():
+                await self.partials_topic.send(key=p.key.encode(), value=p.to_bytes())
+            for d in self.processor.domain_forecasts():
+                await self.domain_topic.send(key=f"{d.domain_kind}:{d.domain_id}".encode(), value=d.to_bytes())
+
+        @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
+        async def flush_history() -> None:
+            await self.flush_store()
+
+        @app.task  # type: ignore[untyped-decorator]
+        async def broadcast_inputs() -> None:
+            await self._consume_broadcast()
+
+        @app.page("/tapas/state/")
+        async def state_page(web: Any, request: Any) -> Any:
+            """Every server's state bytes (base64) as held in the changelog table (after flushing)."""
+            self.flush_states()
+            await app.producer.flush()
+            body = {k.decode(): base64.b64encode(v).decode() for k, v in self.table.items()}
+            return web.json({"worker_id": self.worker_id, "model_version": self.processor.forecaster.version,
+                              "num_late": self.processor.num_late, "states": body})
+
+    # ------------------------------------------------------------------ broadcast inputs
+    async def _consume_broadcast(self) -> None:
+        """PDU power and model announcements: every partition, no consumer group (``assign``)."""
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        pdu, models = topic_for(PduPowerSample), topic_for(ModelAnnouncement)
+        consumer = AIOKafkaConsumer(**aiokafka_kwargs(self.settings.kafka), enable_auto_commit=False,
+                                    client_id=f"{self.settings.kafka.client_id}-broadcast-{self.worker_id}")
+        await consumer.start()
+        try:
+            tps = [TopicPartition(t, p) for t in (pdu, models)
+                   for p in sorted(await _partitions(consumer, t))]
+            consumer.assign(tps)
+            begin = await consumer.beginning_offsets(tps)
+            end = await consumer.end_offsets(tps)
+            for tp in tps:  # models: whole (compacted) history; PDU: a bounded look-back
+                lookback = 10_000 if tp.topic == pdu else 1_000_000
+                consumer.seek(tp, max(begin[tp], end[tp] - lookback))
+            while True:
+                got = await consumer.getmany(timeout_ms=500, max_records=5000)
+                for tp, msgs in got.items():
+                    recs = [RawRecord(m.key, m.value, tp.topic, tp.partition, m.offset) for m in msgs]
+                    if tp.topic == pdu:
+                        await self._send(self.processor.handle_pdu(recs))
+                    else:
+                        for rec in recs:
+                            await self._on_announcement(rec)
+        finally:
+            await consumer.stop()
+
+    async def _on_announcement(self, rec: RawRecord) -> None:
+        got = self.processor.decode_announcement(rec)
+        if isinstance(got, bytes):
+            await self.deadletter_topic.send(key=rec.key or b"", value=got)
+            return
+        if got.version == self.processor.forecaster.version:
+            return
+        registry = Path(self.settings.registry_dir)
+        artifact = registry / got.artifact_path
+        try:
+            if artifact.is_file():
+                digest = hashlib.sha256(artifact.read_bytes()).hexdigest()
+                if digest != got.sha256:
+                    raise ValueError(f"{artifact}: sha256 {digest} != announced {got.sha256}")
+            forecaster = await asyncio.to_thread(load_forecaster, registry, got.version)
+        except Exception as exc:  # a bad artifact must not stop the worker: keep the current version
+            log.error("event=model_load_failed version=%s error=%s", got.version, exc)
+            return
+        self.processor.set_forecaster(forecaster)
+        log.info("event=model_switched version=%s", forecaster.version)
+
+
+async def _partitions(consumer: Any, topic: str) -> set[int]:
+    for _ in range(100):
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return set(parts)
+        await consumer._client.force_metadata_update()  # noqa: SLF001 - aiokafka has no public refresh
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"topic {topic} has no partitions (was the broker's topic table created?)")
+
+
+def describe(app: WorkerApp) -> str:
+    """One-line summary for logs."""
+    return json.dumps({"worker_id": app.worker_id, "app_id": app.settings.worker.app_id,
+                       "horizons_s": list(app.processor.horizons_s)})

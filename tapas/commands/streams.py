@@ -1,0 +1,38 @@
+"""``tapas worker``: run one Faust stream worker (start several to share the partitions)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command("worker")(worker)
+
+
+def worker(
+    web_port: int = typer.Option(None, "--web-port", help="Faust web port (default TAPAS_WORKER__WEB_PORT); "
+                                 "give each worker on one host its own."),
+    no_store: bool = typer.Option(False, "--no-store", help="Do not write history (forecasts still published)."),
+    loglevel: str = typer.Option("WARNING", "--loglevel", help="Faust log level."),
+) -> None:
+    """Consume telemetry, keep per-server models live, publish forecasts, write history (Ctrl-C stops)."""
+    import faust
+
+    from streams.app import WorkerApp, load_forecaster
+    from streams.processor import TopologyView
+    from streams.store.base import open_store
+    from tapas.settings import load_settings
+    from tapas.topology import load_topology
+
+    settings = load_settings()
+    if web_port is not None:
+        settings = settings.model_copy(update={"worker": settings.worker.model_copy(update={"web_port": web_port})})
+    topo = load_topology(settings.cluster_file)
+    view = TopologyView.from_topology(topo, inlet_limit_c=settings.worker.inlet_limit_c)
+    store = None if (no_store or not settings.worker.store_enabled) else open_store(settings.store)
+    wa = WorkerApp(settings, view=view, forecaster=load_forecaster(settings.registry_dir), store=store)
+    try:
+        faust.Worker(wa.app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    finally:
+        if store is not None:
+            store.close()
