@@ -90,6 +90,16 @@ class FoldedHistory:
             kw[name] = getattr(self, name)[mask]
         return FoldedHistory(horizons_s=self.horizons_s, server_ids=self.server_ids, **kw)
 
+    def with_horizons(self, horizons_s: Sequence[float]) -> FoldedHistory:
+        """The same rows restricted to some of the folded horizons."""
+        idx = [self.horizons_s.index(float(h)) for h in horizons_s]
+        kw: dict[str, Any] = {name: getattr(self, name) for name in (
+            "server", "at_s", "temp_c", "power_w", "peak_w", "num_gpus", "base_w", "features", "ma_temp_c",
+            "ma_power_w")}
+        for name in ("phys_temp_c", "phys_pgpu_w", "target_temp_c", "target_power_w"):
+            kw[name] = getattr(self, name)[:, idx]
+        return FoldedHistory(horizons_s=tuple(float(h) for h in horizons_s), server_ids=self.server_ids, **kw)
+
     def __len__(self) -> int:
         return len(self.at_s)
 

@@ -163,3 +163,12 @@ def load_forecaster(registry_dir: Path, version: str | None = None, *,
         return load_artifact(registry_dir, record["artifact_path"], record["sha256"])
     meta = read_metadata(registry_dir, version, model_name=model_name)
     return load_artifact(registry_dir, f"{model_name}/{version}/model.json", meta["sha256"])
+
+
+def load_announced(registry_dir: Path, announcement: Any) -> OnlineForecaster:
+    """Load the version a :class:`contracts.ModelAnnouncement` names, verified against its sha256."""
+    forecaster = load_artifact(registry_dir, announcement.artifact_path, announcement.sha256)
+    if forecaster.version != announcement.version:
+        raise ModelIntegrityError(f"announced version {announcement.version!r} but the artifact holds "
+                                  f"{forecaster.version!r}")
+    return forecaster

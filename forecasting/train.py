@@ -12,6 +12,7 @@ everything.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from typing import Any
 
@@ -24,6 +25,7 @@ from forecasting.features import FEATURE_NAMES
 from forecasting.state import ForecasterParams
 
 F = npt.NDArray[np.float64]
+log = logging.getLogger(__name__)
 
 #: Horizons ``tapas train`` fits, seconds (the worker interpolates between them).
 TRAIN_HORIZONS_S: tuple[float, ...] = (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0)
@@ -72,7 +74,6 @@ def fit_corrections(folded: FoldedHistory, base: ForecasterParams, *, version: s
         metadata: provenance stored with the parameters.
     """
     lo_q, hi_q = (1.0 - interval_level) / 2.0, 1.0 - (1.0 - interval_level) / 2.0
-    cut = float(np.quantile(folded.at_s, 1.0 - calibration_frac)) if len(folded) else 0.0
     temp_coef: dict[str, list[float]] = {}
     power_coef: dict[str, list[float]] = {}
     temp_q: dict[str, list[float]] = {}
@@ -82,17 +83,22 @@ def fit_corrections(folded: FoldedHistory, base: ForecasterParams, *, version: s
         yt, yp = folded.target_temp_c[:, k], folded.target_power_w[:, k]
         ok = ~np.isnan(yt) & ~np.isnan(yp)
         if ok.sum() < 4 * len(FEATURE_NAMES):
+            log.warning("event=horizon_skipped horizon_s=%g reason=too_little_history rows=%d", h, int(ok.sum()))
             continue
         x = folded.features[ok]
         rt = yt[ok] - folded.phys_temp_c[ok, k]
         rp = (yp[ok] - folded.base_w[ok]) / n[ok] - folded.phys_pgpu_w[ok, k]
+        cut = float(np.quantile(folded.at_s[ok], 1.0 - calibration_frac))
         early = folded.at_s[ok] < cut
         if early.sum() < 2 * len(FEATURE_NAMES) or (~early).sum() < 20:
-            raise ValueError(f"too little history to train horizon {h:g} s: "
-                             f"{int(early.sum())} fitting rows, {int((~early).sum())} calibration rows")
+            log.warning("event=horizon_skipped horizon_s=%g reason=too_little_history rows=%d", h, int(ok.sum()))
+            continue
         key = f"{h:g}"
         temp_coef[key], temp_q[key] = _validated(x, rt, early, shrinkage, (lo_q, hi_q))
         power_coef[key], power_q[key] = _validated(x, rp, early, shrinkage, (lo_q, hi_q))
+    if not temp_coef:
+        raise ValueError(f"too little history to train any horizon of {list(folded.horizons_s)} "
+                         f"({len(folded)} rows); give a longer history")
     return replace(base, version=version, horizons_s=tuple(folded.horizons_s), temp_coef=temp_coef,
                    power_coef=power_coef, temp_q=temp_q, power_q=power_q, interval_level=interval_level,
                    metadata=dict(metadata or {}))
