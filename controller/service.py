@@ -167,6 +167,8 @@ class Controller:
         self.previous_routing: dict[str, RoutingDecision] = {}
         self.last_good_routing: dict[str, RoutingDecision] = {}
         self.emergencies: dict[str, ActiveEmergency] = {}
+        self.intents: dict[str, tuple[str, datetime]] = {}
+        """instance id -> (config id last commanded, when those commands expire)."""
         self.last_reconfig_at: datetime | None = None
         self._snapshot: Snapshot | None = None
         self._snapshot_at: datetime | None = None
@@ -212,6 +214,7 @@ class Controller:
         self.metrics.mode_enforce.set(1.0 if self.mode == "enforce" else 0.0)
         if old == msg.mode:
             return []
+        self.intents.clear()  # commands issued in the other mode are re-issued in this one
         log.info("event=mode_changed from=%s to=%s by=%s", old, msg.mode, msg.changed_by)
         return [self._event("mode_changed", "info", now, detail=f"controller mode {old} -> {msg.mode} "
                                                               f"by {msg.changed_by}")]
@@ -373,12 +376,30 @@ class Controller:
         return False
 
     def _issue_changes(self, changes: Iterable[ConfigChange], now: datetime) -> list[Outgoing]:
+        """Commands for the changes not already in flight.
+
+        A change to the configuration an instance was last commanded to, whose commands
+        have more than a third of their lifetime left, is in flight (the serving layer
+        or agent has not reported the new configuration yet, or the controller is
+        advisory): it is not re-issued. Near expiry it is re-issued with a new id, which
+        keeps a still-wanted cap from lapsing.
+        """
         out: list[Outgoing] = []
         for change in changes:
+            intent = self.intents.get(change.instance_id)
+            if intent is not None and intent[0] == change.to_config_id and (
+                    intent[1] - now).total_seconds() > self.settings.command_ttl_s / 3:
+                continue
+            issued = False
             for cmd in change_to_commands(change, self.catalogue, mode=self.mode, now=now,
                                           ttl_s=self.settings.command_ttl_s,
                                           epoch_s=self.settings.reconfig_period_s):
-                out += self._admit(cmd, now, capacity_frac_after=self._capacity_frac(change))
+                sent = self._admit(cmd, now, capacity_frac_after=self._capacity_frac(change))
+                issued = issued or any(o.topic == self.topics.commands for o in sent)
+                out += sent
+            if issued:
+                self.intents[change.instance_id] = (change.to_config_id,
+                                                    now + timedelta(seconds=self.settings.command_ttl_s))
         return out
 
     def _capacity_frac(self, change: ConfigChange) -> float | None:

@@ -1,0 +1,189 @@
+"""Controller and agent under faults, each test counting what went in and what came out.
+
+The fast slice (no marker) drives the Controller and NodeAgent state machines directly;
+the ``fault`` tests run them as threads against real embedded brokers, including a
+broker that goes away.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from kafka import KafkaProducer
+
+from contracts import CommandStatus, ControlEvent, ReconfigCommand, ReconfigParams, RoutingWeights
+from controller.agent import DryRunGpuControl, GpuSetting, NodeAgent, run_agent
+from controller.service import Controller, Outgoing
+from tapas.broker import EmbeddedBroker, free_port
+from tapas.settings import ControllerSettings, Settings
+from tests.controller_world import T0, forecast, gpu_sample, world_catalogue, world_topology
+
+
+def controller(**settings: object) -> Controller:
+    return Controller(world_topology(8), world_catalogue(), ControllerSettings(metrics_port=0, **settings),
+                      started_at=T0)
+
+
+def feed(c: Controller, at: datetime, *, hot: int | None = None, servers: range | None = None) -> None:
+    for i, s in enumerate(c.topology.server_ids):
+        if servers is not None and i not in servers:
+            continue
+        h = i == hot
+        c.handle("f", forecast(s, at, temp_c=84 if h else 60, hi_c=90 if h else 64, inlet_c=45 if h else 24),
+                 now=at)
+        if i < 4:
+            c.handle("g", gpu_sample(s, at), now=at)
+
+
+def kinds(out: list[Outgoing]) -> list[str]:
+    return [o.message.event_kind for o in out if isinstance(o.message, ControlEvent)]
+
+
+# --------------------------------------------------------------------------- fast slice
+
+
+def test_missing_then_stale_forecasts_fall_back_and_recover_counting_every_tick() -> None:
+    c = controller(stale_after_s=5.0)
+    # no forecast ever: stale from the first tick, no weights (no instances known), no commands
+    out0 = c.tick(T0)
+    assert kinds(out0) == ["stale_forecasts"]
+    feed(c, T0 + timedelta(seconds=1), hot=0)
+    ticks = {"weights": 0, "stale_weights": 0, "aggressive": 0, "events": []}
+    for k in range(1, 40):
+        now = T0 + timedelta(seconds=k)
+        if k < 10 or k >= 30:  # forecasts flow, stop for 20 s, then return
+            feed(c, now, hot=0 if k < 10 else None)
+        for o in c.tick(now):
+            m = o.message
+            if isinstance(m, RoutingWeights):
+                ticks["weights"] += 1  # type: ignore[operator]
+                ticks["stale_weights"] += int(m.stale_inputs)  # type: ignore[operator]
+            elif isinstance(m, ReconfigCommand) and 15 <= k < 30 and m.trigger != "emergency":
+                ticks["aggressive"] += int((m.params.frequency_cap_mhz or 0) > 1000 or m.trigger == "relax")  # type: ignore[operator]
+            elif isinstance(m, ControlEvent):
+                ticks["events"].append((k, m.event_kind))  # type: ignore[attr-defined]
+    assert ticks["weights"] == 39, "weights must be published on every tick, stale or not"
+    # stale from k=15 (last forecast at k=9, limit 5 s) up to and excluding k=30
+    assert ticks["stale_weights"] == 15
+    assert ticks["aggressive"] == 0
+    assert ticks["events"] == [(1, "forecasts_recovered"), (15, "stale_forecasts"), (30, "forecasts_recovered")]
+
+
+def test_emergency_while_reconfiguration_in_flight() -> None:
+    c = controller()
+    feed(c, T0)
+    c.tick(T0)
+    t1 = T0 + timedelta(seconds=6)
+    feed(c, t1, hot=0)
+    in_flight = [o.message for o in c.tick(t1) if isinstance(o.message, ReconfigCommand)]
+    assert in_flight, "a reconfiguration must be in flight"
+    # telemetry still reports the old configuration (the change has not landed) when the emergency arrives
+    t2 = t1 + timedelta(seconds=1)
+    feed(c, t2, hot=0)
+    ev = ControlEvent(event_id="em-inflight", event_kind="power_emergency", severity="critical", occurred_at=t2,
+                      domain_kind="row", domain_id="row00", budget_frac=0.6, ends_at=t2 + timedelta(minutes=5))
+    out = c.handle("e", ev, now=t2)
+    cmds = [o.message for o in out if isinstance(o.message, ReconfigCommand)]
+    assert "emergency_plan" in kinds(out)
+    # the plan is issued despite the in-flight change; no id is published twice
+    ids = [m.command_id for m in in_flight + cmds]
+    assert len(ids) == len(set(ids))
+    assert cmds and all(m.trigger == "emergency" for m in cmds)
+    # while the emergency lasts no later tick loosens a cap on the row
+    for k in range(1, 20):
+        now = t2 + timedelta(seconds=k)
+        feed(c, now)
+        for o in c.tick(now):
+            if isinstance(o.message, ReconfigCommand):
+                assert o.message.trigger != "relax"
+
+
+def test_duplicate_command_ids_are_applied_once_across_a_replay() -> None:
+    agent = NodeAgent("s1", DryRunGpuControl(num_gpus=8), ControllerSettings())
+    stream = [ReconfigCommand(command_id=f"cmd-replay{i:03d}", issued_at=T0, expires_at=T0 + timedelta(minutes=2),
+                              server_id="s1", action="set_frequency_cap", mode="enforce",
+                              params=ReconfigParams(frequency_cap_mhz=1000.0 + 50 * i), reason="r")
+              for i in range(5)]
+    first = [s.status for c in stream for s in agent.receive(c, now=T0) if isinstance(s, CommandStatus)]
+    again = [s.status for c in stream for s in agent.receive(c, now=T0 + timedelta(seconds=5))
+             if isinstance(s, CommandStatus)]
+    assert first == ["dry_run"] * 5 and again == ["duplicate"] * 5
+    assert agent.num_applied == 5
+    # a restarted controller re-issuing the same decision in the same epoch publishes the same ids
+    c1, c2 = controller(), controller()
+    for c in (c1, c2):
+        feed(c, T0)
+        c.tick(T0)
+        feed(c, T0 + timedelta(seconds=6), hot=0)
+    ids1 = {o.message.command_id for o in c1.tick(T0 + timedelta(seconds=6)) if isinstance(o.message, ReconfigCommand)}
+    ids2 = {o.message.command_id for o in c2.tick(T0 + timedelta(seconds=6)) if isinstance(o.message, ReconfigCommand)}
+    assert ids1 and ids1 == ids2
+
+
+# --------------------------------------------------------------------------- through brokers
+
+
+@pytest.fixture
+def private_broker() -> Iterator[EmbeddedBroker]:
+    b = EmbeddedBroker(port=free_port())
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.mark.fault
+def test_agent_applies_safe_cap_when_broker_is_lost_and_lifts_it_when_back(private_broker: EmbeddedBroker) -> None:
+    settings = Settings(kafka={"bootstrap_servers": private_broker.bootstrap},
+                        controller={"agent_broker_lost_after_s": 2.0, "agent_reconcile_s": 1.0,
+                                    "agent_safe_power_frac": 0.75})
+    ctl = DryRunGpuControl(num_gpus=2, default_limit_w=400.0)
+    stop, ready = threading.Event(), threading.Event()
+    holder: dict[str, NodeAgent] = {}
+
+    def on_ready(a: NodeAgent) -> None:
+        holder["agent"] = a
+        ready.set()
+
+    t = threading.Thread(target=run_agent, args=(settings, "s1", ctl),
+                         kwargs=dict(stop=stop, health_every_s=0.5, on_ready=on_ready))
+    t.start()
+    try:
+        assert ready.wait(20)
+        now = datetime.now(UTC)
+        producer = KafkaProducer(bootstrap_servers=private_broker.bootstrap)
+        cmd = ReconfigCommand(command_id="cmd-beforeloss", issued_at=now, expires_at=now + timedelta(minutes=5),
+                              server_id="s1", action="set_frequency_cap", mode="enforce",
+                              params=ReconfigParams(frequency_cap_mhz=1100.0), reason="before loss")
+        for _ in range(2):  # sent twice: applied once
+            producer.send("tapas.control.commands", key=b"s1", value=cmd.to_bytes())
+        producer.flush()
+        producer.close()
+        _wait(lambda: ctl.applied.get(0) == GpuSetting(1100.0, None), 15)
+        assert holder["agent"].num_applied == 1
+        t_stop = time.monotonic()
+        private_broker.stop()
+        _wait(lambda: holder["agent"].safe_mode, 30)
+        lost_after_s = time.monotonic() - t_stop
+        assert ctl.applied[0] == GpuSetting(1100.0, 300.0)  # the active cap stays, plus 0.75 × 400 W
+        private_broker.start()
+        _wait(lambda: not holder["agent"].safe_mode, 40)
+        assert ctl.applied[0] == GpuSetting(1100.0, None)
+        print(f"safe cap applied {lost_after_s:.1f} s after the broker stopped")
+    finally:
+        stop.set()
+        t.join(30)
+
+
+def _wait(pred: object, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if pred():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"condition not met within {timeout_s} s")
