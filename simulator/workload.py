@@ -2,11 +2,11 @@
 
 SaaS requests. Any CSV with ``TIMESTAMP,ContextTokens,GeneratedTokens`` is accepted.
 The trace is *replayed in a loop* (time since its first request, modulo its span) and
-*thinned/replicated* to the cluster: every trace request in a 1 s window is copied
-``Poisson(m(t))`` times, with ``m(t) = scale × diurnal(t) × spike(t)``. ``scale`` is
-chosen so that the mean demand equals ``target_util`` of the SaaS capacity of the
-default configuration (see ``scale_for_capacity``); copies keep the prompt and output
-lengths and get a uniform arrival time within the second. The diurnal factor is
+scaled to the cluster by superposing randomly time-shifted copies thinned to the rate
+``scale × diurnal(t) × spike(t)`` × the trace's (see ``generate_arrivals``). ``scale``
+is chosen by the engine so that peak-hour demand equals ``target_saas_util`` of the
+SaaS capacity at SLO of the default configuration; copies keep the prompt and output
+lengths. The diurnal factor is
 
     diurnal(t) = (1 + DIURNAL_AMPLITUDE × cos(2π (h(t) − DIURNAL_PEAK_H) / 24)) / (1 + DIURNAL_AMPLITUDE)
 
@@ -28,6 +28,7 @@ busy in steady state (Little's law). Each VM draws a mean utilisation
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,27 +130,44 @@ def generate_arrivals(
     endpoint_shares: F | None = None,
     start_hour: float = 10.0,
     stretch: float = 1.0,
-    multiplier_fn: object | None = None,
+    multiplier_fn: Callable[[F], F] | None = None,
+    peak_multiplier: float = 2.0,
 ) -> Arrivals:
-    """Replay the trace in a loop over ``duration_s`` with ``Poisson(scale·diurnal·spike)`` copies per request.
+    """Superpose time-shifted copies of the looped trace, thinned to ``scale·diurnal·spike``.
 
-    ``multiplier_fn(t_s_array) -> array`` is the scenario's extra load factor (e.g. a spike).
+    The cluster serves many independent tenants that each behave like the trace: copy
+    ``c`` is the trace looped over the run and circularly shifted by a uniform random
+    offset ``φ_c ∈ [0, span)``. ``M = ceil(scale·peak_multiplier)`` copies are drawn and
+    each request is kept with probability ``scale·diurnal(t)·spike(t)/M``, so the mean
+    rate is ``scale × trace rate × diurnal × spike``. Keeping each copy's own bursts but
+    not aligning them is what aggregation of independent users does; replicating the
+    trace in phase would multiply its minute-scale bursts (up to 4× its mean) by M.
+    ``multiplier_fn(t_s_array) -> array`` is the scenario's extra load factor (≤ ``peak_multiplier``).
     """
     if scale <= 0 or stretch <= 0:
         raise ConfigError("scale and stretch must be > 0")
-    reps = int(np.ceil(duration_s / (trace.span_s * stretch))) + 1
-    offs = (trace.offset_s[None, :] + trace.span_s * np.arange(reps)[:, None]).ravel() * stretch
-    idx = np.tile(np.arange(len(trace.offset_s)), reps)
-    keep = offs < duration_s
-    offs, idx = offs[keep], idx[keep]
-    mult = scale * stretch * diurnal_factor(offs, start_hour)
-    if multiplier_fn is not None:
-        mult = mult * np.asarray(multiplier_fn(offs), dtype=np.float64)  # type: ignore[operator]
-    copies = rng.poisson(mult)
-    src = np.repeat(idx, copies)
-    base_t = np.floor(np.repeat(offs, copies))
-    arrival = base_t + rng.uniform(0.0, 1.0, size=len(src))
-    arrival = np.minimum(arrival, duration_s - 1e-6)
+    span = trace.span_s * stretch
+    reps = int(np.ceil(duration_s / span)) + 1
+    base = (trace.offset_s * stretch)
+    copies = max(1, int(np.ceil(scale * peak_multiplier)))
+    parts_t: list[F] = []
+    parts_i: list[I64] = []
+    n = len(base)
+    for _ in range(copies):
+        phi = rng.uniform(0.0, span)
+        offs = ((base + phi) % span)[None, :] + span * np.arange(reps)[:, None]
+        offs = offs.ravel()
+        idx = np.tile(np.arange(n), reps)
+        keep = offs < duration_s
+        offs, idx = offs[keep], idx[keep]
+        prob = scale * diurnal_factor(offs, start_hour) / copies
+        if multiplier_fn is not None:
+            prob = prob * np.asarray(multiplier_fn(offs), dtype=np.float64)
+        keep = rng.uniform(size=len(offs)) < prob
+        parts_t.append(offs[keep])
+        parts_i.append(idx[keep])
+    arrival = np.concatenate(parts_t)
+    src = np.concatenate(parts_i)
     shares = np.full(num_endpoints, 1.0 / num_endpoints) if endpoint_shares is None else endpoint_shares
     endpoint = rng.choice(num_endpoints, size=len(src), p=shares / shares.sum()).astype(np.int64)
     order = np.argsort(arrival, kind="stable")

@@ -44,7 +44,7 @@ def server_power_w(base_w: F, busy_frac: F, gpu_power_sum_w: F) -> F:
 
 def row_power_w(server_power: F, server_row: npt.NDArray[np.int64], num_rows: int) -> F:
     """Sum of server power per row."""
-    return np.bincount(server_row, weights=server_power, minlength=num_rows)
+    return np.asarray(np.bincount(server_row, weights=server_power, minlength=num_rows), dtype=np.float64)
 
 
 def cap_needed_frac(row_power: F, gpu_dyn_w: F, budget_w: F, current_cap: F) -> F:
