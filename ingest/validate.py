@@ -108,7 +108,7 @@ def check(raw: float | int | str | None, field: str, *, scale: float = 1.0, offs
         return Checked(None, True)
     if not math.isfinite(number):
         return Checked(None, True)
-    value = number * scale + offset
+    value = round(number * scale + offset, 9)  # 38 * 0.1 is 3.8000000000000003, not the 3.8 the device meant
     bounds = RANGES[field]
     if not bounds.lo <= value <= bounds.hi:
         return Checked(None, True)
