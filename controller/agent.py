@@ -11,9 +11,10 @@ rate limit, idempotent ids) and applies the *host* ones through NVML:
 * ``revert`` → drop every active command on the named GPUs (all when none named).
 
 Several active commands on one GPU compose to the most restrictive cap. Every
-``agent_reconcile_s`` the agent re-applies the desired state (so a driver reset or a
-manual ``nvidia-smi`` change is undone) and drops expired commands, reverting their
-effect ("reverted" status). Reports go to ``tapas.control.status`` as
+``agent_reconcile_s`` the agent re-applies the desired state of the GPUs it has capped
+(so a driver reset or a manual ``nvidia-smi`` change is undone) and drops expired
+commands, reverting their effect ("reverted" status). GPUs it never capped are never
+touched. Reports go to ``tapas.control.status`` as
 :class:`~contracts.CommandStatus`; refusals also as ``safety_refused`` events.
 
 **Safe cap when the broker is lost.** If the broker has not answered for
@@ -282,10 +283,15 @@ class NodeAgent:
     def _apply(self, now: datetime, *, force: bool) -> None:
         live = [c for c in self.active.values() if c.expires_at > now]
         want = desired_settings(live, self.num_gpus, safe_power_w=self.safe_power_w() if self.safe_mode else None)
+        default = GpuSetting()
         for g, setting in want.items():
-            if force or self.applied.get(g, GpuSetting()) != setting:
+            ours = g in self.applied  # the agent only ever touches GPUs it has capped
+            if (force and ours) or self.applied.get(g, default) != setting:
                 self.control.apply(g, setting)
-                self.applied[g] = setting
+                if setting == default:
+                    self.applied.pop(g, None)
+                else:
+                    self.applied[g] = setting
 
     @staticmethod
     def _describe(cmd: ReconfigCommand) -> str:

@@ -98,3 +98,13 @@ def test_broker_loss_applies_documented_safe_cap_and_lifts_it() -> None:
 def test_dry_run_without_driver_says_so() -> None:
     ctl = open_gpu_control(dry_run=True)
     assert ctl.dry_run and "DRY RUN" in ctl.describe()
+
+
+def test_reconcile_touches_only_gpus_the_agent_capped() -> None:
+    a, ctl = agent()
+    a.reconcile(T0)
+    assert ctl.calls == 0  # never capped: never touched (operator settings survive)
+    a.receive(cmd("cmd-gpu10001", freq=1100.0, gpus=[1]), now=T0)
+    calls = ctl.calls
+    a.reconcile(T0 + timedelta(seconds=10))
+    assert ctl.calls == calls + 1 and set(ctl.applied) == {1}
