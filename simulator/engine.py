@@ -379,6 +379,9 @@ class Simulation:
         self.inst_freq = np.ones(n)
         self.inst_busy_pre = np.zeros(n)
         self.inst_power = np.zeros(n)
+        self.inst_prefill_tps = np.zeros(n)
+        self.inst_decode_tps = np.zeros(n)
+        self.inst_batch = np.zeros(n)
 
     def _build_workload(self, r_work: np.random.Generator, r_vm: np.random.Generator) -> None:
         tr = self.trace
@@ -390,19 +393,16 @@ class Simulation:
         cap_by_ep = np.bincount(self.inst_endpoint, weights=self.c_capacity[self.inst_cfg], minlength=self.E)
         if cap_by_ep.sum() > 0:
             shares = cap_by_ep / cap_by_ep.sum()
-        self.arr: Arrivals = generate_arrivals(
-            tr, duration_s=self.duration_s, scale=self.load_scale, rng=r_work, num_endpoints=self.E,
-            endpoint_shares=shares, start_hour=self.p.start_hour, stretch=self.p.stretch,
-            multiplier_fn=self.scenario.load_multiplier)
-        d = self.ep_default_cfg[self.arr.endpoint]
-        iso = prefill_time_s(self.arr.prompt_tokens, self.c_c0[d], self.c_c1[d], self.c_c2[d], np.ones(len(d)))
-        self.arr_ttft_slo = np.maximum(self.p.ttft_slo_factor * iso, self.p.ttft_slo_min_s)
+        self._r_work = r_work
+        self._arr_shares = shares
+        z0 = np.zeros(0)
+        self.arr = Arrivals(z0, z0, z0, np.zeros(0, dtype=np.int64))
+        self.arr_ttft_slo = z0
         self.arr_ptr = 0
-        # demand per second per endpoint (tokens/s), for forecasts and the oracle
-        sec = np.minimum(self.arr.arrival_s.astype(np.int64), self.num_ticks)
-        tok = self.arr.prompt_tokens + self.arr.output_tokens
+        self.arr_until_s = 0.0
+        self.n_arrivals = 0
         self.demand_by_sec = np.zeros((self.E, self.num_ticks + 1))
-        np.add.at(self.demand_by_sec, (self.arr.endpoint, sec), tok)
+        self._ensure_arrivals(ARRIVAL_LOOKAHEAD_S)
         self.demand_ewma = self.demand_by_sec[:, : min(60, self.num_ticks)].mean(axis=1)
         # pending and active request tables
         z = np.zeros(0)
@@ -420,6 +420,33 @@ class Simulation:
         self.vm_index = {v: i for i, v in enumerate(self.vm_ids)}
         self.vm_ptr = 0
         self._vm_arrivals(0.0)
+
+    def _ensure_arrivals(self, until_s: float) -> None:
+        """Draw request arrivals in chunks so a week-long feed never holds a week of requests."""
+        while self.arr_until_s < min(until_s, self.duration_s):
+            t0 = self.arr_until_s
+            t1 = min(t0 + ARRIVAL_CHUNK_S, self.duration_s)
+            new = generate_arrivals(
+                self.trace, duration_s=t1, start_s=t0, scale=self.load_scale, rng=self._r_work, num_endpoints=self.E,
+                endpoint_shares=self._arr_shares, start_hour=self.p.start_hour, stretch=self.p.stretch,
+                multiplier_fn=self.scenario.load_multiplier)
+            d = self.ep_default_cfg[new.endpoint]
+            iso = prefill_time_s(new.prompt_tokens, self.c_c0[d], self.c_c1[d], self.c_c2[d], np.ones(len(d)))
+            slo = np.maximum(self.p.ttft_slo_factor * iso, self.p.ttft_slo_min_s)
+            sec = np.minimum(new.arrival_s.astype(np.int64), self.num_ticks)
+            np.add.at(self.demand_by_sec, (new.endpoint, sec), new.prompt_tokens + new.output_tokens)
+            lo = self.arr_ptr
+            a = self.arr
+            self.arr = Arrivals(
+                np.concatenate([a.arrival_s[lo:], new.arrival_s]),
+                np.concatenate([a.prompt_tokens[lo:], new.prompt_tokens]),
+                np.concatenate([a.output_tokens[lo:], new.output_tokens]),
+                np.concatenate([a.endpoint[lo:], new.endpoint]),
+            )
+            self.arr_ttft_slo = np.concatenate([self.arr_ttft_slo[lo:], slo])
+            self.arr_ptr = 0
+            self.n_arrivals += len(new)
+            self.arr_until_s = t1
 
     # ------------------------------------------------------------------ VMs
     def _vm_arrivals(self, t: float) -> None:
@@ -643,6 +670,7 @@ class Simulation:
         serving = self.inst_reload_until <= t
 
         # ---- arrivals and routing
+        self._ensure_arrivals(t + ARRIVAL_LOOKAHEAD_S)
         lo = self.arr_ptr
         hi = int(np.searchsorted(self.arr.arrival_s, t + dt, side="left"))
         self.arr_ptr = hi
@@ -809,6 +837,7 @@ class Simulation:
         free_slots = self.c_maxb[cfg] * rep - active_n
         D_prev = self.inst_D.copy()
         busy_work = np.zeros(n_inst)
+        self.inst_prefill_tps = np.zeros(n_inst)
         served = 0.0
         if len(self.q_inst):
             order = np.lexsort((self.q_arr, self.q_inst))
@@ -842,8 +871,9 @@ class Simulation:
                 self.a_P = np.concatenate([self.a_P, self.q_P[admit]])
                 self.a_ok = np.concatenate([self.a_ok, ok])
                 self.a_qloss = np.concatenate([self.a_qloss, qloss])
-                tokens_in = np.bincount(ai, weights=self.q_P[admit] + Gq, minlength=n_inst)
-                pre_in = np.bincount(ai, weights=self.q_P[admit], minlength=n_inst)
+                tokens_in = _fsum(ai, self.q_P[admit] + Gq, n_inst)
+                pre_in = _fsum(ai, self.q_P[admit], n_inst)
+                self.inst_prefill_tps = pre_in / dt
                 self.inst_load += (tokens_in / dt - self.inst_load) * (dt / 30.0)
                 share = np.where(tokens_in > 0, pre_in / np.maximum(tokens_in, 1e-9), self.inst_prefill_share)
                 self.inst_prefill_share = share
@@ -863,6 +893,8 @@ class Simulation:
             1.0 + self.p.chunked_prefill_tbt_penalty * self.inst_busy_pre)
         steps = np.where((active_n > 0) & serving, dt / step_s, 0.0)
         self.inst_D = D_prev + steps
+        self.inst_decode_tps = steps * active_n / dt
+        self.inst_batch = batch
         if len(self.a_inst):
             done = self.a_finD <= self.inst_D[self.a_inst]
             if done.any():
@@ -933,7 +965,7 @@ class Simulation:
             "load_scale": self.load_scale,
             "saas_instances": self.I,
             "vms_placed": int((self.vm_server >= 0).sum()),
-            "requests": len(self.arr),
+            "requests": self.n_arrivals,
             "ttft_slo_factor": self.p.ttft_slo_factor,
             "tbt_slo_s": {e: float(x) for e, x in zip(self.endpoint_ids, self.ep_tbt_slo, strict=True)},
             "event_window_s": self.scenario.event_window_s,
@@ -944,6 +976,10 @@ class Simulation:
                          oversubscription=self.topo.oversubscription, metrics=m,
                          timeseries=dict(self.ts), info=info)
 
+
+#: Arrivals are drawn this many seconds at a time, and at least this far ahead (oracle's horizon).
+ARRIVAL_CHUNK_S = 1800.0
+ARRIVAL_LOOKAHEAD_S = 120.0
 
 #: Prompts at least this long count as prefill-heavy for routing (≈ top quartile of the Azure code trace).
 LONG_PROMPT_TOKENS = 2800.0

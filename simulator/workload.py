@@ -132,6 +132,7 @@ def generate_arrivals(
     stretch: float = 1.0,
     multiplier_fn: Callable[[F], F] | None = None,
     peak_multiplier: float = 2.0,
+    start_s: float = 0.0,
 ) -> Arrivals:
     """Superpose time-shifted copies of the looped trace, thinned to ``scale·diurnal·spike``.
 
@@ -143,22 +144,24 @@ def generate_arrivals(
     not aligning them is what aggregation of independent users does; replicating the
     trace in phase would multiply its minute-scale bursts (up to 4× its mean) by M.
     ``multiplier_fn(t_s_array) -> array`` is the scenario's extra load factor (≤ ``peak_multiplier``).
+    Only arrivals in ``[start_s, duration_s)`` are generated (runs draw their arrivals in chunks).
     """
     if scale <= 0 or stretch <= 0:
         raise ConfigError("scale and stretch must be > 0")
     span = trace.span_s * stretch
-    reps = int(np.ceil(duration_s / span)) + 1
-    base = (trace.offset_s * stretch)
+    first_rep = int(start_s // span)
+    reps = int(np.ceil(duration_s / span)) + 1 - first_rep
+    base = trace.offset_s * stretch
     copies = max(1, int(np.ceil(scale * peak_multiplier)))
     parts_t: list[F] = []
     parts_i: list[I64] = []
     n = len(base)
     for _ in range(copies):
         phi = rng.uniform(0.0, span)
-        offs = ((base + phi) % span)[None, :] + span * np.arange(reps)[:, None]
+        offs = ((base + phi) % span)[None, :] + span * (first_rep + np.arange(reps))[:, None]
         offs = offs.ravel()
         idx = np.tile(np.arange(n), reps)
-        keep = offs < duration_s
+        keep = (offs >= start_s) & (offs < duration_s)
         offs, idx = offs[keep], idx[keep]
         prob = scale * diurnal_factor(offs, start_hour) / copies
         if multiplier_fn is not None:
