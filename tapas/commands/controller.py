@@ -21,6 +21,13 @@ def register(app: typer.Typer) -> None:
     app.command("agent")(agent)
 
 
+def _quiet_kafka() -> None:
+    """kafka-python logs every connection at INFO; keep the service's own events readable."""
+    import logging
+
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+
+
 def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -33,6 +40,8 @@ def controller(
     ctx: typer.Context,
     mode: str = typer.Option(None, "--mode", help="advisory or enforce (default: TAPAS_CONTROLLER__MODE, or the "
                                                   "latest mode on tapas.control.mode)."),
+    servers: int = typer.Option(None, "--servers", help="Use the default layout resized to N servers (as `tapas "
+                                                        "ingest sim --servers N`) instead of the cluster file."),
 ) -> None:
     """Run the controller service until SIGINT/SIGTERM (when no subcommand is given)."""
     if ctx.invoked_subcommand is not None:
@@ -41,12 +50,13 @@ def controller(
     from controller.service import run_service
     from simulator.catalogue import build_catalogue
     from tapas.settings import load_settings
-    from tapas.topology import load_topology
+    from tapas.topology import default_topology, load_topology
 
     if mode not in (None, "advisory", "enforce"):
         raise ConfigError(f"--mode={mode!r}: choose advisory or enforce")
     settings = load_settings()
-    topology = load_topology(settings.cluster_file)
+    _quiet_kafka()
+    topology = default_topology(servers) if servers else load_topology(settings.cluster_file)
     catalogue, _specs = build_catalogue(topology.servers[0].sku)
     stop = _stop_on_signals()
     console.print(f"controller: {topology.num_servers} servers, endpoints {list(catalogue.endpoint_ids)}, "
@@ -81,6 +91,7 @@ def agent(
     from tapas.settings import load_settings
 
     settings = load_settings()
+    _quiet_kafka()
     control = open_gpu_control(dry_run=dry_run)
     console.print(f"agent {server_id}: {control.describe()}")
     stop = _stop_on_signals()
