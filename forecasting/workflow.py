@@ -19,6 +19,7 @@ from forecasting.backtest import DEFAULT_HORIZONS_S, fold_history, rolling_origi
 from forecasting.features import FEATURE_NAMES
 from forecasting.history import history_range
 from forecasting.registry import ModelVersion, save_version
+from forecasting.seasonal import seasonal_backtest
 from forecasting.state import ForecasterParams
 from forecasting.train import TRAIN_HORIZONS_S, fit_corrections
 
@@ -38,10 +39,11 @@ def library_versions() -> dict[str, str]:
 
 def run_backtest(df: pd.DataFrame, *, horizons_s: Sequence[float] = DEFAULT_HORIZONS_S, num_folds: int = 3,
                  warmup_s: float = 300.0, base: ForecasterParams | None = None, source: str = "",
-                 progress: Progress | None = None) -> dict[str, Any]:
+                 seasonal: bool = True, progress: Progress | None = None) -> dict[str, Any]:
     """Rolling-origin backtest of the trained model (and the physics model) against baselines.
 
-    Returns the JSON the CLI writes: ``{"horizons": {"60": {...}}, "coverage_90", "physics", ...}``.
+    Returns the JSON the CLI writes: ``{"horizons": {"60": {...}}, "coverage_90", "physics", ...}``;
+    with ``seasonal`` also the statsmodels backtest of inlet per zone and load per service.
     """
     base = base or ForecasterParams()
     folded = fold_history(df, base, horizons_s, progress=progress)
@@ -58,6 +60,7 @@ def run_backtest(df: pd.DataFrame, *, horizons_s: Sequence[float] = DEFAULT_HORI
         "history_start": start,
         "history_end": end,
         "source": source,
+        "seasonal": seasonal_backtest(df) if seasonal else {},
     }
 
 

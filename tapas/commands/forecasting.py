@@ -81,6 +81,7 @@ def backtest(
     plot: Path = typer.Option(Path("artifacts/backtest.png"), "--plot", help="Plot file (PNG)."),
     horizons: str = typer.Option("10,60,300", "--horizons", help="Comma-separated horizons, seconds."),
     folds: int = typer.Option(3, "--folds", min=1, help="Rolling-origin test blocks."),
+    no_seasonal: bool = typer.Option(False, "--no-seasonal", help="Skip the statsmodels inlet/load backtest."),
 ) -> None:
     """Rolling-origin backtest: model MAE/RMSE per horizon beside persistence and moving average, and coverage."""
     from forecasting.report import plot_backtest, target_check
@@ -89,7 +90,8 @@ def backtest(
     df, source = _history(history, simulate, from_store, last_hours, servers, hours, seed, scenario)
     hs = tuple(float(h) for h in horizons.split(","))
     with _progress(len(df), "folding history through the online model") as advance:
-        result = run_backtest(df, horizons_s=hs, num_folds=folds, source=source, progress=advance)
+        result = run_backtest(df, horizons_s=hs, num_folds=folds, source=source, seasonal=not no_seasonal,
+                              progress=advance)
     title = f"backtest ({source}, {result['num_servers']} servers, {result['hours']:.2f} h, {folds} folds)"
     temp_t = Table("horizon", "model MAE °C", "physics", "persistence", "moving avg", "model RMSE",
                    "coverage", title=f"hottest-GPU temperature: {title}")
@@ -106,6 +108,14 @@ def backtest(
                         f"{row['power_coverage_90']:.3f}")
     console.print(temp_t)
     console.print(power_t)
+    if result.get("seasonal"):
+        seas_t = Table("aggregate", "horizon", "ETS MAE", "persistence MAE", "origins",
+                       title="statsmodels exponential smoothing (inlet per zone, load per service)")
+        for name, per_h in result["seasonal"].items():
+            for h, row in per_h.items():
+                seas_t.add_row(name, f"{h} s", f"{row['mae']:.3f}", f"{row['mae_persistence']:.3f}",
+                               str(row["num_origins"]))
+        console.print(seas_t)
     result["targets"] = target_check(result)
     console.print(f"coverage of the nominal 90 % interval: {result['coverage_90']:.3f}")
     for name, ok in result["targets"].items():

@@ -74,3 +74,14 @@ def test_rolling_origin_reports_baselines_and_calibrated_coverage(folded) -> Non
     # the physics model beats persistence at 10 s on a first-order-lag fleet
     h10 = out["physics"]["horizons"]["10"]
     assert h10["gpu_temp_mae_c"] < h10["gpu_temp_mae_persistence_c"]
+
+
+def test_seasonal_ets_beats_persistence_on_a_drifting_inlet() -> None:
+    """A zone whose inlet drifts with the time of day is forecast better than by its last value."""
+    from forecasting.seasonal import backtest_aggregates
+
+    t = np.arange(240) * 30.0
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame({"z1": 22 + 2 * np.sin(2 * np.pi * t / 7200) + 0.05 * rng.standard_normal(240)})
+    out = backtest_aggregates(table, step_s=30.0, num_origins=6)
+    assert out["300"]["mae"] < 0.7 * out["300"]["mae_persistence"]
