@@ -120,9 +120,23 @@ class Demo:
         self.children = child_commands(plan, settings)
         self.broker: EmbeddedBroker | None = None
 
+    def _write_cluster_file(self) -> Path:
+        """One cluster file for every child, so feed, worker, controller and dashboard agree on the topology."""
+        from tapas.topology import DEFAULT_CLUSTER_FILE
+
+        src = self.settings.cluster_file or DEFAULT_CLUSTER_FILE
+        text = Path(src).read_text()
+        path = self.plan.log_dir / "cluster.toml"
+        lines = [ln for ln in text.splitlines() if not ln.strip().startswith("num_servers")]
+        idx = lines.index("[cluster]") + 1
+        lines.insert(idx, f"num_servers = {self.plan.num_servers}")
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["TAPAS_KAFKA__BOOTSTRAP_SERVERS"] = self.settings.kafka.bootstrap_servers
+        env["TAPAS_CLUSTER_FILE"] = str(self._write_cluster_file().resolve())
         env.update(self.plan.extra_env)
         return env
 
