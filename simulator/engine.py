@@ -294,6 +294,7 @@ class Simulation:
         self.gpu_vm = np.full((N, G), -1, dtype=np.int64)
         self.srv_inst = np.full(N, -1, dtype=np.int64)
         self.initialised = False
+        self.in_use_gpu_s = 0.0
         self.routing: dict[str, RoutingDecision] = {}
         self.demand_ewma = np.zeros(self.E)
         self.vms = generate_vms(iaas_gpus=0, iaas_fill=0.0, duration_s=0.0, rng=np.random.default_rng(0))
@@ -756,6 +757,7 @@ class Simulation:
         in_use = has_vm.copy()
         if n_inst:
             in_use[self.inst_server] = True
+        self.in_use_gpu_s += float(in_use.sum()) * dt
         th_thr = (self.gpu_clock < 0.999) & in_use
         pw_thr = (self.pm_cap[self.srv_row][:, None] < 0.999) & in_use
         saas_perf = self._saas_speed_factor(inst_f, serving) if n_inst else np.zeros(0)
@@ -969,6 +971,8 @@ class Simulation:
             "ttft_slo_factor": self.p.ttft_slo_factor,
             "tbt_slo_s": {e: float(x) for e, x in zip(self.endpoint_ids, self.ep_tbt_slo, strict=True)},
             "event_window_s": self.scenario.event_window_s,
+            "slowdown_temp_c": float(self.slowdown.min()),
+            "in_use_gpu_seconds": self.in_use_gpu_s,
             "trace": self.trace.path,
         }
         return RunResult(policy=self.policy_name, scenario=self.scenario.name, seed=self.seed,

@@ -246,6 +246,10 @@ LAYOUT_DEFAULTS: dict[str, Any] = {
     "height_offset_c_per_slot": 1.0,
     "end_of_row_offset_c": 1.5,
     "seed": 7,
+    # Optional absolute limits (W) that override nameplate/oversubscription and the cooling fraction;
+    # the capacity search uses them to keep budgets and cooling fixed while adding servers.
+    "row_budget_w": None,
+    "zone_capacity_w": None,
 }
 
 
@@ -313,14 +317,15 @@ def build_topology(**layout: Any) -> Topology:
             racks.append(Rack(rack_id, row_id, pdu_id, zone_id, tuple(ids)))
             rack_ids.append(rack_id)
         nameplate = sum(s.nameplate_w for s in servers if s.row_id == row_id)
-        rows.append(Row(row_id, zone_id, tuple(rack_ids), nameplate_w=nameplate, budget_w=nameplate / ratio))
+        budget = float(p["row_budget_w"]) if p["row_budget_w"] is not None else nameplate / ratio
+        rows.append(Row(row_id, zone_id, tuple(rack_ids), nameplate_w=nameplate, budget_w=budget))
     zones: list[CoolingZone] = []
     for z in range(num_zones):
         zone_id = f"zone{z:02d}"
         zrows = tuple(r.row_id for r in rows if r.zone_id == zone_id)
         heat = sum(r.nameplate_w for r in rows if r.zone_id == zone_id)
-        zones.append(CoolingZone(zone_id, zrows, supply_temp_c=float(p["supply_temp_c"]),
-                                 capacity_w=heat * float(p["cooling_capacity_frac"])))
+        cap = float(p["zone_capacity_w"]) if p["zone_capacity_w"] is not None else heat * float(p["cooling_capacity_frac"])
+        zones.append(CoolingZone(zone_id, zrows, supply_temp_c=float(p["supply_temp_c"]), capacity_w=cap))
     return Topology(name=str(p["name"]), oversubscription=ratio, servers=tuple(servers), racks=tuple(racks),
                     rows=tuple(rows), zones=tuple(zones), extra={"layout": p})
 
