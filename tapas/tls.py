@@ -135,7 +135,8 @@ def stunnel_binary() -> Path:
     raise ConfigError("stunnel not found: apt-get install stunnel4 (needed to put TLS in front of the broker)")
 
 
-def _wait_for_port(host: str, port: int, timeout_s: float, proc: subprocess.Popen[bytes]) -> None:
+def wait_for_port(host: str, port: int, timeout_s: float, proc: subprocess.Popen[bytes]) -> None:
+    """Block until ``host:port`` accepts a TCP connection; fail fast if ``proc`` exits first."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -202,7 +203,7 @@ class StunnelTerminator:
         self.proc = subprocess.Popen([str(stunnel_binary()), str(conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
         try:
-            _wait_for_port(self.host, self.accept_port, self.start_timeout_s, self.proc)
+            wait_for_port(self.host, self.accept_port, self.start_timeout_s, self.proc)
         except BaseException:
             self.stop()
             raise
@@ -269,7 +270,7 @@ class TlsEmbeddedBroker:
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env,
             )
         try:
-            _wait_for_port("127.0.0.1", self.inner_port, self.start_timeout_s, self.proc)
+            wait_for_port("127.0.0.1", self.inner_port, self.start_timeout_s, self.proc)
             self.stunnel.start()
             self._wait_for_metadata()
             if self.create_project_topics:
