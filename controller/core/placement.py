@@ -9,18 +9,20 @@ For every server at once (NumPy over servers) we predict, after placing the VM:
 
 Servers that keep all three under their limits minus the margins, and have enough free
 GPUs, are feasible. Each feasible server's score is its *smallest normalised headroom*
-(the bottleneck of thermal, row power and zone heat, each as a fraction of its limit).
-Opaque IaaS VMs cannot be protected later, so they get larger margins and the safest
-spots (highest score first). SaaS VMs get small margins; every spot above a comfort
-level counts as equally good, so SaaS fills the riskier feasible spots and leaves the
-safest for IaaS: routing and reconfiguration protect SaaS later. Ties go to the server
-that would have the fewest free GPUs left, which keeps whole servers free.
+(the bottleneck of thermal, row power and zone heat, each as a fraction of its limit),
+highest first, so load spreads across rows and zones instead of piling into the first
+ones. Opaque IaaS VMs cannot be protected later, so they get larger margins: the spots
+they may take are the safest. SaaS VMs get small margins and may take riskier feasible
+spots that IaaS is refused, because routing and reconfiguration protect them later.
+Ties (within ``TIE_BAND_FRAC`` of headroom) go to the server that would have the fewest
+free GPUs left, which keeps whole servers free.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from controller.core.headroom import thermal_offset_c
 from controller.core.snapshot import (
     FloatArray,
     PlacementCandidate,
@@ -30,11 +32,8 @@ from controller.core.snapshot import (
     Snapshot,
 )
 
-SAAS_COMFORT_HEADROOM_FRAC = 0.15
-"""SaaS spots with every normalised headroom above this are treated as equally safe."""
-
-TIE_BREAK_WEIGHT = 1e-3
-"""Weight of the keep-whole-servers-free tie-breaker against normalised headroom."""
+TIE_BAND_FRAC = 0.01
+"""Headroom differences below this share count as ties (broken by keeping whole servers free)."""
 
 
 def predicted_vm_gpu_power_w(snapshot: Snapshot, request: PlacementRequest) -> FloatArray:
@@ -72,7 +71,7 @@ def rank_servers(
     p_vm = predicted_vm_gpu_power_w(snapshot, request)
     added_w = n * np.maximum(p_vm - snapshot.gpu_idle_power_w, 0.0)
 
-    vm_temp_c = snapshot.inlet_hi_c + snapshot.thermal_resistance_c_per_w * p_vm
+    vm_temp_c = snapshot.inlet_hi_c + thermal_offset_c(snapshot) + snapshot.thermal_resistance_c_per_w * p_vm
     peak_temp_c = np.maximum(snapshot.gpu_temp_hi_c, vm_temp_c)
     thermal_limit_c = snapshot.slowdown_temp_c - thermal_margin_c
     thermal_headroom_c = thermal_limit_c - peak_temp_c
@@ -96,9 +95,8 @@ def rank_servers(
         np.minimum(thermal_headroom_c / thermal_span_c, row_headroom_w / np.maximum(row_limit_w[row], 1.0)),
         zone_headroom_w / np.maximum(zone_limit_w[zone], 1.0),
     )
-    headroom_score = norm if iaas else np.minimum(norm, SAAS_COMFORT_HEADROOM_FRAC)
     left_frac = (snapshot.free_gpus - n) / np.maximum(snapshot.num_gpus, 1)
-    score = headroom_score - TIE_BREAK_WEIGHT * left_frac
+    score = np.floor(norm / TIE_BAND_FRAC) * TIE_BAND_FRAC - 0.5 * TIE_BAND_FRAC * np.clip(left_frac, 0.0, 1.0)
 
     idx = np.flatnonzero(feasible)
     k = min(m.max_candidates, idx.size)
@@ -129,7 +127,7 @@ def rank_servers(
         f"{int((fits & ~ok_thermal).sum())} thermal, {int((fits & ok_thermal & ~ok_power).sum())} row power, "
         f"{int((fits & ok_thermal & ok_power & ~ok_zone).sum())} zone heat"
     )
-    order = "safest first" if iaas else f"any spot above {SAAS_COMFORT_HEADROOM_FRAC:.0%} headroom equal, fullest first"
+    order = "most headroom first, ties to the fullest server"
     p_desc = f"{request.gpu_power_w:.0f} W/GPU" if request.gpu_power_w is not None else "TDP"
     reason = (
         f"{request.vm_kind} {n} GPU(s) at {p_desc}, t={now_s:.0f}s: {idx.size} of {snapshot.num_servers} servers feasible "

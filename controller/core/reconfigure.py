@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from controller.core.catalogue import Catalogue
+from controller.core.headroom import thermal_offset_c
 from controller.core.snapshot import (
     BoolArray,
     ConfigChange,
@@ -45,6 +46,10 @@ POWER_COST_WEIGHT = 0.05
 """Cost per (per-GPU power / TDP): breaks ties toward cooler options."""
 
 INFEASIBLE = 1e9
+
+POWER_CALIBRATION_RANGE = (0.5, 3.0)
+"""Bounds of the measured/modelled dynamic-power ratio applied to an instance's options."""
+
 
 
 @dataclass(frozen=True)
@@ -122,10 +127,19 @@ def build_option_matrix(
     load = inst.load_tokens_per_s[instance_index] * demand_scale.get_many(endpoints)
     pf = inst.prefill_frac[instance_index] if inst.prefill_frac.size else np.full(n, 0.5)
     served = np.minimum(load[:, None], cap)
-    power = np.clip(idle + (ap * pf[:, None] + ad * (1.0 - pf[:, None])) * served, idle, np.maximum(maxw, idle))
+    model = np.clip(idle + (ap * pf[:, None] + ad * (1.0 - pf[:, None])) * served, idle, np.maximum(maxw, idle))
     srv = inst.server_index[instance_index]
+    rows_n = np.arange(n)
+    # Online calibration: scale every option's dynamic power by measured / modelled in the current configuration.
+    measured = inst.gpu_power_w[instance_index] if inst.gpu_power_w.size else model[rows_n, current]
+    cur_dyn = model[rows_n, current] - idle[rows_n, current]
+    ratio = np.where(cur_dyn > 1.0, (measured - idle[rows_n, current]) / np.maximum(cur_dyn, 1.0), 1.0)
+    ratio = np.clip(ratio, POWER_CALIBRATION_RANGE[0], POWER_CALIBRATION_RANGE[1])
+    power = np.minimum(idle + (model - idle) * ratio[:, None], np.maximum(snapshot.gpu_tdp_w[srv][:, None], idle))
     inlet = (inlet_c if inlet_c is not None else snapshot.inlet_hi_c)[srv]
-    temp = inlet[:, None] + snapshot.thermal_resistance_c_per_w[srv][:, None] * power
+    r_th = snapshot.thermal_resistance_c_per_w[srv]
+    offset = thermal_offset_c(snapshot)[srv]
+    temp = (inlet + offset)[:, None] + r_th[:, None] * power
     return OptionMatrix(
         instance_index=instance_index,
         config_ids=ids,

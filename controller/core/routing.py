@@ -41,7 +41,7 @@ def cap_weights(weights: FloatArray, upper: FloatArray) -> FloatArray:
     if ub.sum() <= 1.0 + 1e-12:
         total = ub.sum()
         return ub / total if total > 0 else np.full(w.size, 1.0 / w.size)
-    if w.sum() <= 0:
+    if w.sum() <= 1e-12:
         w = ub.copy()
     w = w / w.sum()
     fixed = np.zeros(w.size, dtype=np.bool_)
@@ -54,7 +54,7 @@ def cap_weights(weights: FloatArray, upper: FloatArray) -> FloatArray:
         rest = 1.0 - w[fixed].sum()
         free_w = w[~fixed]
         s = free_w.sum()
-        if s <= 0:
+        if s <= 1e-12:
             # Remaining mass goes to the free instances in proportion to their spare caps.
             spare = ub[~fixed]
             w[~fixed] = rest * spare / spare.sum() if spare.sum() > 0 else 0.0

@@ -8,6 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from controller.core.headroom import thermal_offset_c
 from controller.core.placement import rank_servers
 from controller.core.snapshot import PlacementMargins, PlacementRequest
 from controller.core.synthetic import synthetic_snapshot
@@ -40,7 +41,9 @@ def test_candidates_respect_every_limit(seed: int, kind: str, gpus: int, power: 
         s = c.server_index
         p = power if power is not None else float(snap.gpu_tdp_w[s])
         # Recompute independently: the VM's GPUs at the forecast-high inlet, and the server's own forecast.
-        peak = max(float(snap.gpu_temp_hi_c[s]), float(snap.inlet_hi_c[s] + snap.thermal_resistance_c_per_w[s] * p))
+        offset = float(thermal_offset_c(snap)[s])
+        assert 0.0 <= offset <= 8.0
+        peak = max(float(snap.gpu_temp_hi_c[s]), float(snap.inlet_hi_c[s] + offset + snap.thermal_resistance_c_per_w[s] * p))
         added = gpus * max(p - float(snap.gpu_idle_power_w[s]), 0.0)
         r, z = int(snap.server_row[s]), int(snap.server_zone[s])
         assert snap.free_gpus[s] >= gpus
@@ -50,19 +53,28 @@ def test_candidates_respect_every_limit(seed: int, kind: str, gpus: int, power: 
         assert abs(c.predicted_peak_gpu_temp_c - peak) < 1e-6
 
 
-def test_iaas_takes_the_safest_server_and_saas_leaves_it() -> None:
+def test_most_headroom_first_ties_keep_whole_servers_free_and_saas_may_take_riskier_spots() -> None:
     rng = np.random.default_rng(3)
     snap = synthetic_snapshot(rng, num_servers=64, num_instances=0, num_vms=0, oversubscription=1.0)
     inlet = np.full(snap.num_servers, 30.0)
     inlet[5] = 18.0  # the coolest spot
     free = np.full(snap.num_servers, 8, dtype=np.int64)
-    free[10] = 4  # a partly used server
-    snap = replace(snap, inlet_hi_c=inlet, gpu_temp_hi_c=inlet + 10, free_gpus=free)
+    free[10] = 4  # a partly used server, otherwise like the rest
+    snap = replace(snap, inlet_hi_c=inlet, gpu_temp_hi_c=inlet + 10, free_gpus=free,
+                   thermal_resistance_c_per_w=np.full(snap.num_servers, 0.06),
+                   row_power_hi_w=np.zeros(len(snap.row_ids)), zone_heat_hi_w=np.zeros(len(snap.zone_ids)))
     iaas = rank_servers(snap, PlacementRequest("a", "iaas", 4), now_s=0.0)
     assert iaas.candidates[0].server_id == snap.server_ids[5]
-    saas = rank_servers(snap, PlacementRequest("b", "saas", 4), now_s=0.0)
-    # SaaS: all spots comfortably safe, so it fills the partly used server and keeps whole servers free.
-    assert saas.candidates[0].server_id == snap.server_ids[10]
+    assert iaas.candidates[1].server_id == snap.server_ids[10], "tie among equal spots goes to the fuller server"
+    # A spot too warm for an opaque IaaS VM (6 °C margin) is still open to SaaS (2 °C margin).
+    warm = np.full(snap.num_servers, 60.0)
+    warm[7] = 87.0 - 4.0 - 0.06 * 700.0
+    hot = replace(snap, inlet_hi_c=warm, gpu_temp_hi_c=warm)
+    r_th = np.full(snap.num_servers, 0.06)
+    hot = replace(hot, thermal_resistance_c_per_w=r_th)
+    assert not rank_servers(hot, PlacementRequest("b", "iaas", 8), now_s=0.0).feasible
+    saas = rank_servers(hot, PlacementRequest("c", "saas", 8), now_s=0.0)
+    assert [c.server_index for c in saas.candidates] == [7]
 
 
 def test_no_feasible_server_says_why() -> None:

@@ -78,8 +78,11 @@ def _cooled_then_relaxed(since_s: float, age_s: float) -> list[str]:
     # Every instance sits at a low-frequency option on a now-cool cluster.
     low = tuple(f"{e}-70b-tp8-fp16-1080-b64" for e in snap.instances.endpoint_ids)
     cap = np.asarray([CAT.option(c).capacity_tokens_per_s_at_slo for c in low])
-    inst = replace(snap.instances, config_ids=low, capacity_tokens_per_s_at_slo=cap,
-                   load_tokens_per_s=np.minimum(snap.instances.load_tokens_per_s, cap * 0.5))
+    load = np.minimum(snap.instances.load_tokens_per_s, cap * 0.5)
+    pf = snap.instances.prefill_frac
+    power = np.asarray([CAT.option(c).gpu_power_w(x * f, x * (1 - f)) for c, x, f in zip(low, load, pf, strict=True)])
+    inst = replace(snap.instances, config_ids=low, capacity_tokens_per_s_at_slo=cap, load_tokens_per_s=load,
+                   gpu_power_w=power)
     snap = replace(snap, instances=inst)
     return [c.to_config_id for c in plan_reconfiguration(snap, CAT, now_s=0.0)]
 
