@@ -1,0 +1,160 @@
+"""Browser-test setup: headless Debian Chromium for dash[testing], and a live pipeline feed.
+
+Plain ``pytest`` works: the Chrome options below are always headless (DESIGN.md §9),
+so ``--headless --webdriver Chrome`` is not needed. Tests skip, naming the package to
+install, when Chromium or its driver is missing (``.ci/run`` installs both).
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+HAVE_BROWSER = Path(CHROMIUM).exists() and shutil.which("chromedriver") is not None
+
+
+def pytest_setup_options() -> Any:
+    """Chrome options that work with Debian's chromium + chromium-driver in a container."""
+    from selenium.webdriver.chrome.options import Options
+
+    options = Options()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--no-first-run", "--window-size=1600,1500", "--force-device-scale-factor=1"):
+        options.add_argument(arg)
+    options.binary_location = CHROMIUM
+    return options
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    skip = pytest.mark.skip(reason="needs Debian chromium and chromium-driver (apt-get install chromium "
+                                   "chromium-driver; .ci/run does it)")
+    for item in items:
+        if "tests/browser/" in str(item.fspath).replace("\\", "/"):
+            item.add_marker(pytest.mark.browser)
+            if not HAVE_BROWSER:
+                item.add_marker(skip)
+
+
+@dataclass
+class FeedControl:
+    """What a test may change in the running feed."""
+
+    hot_zone: str | None = None
+    supply_rise_c: float = 0.0
+    running: bool = True
+
+
+class PipelinePublisher:
+    """Publishes, once a second, what the stream worker and controller publish for a simulated cluster.
+
+    Messages are built from ``tapas.topology.default_topology`` by
+    :func:`bench.dashboard.synthetic_tick` and go through the real embedded broker on
+    per-test topics; the dashboard's consumer reads them back like production.
+    """
+
+    def __init__(self, bootstrap: str, topics: Any, topology: Any, *, tick_s: float = 1.0, seed: int = 0) -> None:
+        from kafka import KafkaProducer
+
+        self.topics = topics
+        self.topology = topology
+        self.tick_s = tick_s
+        self.control = FeedControl()
+        self.rng = np.random.default_rng(seed)
+        self.producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.ticks = 0
+        self.last_published_at: datetime | None = None
+
+    def topic_of(self, message: Any) -> str:
+        for topic, model in self.topics.models_by_topic().items():
+            if isinstance(message, model):
+                return str(topic)
+        raise KeyError(type(message).__name__)
+
+    def publish(self, messages: list[Any]) -> None:
+        for m in messages:
+            key = getattr(m, "server_id", None) or getattr(m, "domain_id", None) or "k"
+            self.producer.send(self.topic_of(m), key=str(key).encode(), value=m.to_bytes())
+        self.producer.flush(10)
+
+    def tick(self) -> None:
+        from bench.dashboard import synthetic_tick
+
+        at = datetime.now(UTC)
+        self.publish(synthetic_tick(self.topology, at, self.rng, hot_zone=self.control.hot_zone,
+                                    supply_rise_c=self.control.supply_rise_c))
+        self.ticks += 1
+        self.last_published_at = at
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            if self.control.running:
+                self.tick()
+            self._stop.wait(max(0.0, self.tick_s - (time.monotonic() - started)))
+
+    def start(self) -> PipelinePublisher:
+        self.tick()
+        self._thread = threading.Thread(target=self._run, name="test-pipeline-publisher", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        self.producer.close(5)
+
+
+@dataclass
+class LiveDashboard:
+    """A dashboard app wired to a live feed through the broker."""
+
+    app: Any
+    view: Any
+    topology: Any
+    publisher: PipelinePublisher
+    consumer: Any
+
+
+@pytest.fixture
+def live_dashboard(broker: Any, topic_factory: Callable[..., str]) -> Iterator[Callable[..., LiveDashboard]]:
+    """Factory: ``live_dashboard(num_servers=40, stale_after_s=..., username=..., password=...)``."""
+    from dashboard.app import create_app
+    from dashboard.view import DashboardTopics, DashboardView, FloorLayout, ViewConsumer
+    from tapas.settings import KafkaSettings
+    from tapas.topology import default_topology
+
+    started: list[LiveDashboard] = []
+
+    def make(num_servers: int = 40, *, stale_after_s: float = 10.0, refresh_s: float = 1.0,
+             username: str | None = None, password: str | None = None) -> LiveDashboard:
+        tag = uuid.uuid4().hex[:6]
+        topics = DashboardTopics(**{name: topic_factory(f"dash-{name}-{tag}", partitions=2)
+                                    for name in DashboardTopics.__dataclass_fields__})
+        topo = default_topology(num_servers)
+        view = DashboardView(layout=FloorLayout.from_topology(topo), stale_after_s=stale_after_s)
+        consumer = ViewConsumer(view, KafkaSettings(bootstrap_servers=broker.bootstrap), topics=topics).start()
+        publisher = PipelinePublisher(broker.bootstrap, topics, topo).start()
+        app = create_app(view, refresh_s=refresh_s, username=username, password=password)
+        live = LiveDashboard(app, view, topo, publisher, consumer)
+        started.append(live)
+        return live
+
+    yield make
+    for live in started:
+        live.publisher.stop()
+        live.consumer.stop()
