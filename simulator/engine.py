@@ -838,7 +838,7 @@ class Simulation:
         active_n = np.bincount(self.a_inst, minlength=n_inst)
         free_slots = self.c_maxb[cfg] * rep - active_n
         D_prev = self.inst_D.copy()
-        busy_work = np.zeros(n_inst)
+        busy_in_tick = np.clip(self.inst_free_at - t, 0.0, dt)  # prefill work spilled over from earlier ticks
         self.inst_prefill_tps = np.zeros(n_inst)
         served = 0.0
         if len(self.q_inst):
@@ -863,7 +863,8 @@ class Simulation:
                 self.ttft_hist.add(ttft)
                 ok = ttft <= self.q_slo[admit]
                 np.maximum.at(self.inst_free_at, ai, start[admit] + work[admit])
-                busy_work = _fsum(ai, work[admit], n_inst)
+                end_in_tick = np.minimum(start[admit] + work[admit], t + dt)
+                busy_in_tick += _fsum(ai, np.maximum(end_in_tick - start[admit], 0.0), n_inst)
                 Gq = self.q_G[admit]
                 qloss = (self.ep_quality[self.inst_endpoint[ai]] - self.c_quality[cfg[ai]]) / self.ep_quality[self.inst_endpoint[ai]]
                 self.a_inst = np.concatenate([self.a_inst, ai])
@@ -886,8 +887,7 @@ class Simulation:
                 self.inst_load -= self.inst_load * (dt / 30.0)
         else:
             self.inst_load -= self.inst_load * (dt / 30.0)
-        lane_busy = np.clip(self.inst_free_at - t, 0.0, dt) / dt
-        self.inst_busy_pre = np.where(serving, np.maximum(lane_busy, np.minimum(busy_work / dt, 1.0)), 0.0)
+        self.inst_busy_pre = np.where(serving, np.clip(busy_in_tick / dt, 0.0, 1.0), 0.0)
         # decode
         active_n = np.bincount(self.a_inst, minlength=n_inst).astype(float)
         batch = active_n / rep

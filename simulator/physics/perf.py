@@ -40,15 +40,15 @@ POWER_FREQ_EXP = 2.0
 
 #: Fitted on perf_model.csv (llama2-70b, a100-80gb): prefill ms = c0 + c1 P + c2 P² (batch 1).
 LLAMA70B_A100_PREFILL_MS: dict[int, tuple[float, float, float]] = {
-    2: (25.3955, 0.335464, 3.0e-6),
-    4: (37.7674, 0.164984, 1.4e-5),
-    8: (39.0252, 0.106201, 1.0e-5),
+    2: (25.3955, 0.335464, 3.2947e-6),
+    4: (37.7674, 0.164984, 1.41124e-5),
+    8: (39.0252, 0.106201, 9.5118e-6),
 }
 #: Fitted on perf_model.csv: decode ms/token = d0 + d1 b + d2 b² (prompt 512).
 LLAMA70B_A100_DECODE_MS: dict[int, tuple[float, float, float]] = {
-    2: (57.7352, 0.6873, -0.00837),
-    4: (44.8057, 0.0887, 0.00541),
-    8: (44.9406, 0.1788, 0.00359),
+    2: (57.7352, 0.687302, -0.0083669),
+    4: (44.8057, 0.0886998, 0.00540795),
+    8: (44.9406, 0.178804, 0.00358629),
 }
 #: Decode-phase GPU power as a fraction of TDP (perf_model.csv average_power, decode-dominated runs).
 LLAMA70B_A100_DECODE_POWER_FRAC: dict[int, float] = {2: 0.74, 4: 0.59, 8: 0.44}
