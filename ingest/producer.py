@@ -8,8 +8,12 @@ broker that restarted with an empty log. So this layer owns delivery:
   on-disk spool) or refuses it and counts it as dropped — accepted records are the
   ones the collector may forget about;
 * records are handed to kafka-python (batching, lz4/gzip compression, ``retries=0``)
-  oldest first; a failed send goes back to the head of the FIFO, and while the broker
-  is unreachable only one probe record is in flight, retried with exponential backoff;
+  oldest first, one *window* at a time: everything queued goes out together and the
+  next window waits until each record of this one is acknowledged or failed. Without
+  that, a newer batch still in flight when the broker comes back would land before
+  an older one that had already expired (seen in the restart test). Failed sends go
+  back to the head of the FIFO, and while the broker is unreachable the window is a
+  single probe record, retried with exponential backoff;
 * a record counts as ``sent`` only when the broker acknowledged it, so each accepted
   record is delivered once (a duplicate needs an acknowledgement lost after a write,
   which this design does not retry blindly: kafka-python's own retries are off).
@@ -249,7 +253,6 @@ class BufferedProducer:
         self._degraded = False
         self._backoff_s = retry_backoff_s
         self._retry_at = 0.0
-        self._since_drain = 0
         self._last_drop_log = -1e9
         self.num_sent = 0
         self.num_dropped = 0
@@ -275,17 +278,6 @@ class BufferedProducer:
 
     def publish(self, topic: str, key: bytes | None, value: bytes) -> bool:
         """Accept one record for delivery; False (and counted as dropped) when the buffer is full."""
-        if (self._kafka is not None and not self._degraded and not self._pending and not self._failed
-                and (self.spool is None or not len(self.spool)) and len(self._inflight) < self.max_in_flight):
-            self._seq += 1
-            if self._send(Record(topic, key, value, self._seq)):
-                self._since_drain += 1
-                if self._since_drain >= 512:
-                    self._since_drain = 0
-                    self._drain()
-                return True
-            self.metrics.buffered.inc()  # _send put it back at the head of the FIFO: accepted, buffered
-            return True
         rec = Record(topic, key, value)
         if self.spool is not None and (len(self.spool) or len(self._pending) >= self.max_buffered):
             accepted = self.spool.append(rec)
@@ -376,8 +368,8 @@ class BufferedProducer:
                 self._enter_degraded(exc)
                 return
         self._drain()
-        if self._failed or (self._degraded and now < self._retry_at):
-            return
+        if self._inflight or self._failed or (self._degraded and now < self._retry_at):
+            return  # one window at a time: a newer record must not land before an older one that fails
         self._refill_from_spool()
         limit = 1 if self._degraded else self.max_in_flight
         while self._pending and len(self._inflight) < limit:
@@ -454,6 +446,9 @@ def kafka_producer_config(settings: Any) -> dict[str, Any]:
         "delivery_timeout_ms": ing.request_timeout_ms + ing.linger_ms,
         "max_block_ms": min(ing.request_timeout_ms, 2000),
         "reconnect_backoff_max_ms": int(ing.max_retry_backoff_s * 1000),
+        # A fixed protocol version skips kafka-python's version probe, which blocks the
+        # constructor for 30 s when the broker is down (the collector must start anyway).
+        "api_version": (2, 5),
     }
 
 
