@@ -423,6 +423,41 @@ class BufferedProducer:
         self.close()
 
 
+def key_caching_partitioner() -> Any:
+    """kafka-python's keyed murmur2 partitioning, memoised per (topic, key, partition count).
+
+    Collectors send the same few thousand server ids over and over; the pure-Python
+    murmur2 was about 6 % of a send in a profile. The mapping is the Java client's
+    (and aiokafka's), so every producer of a server id agrees on its partition.
+    """
+    import random
+
+    from kafka.partitioner import Partitioner
+    from kafka.partitioner.default import murmur2
+
+    class KeyCachingPartitioner(Partitioner):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self._cache: dict[tuple[str, bytes, int], int] = {}
+
+        def partition(self, topic: str, key: Any, serialized_key: bytes | None, value: Any,
+                      serialized_value: Any, cluster: Any) -> int:
+            partitions = cluster.partitions_for_topic(topic)
+            if partitions is None:
+                raise ValueError(f"Topic {topic} not found in ClusterMetadata")
+            if serialized_key is None:
+                return random.choice(sorted(partitions))  # noqa: S311 - load spreading, not security
+            cache_key = (topic, serialized_key, len(partitions))
+            found = self._cache.get(cache_key)
+            if found is None:
+                if len(self._cache) > 200_000:
+                    self._cache.clear()
+                found = int(sorted(partitions)[(murmur2(serialized_key) & 0x7FFFFFFF) % len(partitions)])
+                self._cache[cache_key] = found
+            return found
+
+    return KeyCachingPartitioner()
+
+
 def kafka_producer_config(settings: Any) -> dict[str, Any]:
     """kafka-python producer keyword arguments from :class:`tapas.settings.Settings`.
 
@@ -454,7 +489,7 @@ def kafka_producer_config(settings: Any) -> dict[str, Any]:
 
 def kafka_connector(settings: Any, **overrides: Any) -> Callable[[], KafkaSender]:
     """A ``connect`` callable for :class:`BufferedProducer` building a kafka-python producer."""
-    config = {**kafka_producer_config(settings), **overrides}
+    config = {**kafka_producer_config(settings), "partitioner": key_caching_partitioner(), **overrides}
 
     def connect() -> KafkaSender:
         from kafka import KafkaProducer
