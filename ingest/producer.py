@@ -445,7 +445,7 @@ def key_caching_partitioner() -> Any:
             if partitions is None:
                 raise ValueError(f"Topic {topic} not found in ClusterMetadata")
             if serialized_key is None:
-                return random.choice(sorted(partitions))  # noqa: S311 - load spreading, not security
+                return int(random.choice(sorted(partitions)))  # noqa: S311 - load spreading, not security
             cache_key = (topic, serialized_key, len(partitions))
             found = self._cache.get(cache_key)
             if found is None:
