@@ -36,7 +36,7 @@ What one tick does (order matters; each step is documented in PARAMETERS.md):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -295,6 +295,7 @@ class Simulation:
         self.srv_inst = np.full(N, -1, dtype=np.int64)
         self.initialised = False
         self.in_use_gpu_s = 0.0
+        self._id_cache: dict[str, tuple[npt.NDArray[Any], tuple[str, ...]]] = {}
         self.routing: dict[str, RoutingDecision] = {}
         self.demand_ewma = np.zeros(self.E)
         self.vms = generate_vms(iaas_gpus=0, iaas_fill=0.0, duration_s=0.0, rng=np.random.default_rng(0))
@@ -492,6 +493,15 @@ class Simulation:
                               supply_temp_rise_c=COOLING_RISE_C)]
         return []
 
+    def _cached(self, key: str, arr: npt.NDArray[Any], build: Callable[[], tuple[str, ...]]) -> tuple[str, ...]:
+        """Rebuild a tuple of ids only when the integer array behind it changed."""
+        hit = self._id_cache.get(key)
+        if hit is not None and hit[0].shape == arr.shape and np.array_equal(hit[0], arr):
+            return hit[1]
+        value = build()
+        self._id_cache[key] = (arr.copy(), value)
+        return value
+
     def snapshot(self) -> Snapshot:
         """The state as the decision core sees it (forecasts per ``perfect_forecasts``)."""
         t = self.tick_index * self.dt
@@ -514,10 +524,11 @@ class Simulation:
         cap = self.c_capacity[self.inst_cfg] * np.minimum(inst_f, 1.0)
         instances = SaasInstances(
             instance_ids=self.inst_ids,
-            endpoint_ids=tuple(self.endpoint_ids[e] for e in self.inst_endpoint),
+            endpoint_ids=self._cached("inst_ep", self.inst_endpoint,
+                                      lambda: tuple(self.endpoint_ids[e] for e in self.inst_endpoint)),
             server_index=self.inst_server,
             num_gpus=np.full(n_inst, self.G, dtype=np.int64),
-            config_ids=tuple(self.cfg_ids[c] for c in self.inst_cfg),
+            config_ids=self._cached("inst_cfg", self.inst_cfg, lambda: tuple(self.cfg_ids[c] for c in self.inst_cfg)),
             load_tokens_per_s=self.inst_load.copy(),
             prefill_frac=self.inst_prefill_share.copy(),
             capacity_tokens_per_s_at_slo=cap,
@@ -528,17 +539,20 @@ class Simulation:
         )
         act = np.flatnonzero(self.vm_active)
         vs = self.vm_server[act]
-        if len(act):
-            vm_gpu_p = np.asarray([self.gpu_power[s][self.gpu_vm[s] == i].mean() for s, i in zip(vs, act, strict=True)])
-            limits = self.pol_plimit[vs].min(axis=1)
-        else:
-            vm_gpu_p = np.zeros(0)
-            limits = np.zeros(0)
+        nv = len(self.vm_active)
+        has = self.gpu_vm >= 0
+        owner = self.gpu_vm[has]
+        sums = _fsum(owner, self.gpu_power[has], nv)
+        cnt = np.bincount(owner, minlength=nv)
+        vm_gpu_p = sums[act] / np.maximum(cnt[act], 1)
+        lim_all = np.full(nv, np.inf)
+        np.minimum.at(lim_all, owner, self.pol_plimit[has])
+        limits = lim_all[act]
         tdp_v = self.tdp[vs]
         idle_v = self.idle[vs]
         exp_p = idle_v + (tdp_v - idle_v) * np.minimum(self.vms.util_mean[act] + 0.15, 1.0)
         vms = IaasVms(
-            vm_ids=tuple(self.vm_ids[i] for i in act),
+            vm_ids=self._cached("vm_act", act, lambda: tuple(self.vm_ids[i] for i in act)),
             server_index=vs,
             num_gpus=self.vms.num_gpus[act],
             gpu_power_w=vm_gpu_p,
