@@ -348,6 +348,8 @@ def run_agent(settings: Settings, server_id: str, control: GpuControl, *, stop: 
                     consumer.seek(tp, off.offset)
         except Exception:  # noqa: BLE001 - no timestamp index: read from the beginning, expiry filters
             pass
+        for tp in tps:  # resolve the lazy seeks before reporting ready
+            consumer.position(tp)
         if on_ready is not None:
             on_ready(agent)
         last_ok = time.monotonic()

@@ -680,6 +680,8 @@ def run_service(settings: Settings, topology: Topology, catalogue: Catalogue, *,
         for tp, off in found.items():
             if off is not None:
                 consumer.seek(tp, off.offset)
+        for tp in tps:  # resolve the lazy seeks now, so nothing sent after on_ready() is skipped
+            consumer.position(tp)
         if cs.metrics_port and metrics is None:
             metrics_server = controller.metrics.serve(cs.metrics_port)
         log.info("event=controller_started mode=%s servers=%d endpoints=%d", controller.mode, topology.num_servers,

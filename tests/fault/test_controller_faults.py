@@ -33,7 +33,7 @@ def feed(c: Controller, at: datetime, *, hot: int | None = None, servers: range 
         if servers is not None and i not in servers:
             continue
         h = i == hot
-        c.handle("f", forecast(s, at, temp_c=84 if h else 60, hi_c=90 if h else 64, inlet_c=45 if h else 24),
+        c.handle("f", forecast(s, at, temp_c=84 if h else 60, hi_c=90 if h else 64, inlet_c=50 if h else 24),
                  now=at)
         if i < 4:
             c.handle("g", gpu_sample(s, at), now=at)

@@ -78,7 +78,7 @@ class Harness:
         for i, s in enumerate(self.topology.server_ids):
             h = i == hot
             self.send(self.topics.server_forecasts, s, forecast(s, now, temp_c=84 if h else 60, hi_c=90 if h else 64,
-                                                                inlet_c=45 if h else 24))
+                                                                inlet_c=50 if h else 24))
             if i < 4:
                 self.send(self.topics.gpu_samples, s, gpu_sample(s, now))
         self.producer.flush()
@@ -115,8 +115,9 @@ def harness(broker: object, topic_factory: Callable[..., str]) -> Iterator[Harne
 def test_forecasts_in_hints_weights_commands_out_and_safe_when_stale(harness: Harness) -> None:
     h = harness
     # 1. forecasts in: weights every tick, the hot instance reconfigured
-    w = h.wait_for(lambda m: isinstance(m, RoutingWeights) and not m.stale_inputs, 15, feeding=True)
-    assert isinstance(w, RoutingWeights) and w.endpoint_id == ENDPOINT and len(w.weights) == 4
+    w = h.wait_for(lambda m: isinstance(m, RoutingWeights) and not m.stale_inputs and len(m.weights) == 4, 15,
+                   feeding=True)
+    assert isinstance(w, RoutingWeights) and w.endpoint_id == ENDPOINT
     cmd = h.wait_for(lambda m: isinstance(m, ReconfigCommand), 15, feeding=True)
     assert isinstance(cmd, ReconfigCommand)
     assert cmd.server_id == h.topology.server_ids[0] and cmd.action == "set_frequency_cap"
@@ -156,3 +157,29 @@ def test_forecasts_in_hints_weights_commands_out_and_safe_when_stale(harness: Ha
                10, feeding=True)
     assert h.controller is not None and h.controller.metrics.registry.get_sample_value(
         "tapas_controller_forecasts_stale") == 0.0
+
+
+def test_undecodable_input_goes_to_dead_letter_with_field_and_service_keeps_running(harness: Harness) -> None:
+    from contracts import DeadLetter
+
+    h = harness
+    h.producer.send(h.topics.server_forecasts, key=b"s-bad", value=b'{"server_id": "s-bad", "gpu_temp_c": "hot"}')
+    h.producer.send(h.topics.placement_requests, key=b"r-bad", value=b"\xff\x00 not json")
+    h.producer.flush()
+    dl = KafkaConsumer(bootstrap_servers=h.producer.config["bootstrap_servers"], enable_auto_commit=False)
+    dl.assign([TopicPartition(h.topics.deadletter, 0)])
+    dl.seek_to_beginning()
+    letters: list[DeadLetter] = []
+    deadline = time.monotonic() + 15
+    while len(letters) < 2 and time.monotonic() < deadline:
+        for recs in dl.poll(300).values():
+            letters += [decode(DeadLetter, r.value) for r in recs]
+    dl.close()
+    assert {d.source_topic for d in letters} == {h.topics.server_forecasts, h.topics.placement_requests}
+    assert all(d.reason.startswith("controller:") and d.raw_b64 for d in letters)
+    # still alive: it answers a valid request afterwards
+    h.feed()
+    h.send(h.topics.placement_requests, "req-after-bad",
+           PlacementRequest(request_id="req-after-bad", requested_at=datetime.now(UTC), vm_kind="iaas", num_gpus=1))
+    h.producer.flush()
+    h.wait_for(lambda m: isinstance(m, PlacementHint) and m.request_id == "req-after-bad", 15, feeding=True)

@@ -29,7 +29,7 @@ def feed(c: Controller, at: datetime, *, hot: int | None = None, saas: int = 4) 
     for i, s in enumerate(c.topology.server_ids):
         is_hot = i == hot
         c.handle("f", forecast(s, at, temp_c=84 if is_hot else 60, hi_c=90 if is_hot else 64,
-                               inlet_c=45 if is_hot else 24), now=at)
+                               inlet_c=50 if is_hot else 24), now=at)
         if i < saas:
             c.handle("g", gpu_sample(s, at), now=at)
 
