@@ -249,6 +249,7 @@ class Tally:
     generated: int = 0
     accepted: int = 0
     refused: int = 0
+    crashes: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)
 
     def add(self, kind: str, accepted: bool) -> None:
@@ -304,6 +305,7 @@ def check_decode(model: type[Contract], mutant: Mutant) -> Contract | None:
             )
         return None
     except Exception as exc:  # noqa: BLE001 - the whole point: nothing but ContractError may escape
+        TALLY.crashes += 1
         raise AssertionError(
             f"CRASH {model.__name__} {mutant.kind} {mutant.detail}: {type(exc).__name__}: {exc}\n"
             f"input: {mutant.raw[:300]!r}"
