@@ -104,12 +104,14 @@ class NvmlGpuControl:
 
     dry_run = False
 
-    def __init__(self) -> None:
-        import pynvml
+    def __init__(self, nvml: Any = None) -> None:
+        if nvml is None:
+            import pynvml
 
-        self._nvml = pynvml
-        pynvml.nvmlInit()
-        self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+            nvml = pynvml
+        self._nvml = nvml
+        nvml.nvmlInit()
+        self._handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
         self._min_clock_mhz: dict[int, int] = {}
 
     def gpu_count(self) -> int:

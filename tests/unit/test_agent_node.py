@@ -108,3 +108,44 @@ def test_reconcile_touches_only_gpus_the_agent_capped() -> None:
     calls = ctl.calls
     a.reconcile(T0 + timedelta(seconds=10))
     assert ctl.calls == calls + 1 and set(ctl.applied) == {1}
+
+
+class FakeNvml:
+    """Records the NVML calls NvmlGpuControl makes (the real library needs a driver and root)."""
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self.limit_mw = 400_000
+
+    def nvmlInit(self) -> None: ...
+    def nvmlDeviceGetCount(self) -> int: return 2
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> str: return f"h{i}"
+    def nvmlDeviceGetName(self, h: str) -> str: return "NVIDIA A100-SXM4-80GB"
+    def nvmlDeviceGetSupportedMemoryClocks(self, h: str) -> list[int]: return [1593, 1215]
+    def nvmlDeviceGetSupportedGraphicsClocks(self, h: str, mem: int) -> list[int]:
+        assert mem == 1593
+        return [1410, 1200, 210]
+    def nvmlDeviceGetPowerManagementDefaultLimit(self, h: str) -> int: return 400_000
+    def nvmlDeviceGetPowerManagementLimitConstraints(self, h: str) -> tuple[int, int]: return (100_000, 400_000)
+    def nvmlDeviceGetPowerManagementLimit(self, h: str) -> int: return self.limit_mw
+    def nvmlDeviceSetPowerManagementLimit(self, h: str, mw: int) -> None:
+        self.calls.append(("power", h, mw))
+        self.limit_mw = mw
+    def nvmlDeviceSetGpuLockedClocks(self, h: str, lo: int, hi: int) -> None: self.calls.append(("lock", h, lo, hi))
+    def nvmlDeviceResetGpuLockedClocks(self, h: str) -> None: self.calls.append(("reset", h))
+
+
+def test_nvml_control_translates_settings_to_nvml_calls() -> None:
+    from controller.agent import NvmlGpuControl
+
+    nv = FakeNvml()
+    ctl = NvmlGpuControl(nvml=nv)
+    assert ctl.gpu_count() == 2 and ctl.default_power_limit_w(0) == 400.0 and "A100" in ctl.describe()
+    ctl.apply(1, GpuSetting(frequency_cap_mhz=1100.0, power_limit_w=50.0))
+    assert nv.calls == [("lock", "h1", 210, 1100), ("power", "h1", 100_000)]  # clamped to the device's minimum
+    nv.calls.clear()
+    ctl.apply(1, GpuSetting())
+    assert nv.calls == [("reset", "h1"), ("power", "h1", 400_000)]
