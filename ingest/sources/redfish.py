@@ -73,15 +73,18 @@ def is_intake_sensor(doc: Document) -> bool:
 
 
 def intake_from_sensor(doc: Document) -> Checked:
-    """The intake temperature of a newer-schema ``Sensor`` document (°C)."""
-    return check(doc.get("Reading"), "inlet_temp_c") if "Reading" in doc else Checked(None, True)
+    """The intake temperature of a newer-schema ``Sensor`` document (°C); an enabled sensor without one is broken."""
+    reading = doc.get("Reading")
+    return Checked(None, True) if reading is None else check(reading, "inlet_temp_c")
 
 
 def intake_from_thermal(doc: Document) -> tuple[Checked, str | None]:
     """The first enabled ``Intake`` entry of a legacy ``Thermal`` document, with its member URI."""
     for entry in doc.get("Temperatures", []) or []:
         if isinstance(entry, Mapping) and entry.get("PhysicalContext") == "Intake" and _enabled(entry):
-            return check(entry.get("ReadingCelsius"), "inlet_temp_c"), entry.get("@odata.id")
+            reading = entry.get("ReadingCelsius")
+            checked = Checked(None, True) if reading is None else check(reading, "inlet_temp_c")
+            return checked, entry.get("@odata.id")
     return Checked(None, False), None
 
 

@@ -1,0 +1,110 @@
+"""Pure parsing of PDU (SNMP) and BMC (Redfish) documents, and profile selection."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from contracts import SourceError
+from ingest.sources import redfish, snmp
+
+T0 = datetime(2026, 11, 25, tzinfo=UTC)
+
+
+def test_rpdu2_hundredths_of_kw_and_tenths() -> None:
+    values = {
+        f"{snmp.RPDU2_DEVICE_POWER}.1": 402, f"{snmp.RPDU2_DEVICE_ENERGY}.1": 12345,
+        f"{snmp.RPDU2_PHASE_CURRENT}.1": 61, f"{snmp.RPDU2_PHASE_CURRENT}.2": 70, f"{snmp.RPDU2_PHASE_CURRENT}.3": 9,
+        f"{snmp.RPDU2_PHASE_POWER}.1": 140, f"{snmp.RPDU2_BANK_CURRENT}.1": 33,
+        f"{snmp.RPDU2_OUTLET_CURRENT}.1": 12, f"{snmp.RPDU2_OUTLET_POWER}.1": 250,
+    }
+    s = snmp.parse_rpdu2(values, pdu_id="p", sampled_at=T0)
+    assert s.power_w == 4020.0 and s.energy_kwh == 1234.5 and s.current_a == 14.0
+    by = {p.name: p for p in s.phases}
+    assert by["phase1"].power_w == 1400.0 and by["phase2"].power_w is None
+    assert by["bank1"].current_a == 3.3 and by["outlet1"].current_a == 1.2 and by["outlet1"].power_w == 250
+    assert s.invalid_fields == []
+
+
+def test_rpdu2_bad_phase_current_flags_the_total() -> None:
+    values = {f"{snmp.RPDU2_DEVICE_POWER}.1": 100, f"{snmp.RPDU2_PHASE_CURRENT}.1": 61,
+              f"{snmp.RPDU2_PHASE_CURRENT}.2": -1}
+    s = snmp.parse_rpdu2(values, pdu_id="p", sampled_at=T0)
+    assert s.current_a is None
+    assert s.invalid_fields == ["phases.phase2.current_a", "current_a"]
+
+
+def test_rpdu_first_generation_sums_phase_rows_only() -> None:
+    values = {snmp.RPDU_DEVICE_POWER_W: 1230,
+              f"{snmp.RPDU_LOAD}.1": 66, f"{snmp.RPDU_LOAD}.2": 40, f"{snmp.RPDU_LOAD}.3": 25,
+              f"{snmp.RPDU_LOAD_PHASE}.1": 1, f"{snmp.RPDU_LOAD_PHASE}.2": 0, f"{snmp.RPDU_LOAD_PHASE}.3": 0,
+              f"{snmp.RPDU_LOAD_BANK}.1": 0, f"{snmp.RPDU_LOAD_BANK}.2": 1, f"{snmp.RPDU_LOAD_BANK}.3": 2}
+    s = snmp.parse_rpdu(values, pdu_id="p", sampled_at=T0)
+    assert s.power_w == 1230 and s.current_a == 6.6
+    assert [p.name for p in s.phases] == ["phase1", "bank1", "bank2"]
+
+
+@pytest.mark.parametrize(("oid", "descr", "name"), [
+    ("1.3.6.1.4.1.318.1.3.4.6", "", "apc-rpdu2"),
+    (".1.3.6.1.4.1.318.1.3.4.8", "", "apc-rpdu2"),
+    ("1.3.6.1.4.1.318.1.3.4.99", "APC ... AN1:apc_hw05_rpdu2g_672.bin", "apc-rpdu2"),
+    ("1.3.6.1.4.1.318.1.3.4.5", "", "apc-rpdu"),
+])
+def test_profile_selection(oid: str, descr: str, name: str) -> None:
+    assert snmp.select_profile(oid, descr).name == name
+
+
+def test_unknown_device_names_the_oid_and_the_fix() -> None:
+    with pytest.raises(SourceError, match=r"1\.3\.6\.1\.4\.1\.534.*--profile"):
+        snmp.select_profile("1.3.6.1.4.1.534.6.6.7", "Eaton ePDU")
+
+
+class DictClient:
+    """A Redfish service as a dict of documents (pure discovery logic test)."""
+
+    def __init__(self, docs: dict[str, dict[str, Any]]) -> None:
+        self.docs = docs
+        self.calls: list[str] = []
+
+    def get(self, path: str) -> dict[str, Any] | None:
+        self.calls.append(path)
+        return self.docs.get(path.rstrip("/") or path)
+
+
+def service(sensor_reading: Any, *, context: str = "Intake") -> dict[str, dict[str, Any]]:
+    return {
+        "/redfish/v1": {"Chassis": {"@odata.id": "/redfish/v1/Chassis"}},
+        "/redfish/v1/Chassis": {"Members": [{"@odata.id": "/redfish/v1/Chassis/A"}]},
+        "/redfish/v1/Chassis/A": {"Sensors": {"@odata.id": "/redfish/v1/Chassis/A/Sensors"},
+                                  "EnvironmentMetrics": {"@odata.id": "/redfish/v1/Chassis/A/EnvironmentMetrics"}},
+        "/redfish/v1/Chassis/A/Sensors": {"Members": [{"@odata.id": "/redfish/v1/Chassis/A/Sensors/T1"},
+                                                      {"@odata.id": "/redfish/v1/Chassis/A/Sensors/T2"}]},
+        "/redfish/v1/Chassis/A/Sensors/T1": {"PhysicalContext": "Exhaust", "ReadingUnits": "Cel", "Reading": 41},
+        "/redfish/v1/Chassis/A/Sensors/T2": {"PhysicalContext": context, "ReadingUnits": "Cel",
+                                             "Reading": sensor_reading},
+        "/redfish/v1/Chassis/A/EnvironmentMetrics": {"PowerWatts": {"Reading": 3120.5}},
+    }
+
+
+def test_discovery_then_two_gets_per_poll() -> None:
+    client = DictClient(service(22.5))
+    src = redfish.RedfishSource(client, server_id="s1", now=lambda: T0)
+    first = src.read()[0]
+    client.calls.clear()
+    second = src.read()[0]
+    assert first.inlet_temp_c == second.inlet_temp_c == 22.5 and second.chassis_power_w == 3120.5
+    assert client.calls == ["/redfish/v1/Chassis/A/Sensors/T2", "/redfish/v1/Chassis/A/EnvironmentMetrics"]
+
+
+@pytest.mark.parametrize("reading", [None, -127, float("nan"), 0xFFFF])
+def test_broken_intake_sensor_is_flagged(reading: Any) -> None:
+    (s,) = redfish.RedfishSource(DictClient(service(reading)), server_id="s1", now=lambda: T0).read()
+    assert s.inlet_temp_c is None and s.invalid_fields == ["inlet_temp_c"]
+    assert s.chassis_power_w == 3120.5
+
+
+def test_no_intake_anywhere_is_a_clear_error() -> None:
+    with pytest.raises(SourceError, match="PhysicalContext 'Intake'"):
+        redfish.RedfishSource(DictClient(service(20, context="CPU")), server_id="s1").read()
