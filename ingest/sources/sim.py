@@ -35,7 +35,8 @@ class SimSource:
     """Yields one round per simulator tick, sleeping ``tick_s / speed`` of wall time between ticks.
 
     Args:
-        feed: anything with ``step()`` returning an object with ``gpu``, ``inlet``, ``pdu``, ``events`` lists.
+        feed: anything with ``step()`` returning an object with ``gpu``, ``inlet``, ``pdu``, ``events`` lists
+            (and optionally ``finished``, which ends the stream).
         tick_s: simulated seconds per tick.
         speed: 1 = real time, 60 = a simulated minute per second, 0 = as fast as possible.
         clock, sleep: injected for tests.
@@ -53,7 +54,7 @@ class SimSource:
 
     def rounds(self) -> Iterator[list[Contract]]:
         next_at = self.clock()
-        while True:
+        while not getattr(self.feed, "finished", False):
             tick = self.feed.step()
             yield [*tick.gpu, *tick.inlet, *tick.pdu, *getattr(tick, "events", [])]
             if self.speed > 0:
