@@ -335,6 +335,7 @@ def run_agent(settings: Settings, server_id: str, control: GpuControl, *, stop: 
                              enable_auto_commit=False, request_timeout_ms=5000, fetch_max_wait_ms=500,
                              reconnect_backoff_max_ms=2000)
     producer = KafkaProducer(**kw, client_id=f"{settings.kafka.client_id}-agent-{server_id}", acks=1,
+                             enable_idempotence=False,
                              max_block_ms=1000, request_timeout_ms=5000, reconnect_backoff_max_ms=2000)
     outbox: deque[Contract] = deque(maxlen=10_000)
     key = server_id.encode()

@@ -660,7 +660,8 @@ def run_service(settings: Settings, topology: Topology, catalogue: Catalogue, *,
     controller = Controller(topology, catalogue, cs, mode=mode, topics=topics, metrics=metrics, started_at=now_fn())
     consumer = KafkaConsumer(**kw, client_id=f"{settings.kafka.client_id}-controller", enable_auto_commit=False,
                              group_id=None)
-    producer = KafkaProducer(**kw, client_id=f"{settings.kafka.client_id}-controller", linger_ms=5, acks=1)
+    producer = KafkaProducer(**kw, client_id=f"{settings.kafka.client_id}-controller", linger_ms=5, acks=1,
+                             enable_idempotence=False)
     metrics_server = None
     try:
         tps: list[TopicPartition] = []
@@ -731,7 +732,7 @@ def publish_mode(settings: Settings, mode: Mode, *, changed_by: str = "operator"
     from kafka import KafkaProducer
 
     msg = ControllerMode(mode=mode, changed_at=datetime.now(UTC), changed_by=changed_by)
-    producer = KafkaProducer(**kafka_python_kwargs(settings.kafka), acks=1)
+    producer = KafkaProducer(**kafka_python_kwargs(settings.kafka), acks=1, enable_idempotence=False)
     try:
         producer.send(topic or topic_for(ControllerMode), key=b"mode", value=msg.to_bytes()).get(timeout=10)
     finally:
