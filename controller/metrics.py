@@ -62,6 +62,9 @@ class ControllerMetrics:
                                "Commands refused by the safety bounds.", registry=r)
         self.placements = Counter("tapas_controller_placement_requests_total", "Placement requests answered.",
                                   ("feasible",), registry=r)
+        self.decision_errors = Counter("tapas_controller_decision_errors_total",
+                                       "Decision steps that raised (logged; the service kept running).",
+                                       ("step",), registry=r)
         self.tick_seconds = Gauge("tapas_controller_tick_duration_seconds", "Wall time of the last decision tick.",
                                   registry=r)
         self._instances: dict[str, set[str]] = {}

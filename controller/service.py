@@ -43,6 +43,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Literal
 
 import numpy as np
@@ -702,9 +703,9 @@ def run_service(settings: Settings, topology: Topology, catalogue: Catalogue, *,
                     except ContractError as exc:
                         out.append(_dead_letter(topics, tp.topic, rec, exc, now_fn()))
                         continue
-                    out += controller.handle(tp.topic, msg, now=now_fn())
+                    out += _contained(controller, "handle", partial(controller.handle, tp.topic, msg, now=now_fn()))
             if time.monotonic() >= next_tick:
-                out += controller.tick(now_fn())
+                out += _contained(controller, "tick", lambda: controller.tick(now_fn()))
                 next_tick = max(next_tick + cs.tick_s, time.monotonic())
             for o in out:
                 producer.send(o.topic, key=o.key.encode(), value=o.message.to_bytes())
@@ -716,6 +717,16 @@ def run_service(settings: Settings, topology: Topology, catalogue: Catalogue, *,
         if metrics_server is not None:
             metrics_server.shutdown()  # type: ignore[attr-defined]
     return controller
+
+
+def _contained(controller: Controller, what: str, step: Callable[[], list[Outgoing]]) -> list[Outgoing]:
+    """Run one decision step; a bug in it is logged and counted, and the service keeps running."""
+    try:
+        return step()
+    except Exception:  # noqa: BLE001 - a live service must outlive one bad decision
+        controller.metrics.decision_errors.labels(what).inc()
+        log.exception("event=decision_failed step=%s", what)
+        return []
 
 
 def _dead_letter(topics: ControllerTopics, source: str, rec: object, exc: ContractError, now: datetime) -> Outgoing:

@@ -37,4 +37,4 @@ def test_every_series_is_prefixed_and_low_cardinality() -> None:
     for family in m.registry.collect():
         assert family.name.startswith("tapas_")
         for sample in family.samples:
-            assert set(sample.labels) <= {"endpoint", "instance", "action", "feasible"}, sample
+            assert set(sample.labels) <= {"endpoint", "instance", "action", "feasible", "step"}, sample
