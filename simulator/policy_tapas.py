@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from controller.core.catalogue import Catalogue
-from controller.core.emergency import plan_emergency
+from controller.core.emergency import plan_emergency, rebalance_iaas_caps
 from controller.core.placement import rank_servers
 from controller.core.reconfigure import plan_reconfiguration
 from controller.core.routing import routing_weights
@@ -57,7 +57,9 @@ class TapasKnobs:
     emergencies: bool = True
     margins: PlacementMargins = PlacementMargins()
     routing_params: RoutingParams = RoutingParams()
-    reconfig_params: ReconfigParams = ReconfigParams()
+    reconfig_params: ReconfigParams = ReconfigParams(power_margin_frac=0.05)
+    emergency_power_margin_frac: float = 0.02
+    """Row margin of normal reconfiguration while a power emergency is in force."""
     route_only_when_constrained: bool = True
     """Publish weights only while some instance's headroom binds; otherwise leave the load-aware router alone."""
     binding_thermal_headroom_c: float = 5.0
@@ -113,14 +115,26 @@ class TapasPolicy:
 
         if self.k.emergencies and self.k.reconfig:
             plans, released = self._emergencies(snapshot, emergencies, now)
+            new_ids = {id(p) for p in plans}
+            caps, lifted = self._feedback_caps(snapshot, now, skip=new_ids)
+            released.extend(lifted)
 
         if self.k.reconfig and now - self._last_reconfig_s >= self.k.reconfig_params.fast_interval_s:
             self._last_reconfig_s = now
             allow_slow = now - self._last_slow_s >= self.k.reconfig_params.slow_interval_s and not self._plans
             inlet = self._planning_inlet(snapshot)
+            params = self.k.reconfig_params
+            if self._plans:
+                # While an emergency plan is in force nothing relaxes back to a hotter configuration.
+                params = replace(params, hysteresis_s=float("inf"))
+                if any(p.emergency.kind == "power" for p in self._plans.values()):
+                    # SaaS capacity gives before IaaS power: no raising for load while any IaaS VM is capped.
+                    iaas_capped = any(p.caps for p in self._plans.values())
+                    params = replace(params, power_margin_frac=self.k.emergency_power_margin_frac,
+                                     raise_for_load=not iaas_capped)
             planned = {c.instance_id for p in plans for c in p.changes}
             for c in plan_reconfiguration(
-                snapshot, self.catalogue, now_s=now, params=self.k.reconfig_params, inlet_c=inlet, allow_slow=allow_slow
+                snapshot, self.catalogue, now_s=now, params=params, inlet_c=inlet, allow_slow=allow_slow
             ):
                 if c.instance_id not in planned:
                     changes.append(c)
@@ -164,6 +178,27 @@ class TapasPolicy:
             target = snapshot.inlet_c + (e.supply_temp_rise_c or 0.0)
             inlet[zone] = np.maximum(inlet[zone], target[zone])
         return inlet
+
+    def _feedback_caps(self, snapshot: Snapshot, now: float, *, skip: set[int]) -> tuple[list[GpuCap], list[int]]:
+        """Close the loop on power plans' IaaS limits with measured row power (``rebalance_iaas_caps``)."""
+        caps: list[GpuCap] = []
+        lifted: list[int] = []
+        seen: set[int] = set()
+        for eid, plan in list(self._plans.items()):
+            if plan.emergency.kind != "power" or not plan.caps or id(plan) in skip or id(plan) in seen:
+                continue
+            seen.add(id(plan))
+            new = rebalance_iaas_caps(snapshot, plan, now_s=now, budget_w=snapshot.row_budget_w)
+            kept = {c.vm_id for c in new}
+            lifted.extend(c.server_index for c in plan.caps if c.vm_id not in kept)
+            caps.extend(new)
+            updated = replace(plan, caps=new)
+            for k, v in self._plans.items():
+                if v is plan:
+                    self._plans[k] = updated
+            del eid
+        # A lifted VM's server may hold another capped VM: re-issue those after the release.
+        return caps, lifted
 
     def _emergencies(self, snapshot: Snapshot, emergencies: Sequence[Emergency], now: float) -> tuple[list[EmergencyPlan], list[int]]:
         active = {e.event_id: e for e in emergencies}

@@ -46,7 +46,7 @@ MIN_GPU_POWER_FRAC = 0.3
 """IaaS power limits stay at or above idle + this share of (TDP − idle): a floor vendors allow and VMs survive."""
 
 POWER_MARGIN_FRAC = 0.02
-"""Emergency plans aim this far under the reduced budget (measurement noise, 2 s power spikes)."""
+"""Emergency plans aim this far under the reduced budget, on top of the forecast-high row power."""
 
 THERMAL_MARGIN_C = 2.0
 
@@ -56,6 +56,7 @@ EMERGENCY_RECONFIG = ReconfigParams(
     slo_headroom_frac=0.0,
     hysteresis_s=0.0,
     command_ttl_s=DEFAULT_EMERGENCY_S,
+    raise_for_load=False,
 )
 
 
@@ -303,6 +304,55 @@ def _plan_cooling(
         effective_by_s=now_s + APPLY_LATENCY_S,
         reason=reason,
     )
+
+
+def rebalance_iaas_caps(
+    snapshot: Snapshot,
+    plan: EmergencyPlan,
+    *,
+    now_s: float,
+    budget_w: FloatArray,
+    margin_frac: float = POWER_MARGIN_FRAC,
+    step_frac: float = 0.5,
+) -> tuple[GpuCap, ...]:
+    """Feedback on a power plan's IaaS limits: raise them where measured row power leaves room, lower them where it does not.
+
+    The plan is computed from forecasts; this closes the loop on what the rows really draw, so
+    opaque VMs give back no more than needed. Per row, the common limit ``L`` moves by
+    ``step_frac × headroom / capped GPUs`` (headroom = budget × (1 − margin) − forecast-high row
+    power), between the floor and the VMs' expected uncapped power; caps that reach it are lifted.
+
+    Returns:
+        The caps now in force (the same VMs as the plan, with new limits; lifted ones omitted).
+    """
+    if not plan.caps:
+        return ()
+    vms = snapshot.vms
+    where = {v: i for i, v in enumerate(vms.vm_ids)}
+    by_row: dict[int, list[GpuCap]] = {}
+    for c in plan.caps:
+        by_row.setdefault(int(snapshot.server_row[c.server_index]), []).append(c)
+    row_power = np.maximum(snapshot.row_power_hi_w, snapshot.row_power_w)
+    out: list[GpuCap] = []
+    for r, caps in by_row.items():
+        headroom = float(budget_w[r] * (1.0 - margin_frac) - row_power[r])
+        live = [(c, where[c.vm_id]) for c in caps if c.vm_id in where and c.power_limit_w is not None]
+        num = float(sum(int(vms.num_gpus[i]) for _, i in live))
+        if num == 0:
+            continue
+        delta = step_frac * headroom / num
+        for c, i in live:
+            s = c.server_index
+            idle = float(snapshot.gpu_idle_power_w[s])
+            floor = idle + MIN_GPU_POWER_FRAC * (float(snapshot.gpu_tdp_w[s]) - idle)
+            current = float(vms.power_limit_w[i]) if np.isfinite(vms.power_limit_w[i]) else float(c.power_limit_w or 0.0)
+            ceiling = float(vms.expected_gpu_power_w[i]) if vms.expected_gpu_power_w.size else float(snapshot.gpu_tdp_w[s])
+            new = max(current + delta, floor)
+            if new >= ceiling:
+                continue  # lifted
+            out.append(replace(c, power_limit_w=new, issued_at_s=now_s,
+                               reason=f"{c.reason}; feedback: row {snapshot.row_ids[r]} headroom {headroom:.0f} W -> {new:.0f} W"))
+    return tuple(out)
 
 
 def _domain_name(snapshot: Snapshot, emergency: Emergency) -> str:

@@ -8,14 +8,14 @@ For every server at once (NumPy over servers) we predict, after placing the VM:
 * the cooling zone's heat — forecast-high zone heat plus the same added power.
 
 Servers that keep all three under their limits minus the margins, and have enough free
-GPUs, are feasible. Each feasible server's score is its *smallest normalised headroom*
-(the bottleneck of thermal, row power and zone heat, each as a fraction of its limit),
-highest first, so load spreads across rows and zones instead of piling into the first
-ones. Opaque IaaS VMs cannot be protected later, so they get larger margins: the spots
-they may take are the safest. SaaS VMs get small margins and may take riskier feasible
-spots that IaaS is refused, because routing and reconfiguration protect them later.
-Ties (within ``TIE_BAND_FRAC`` of headroom) go to the server that would have the fewest
-free GPUs left, which keeps whole servers free.
+GPUs, are feasible. Opaque IaaS VMs cannot be protected later, so they get larger
+margins and the safest spots: their score is the *smallest normalised headroom* (the
+bottleneck of thermal, row power and zone heat, each as a fraction of its limit), highest
+first, ties (within ``TIE_BAND_FRAC``) to the server with the fewest free GPUs left, which
+keeps whole servers free. SaaS VMs get small margins and are ranked by row-power and
+zone-heat headroom (spreading power across domains), ties to the thermally *riskier*
+feasible spot, leaving the coolest ones to IaaS: routing and reconfiguration protect SaaS
+later.
 """
 
 from __future__ import annotations
@@ -96,7 +96,15 @@ def rank_servers(
         zone_headroom_w / np.maximum(zone_limit_w[zone], 1.0),
     )
     left_frac = (snapshot.free_gpus - n) / np.maximum(snapshot.num_gpus, 1)
-    score = np.floor(norm / TIE_BAND_FRAC) * TIE_BAND_FRAC - 0.5 * TIE_BAND_FRAC * np.clip(left_frac, 0.0, 1.0)
+    thermal_norm = thermal_headroom_c / thermal_span_c
+    if iaas:
+        primary = norm
+        secondary = np.clip(left_frac, 0.0, 1.0)
+    else:
+        # SaaS: balance power and cooling, but leave the thermally safest spots to opaque IaaS VMs.
+        primary = np.minimum(row_headroom_w / np.maximum(row_limit_w[row], 1.0), zone_headroom_w / np.maximum(zone_limit_w[zone], 1.0))
+        secondary = np.clip(thermal_norm, 0.0, 1.0)
+    score = np.floor(primary / TIE_BAND_FRAC) * TIE_BAND_FRAC - 0.5 * TIE_BAND_FRAC * secondary
 
     idx = np.flatnonzero(feasible)
     k = min(m.max_candidates, idx.size)
@@ -127,7 +135,10 @@ def rank_servers(
         f"{int((fits & ~ok_thermal).sum())} thermal, {int((fits & ok_thermal & ~ok_power).sum())} row power, "
         f"{int((fits & ok_thermal & ok_power & ~ok_zone).sum())} zone heat"
     )
-    order = "most headroom first, ties to the fullest server"
+    order = (
+        "most headroom first, ties to the fullest server" if iaas
+        else "most row/zone headroom first, ties to the thermally riskier spot (safest kept for IaaS)"
+    )
     p_desc = f"{request.gpu_power_w:.0f} W/GPU" if request.gpu_power_w is not None else "TDP"
     reason = (
         f"{request.vm_kind} {n} GPU(s) at {p_desc}, t={now_s:.0f}s: {idx.size} of {snapshot.num_servers} servers feasible "

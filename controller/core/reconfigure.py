@@ -211,7 +211,8 @@ def plan_reconfiguration(
         return []
     stale = snapshot.forecast_age_s > (stale_after_s if stale_after_s is not None else p.stale_after_s)
     budget = snapshot.row_budget_w if row_budget_w is None else row_budget_w
-    serving = ~inst.draining & (inst.busy_until_s <= now_s)
+    # Draining (routing) instances still draw power and may be reconfigured; reloading ones may not.
+    serving = inst.busy_until_s <= now_s
     idx = np.flatnonzero(serving).astype(np.int64)
     if idx.size == 0:
         return []
@@ -253,7 +254,8 @@ def plan_reconfiguration(
     relax_ok = ((now_s - since) >= p.hysteresis_s)[:, None] & (m.temp_c <= (limit_c - p.revert_margin_c)[:, None]) & (not stale)
     cur_thermal_ok = thermal_ok[rows_n, cur]
     # Hotter options are allowed when relaxing is permitted, or to escape an overload on a thermally safe instance.
-    allowed &= ~hotter | relax_ok | (cur_thermal_ok[:, None] & thermal_ok & (overload[rows_n, cur] > 0)[:, None] & (not stale))
+    escape = cur_thermal_ok[:, None] & thermal_ok & (overload[rows_n, cur] > 0)[:, None] & (not stale) & p.raise_for_load
+    allowed &= ~hotter | relax_ok | escape
     allowed[rows_n, cur] = True
     feasible = allowed & thermal_ok
     c = np.where(feasible, cost, INFEASIBLE)
@@ -274,7 +276,7 @@ def plan_reconfiguration(
     choice = _fit_rows(m, choice, allowed, cost, gpus, row, row_pred, limit_row_w)
 
     # ---- endpoint capacity
-    boost_ok = m.valid & thermal_ok & ~slow & (not stale)
+    boost_ok = m.valid & thermal_ok & ~slow & (not stale) & p.raise_for_load
     choice = _fit_capacity(snapshot, m, choice, boost_ok, cost, gpus, row, limit_row_w, cur_power, p)
 
     # ---- emit changes

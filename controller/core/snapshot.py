@@ -295,6 +295,8 @@ class ReconfigParams:
     stale_after_s: float = 30.0
     """Forecasts older than this count as stale: no new aggressive (hotter) configuration."""
     command_ttl_s: float = 300.0
+    raise_for_load: bool = True
+    """Allow hotter options to cover demand (False in emergency plans: SaaS capacity gives before IaaS power)."""
 
 
 @dataclass(frozen=True)
