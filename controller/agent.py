@@ -168,7 +168,7 @@ def desired_settings(active: Iterable[ReconfigCommand], num_gpus: int, *,
     """The most restrictive cap per GPU over the active commands (and the safe cap, when given).
 
     Examples:
-        >>> from datetime import UTC, datetime
+        >>> from datetime import UTC, datetime, timedelta
         >>> from contracts import ReconfigParams
         >>> t = datetime(2026, 1, 1, tzinfo=UTC)
         >>> def cmd(cid, gpus, mhz):
