@@ -84,7 +84,7 @@ class SimParams:
     decision_interval_s: float = 2.0
     saas_server_frac: float = 0.5
     """Share of servers that host SaaS instances (one 8-GPU instance each)."""
-    target_saas_util: float = 0.8
+    target_saas_util: float = 0.85
     """Peak-hour SaaS demand as a fraction of the instances' capacity at SLO (default configuration)."""
     iaas_fill: float = 0.85
     """Share of the remaining GPUs that IaaS VMs keep busy in steady state."""

@@ -236,13 +236,13 @@ LAYOUT_DEFAULTS: dict[str, Any] = {
     "sku": "A100-SXM-80GB",
     "oversubscription": 1.5,
     # Server non-GPU power (CPUs, memory, NICs, fans) at idle; DGX A100 nameplate 6.5 kW.
-    "base_power_w": 1200.0,
+    "base_power_w": 1400.0,
     "server_nameplate_w": 6500.0,
     "supply_temp_c": 21.0,
     # Air-handler capacity as a fraction of the zone's nameplate heat (cooling oversubscription).
     "cooling_capacity_frac": 0.62,
-    "thermal_resistance_c_per_w": 0.115,
-    "thermal_resistance_spread_frac": 0.06,
+    "thermal_resistance_c_per_w": 0.125,
+    "thermal_resistance_spread_frac": 0.08,
     "height_offset_c_per_slot": 1.0,
     "end_of_row_offset_c": 1.5,
     "seed": 7,
