@@ -67,7 +67,7 @@ def test_request_missing_its_ttft_slo_counts_against_attainment() -> None:
 
 
 def test_reactive_cap_engages_within_deadline_and_brings_row_under_budget() -> None:
-    topo = default_topology(8, oversubscription=2.6)  # one row, budget far below a loaded row's power
+    topo = default_topology(8, oversubscription=2.0)  # one row, budget well below a loaded row's power
     sim = Simulation(topo, "normal", "baseline", hours=0.1, seed=1, trace=_trace(2000),
                      params=SimParams(saas_server_frac=1.0, endpoints=ONE_ENDPOINT, target_saas_util=1.0))
     budget = topo.rows[0].budget_w
