@@ -13,10 +13,12 @@ Physics default (used when the registry has no promoted version): hottest-GPU
 temperature follows a first-order lag, ``T(t+h) = T_ss + (T(t) - T_ss) * exp(-h/tau)``
 with ``T_ss = inlet + b + R * p_gpu`` (``tau`` 30 s, ``R`` 10 °C per 100 W per GPU,
 ``b`` 5 °C), where ``R`` and ``b`` are corrected per server by recursive least
-squares on the lag-filtered power; server power is assumed to stay at its 5-second
-level (plus the learned non-GPU power). Training (``tapas train``) replaces these
-constants and adds per-horizon residual corrections, calibrated residual quantiles
-and a fitted reversion of power to its 2-minute mean.
+squares on the lag-filtered power. Per-GPU power follows ``p(t) = L + D*exp(-t/60 s)``:
+smooth (VM-like) load stays at its last value, bursty (serving) load reverts from its
+5-second level to its 2-minute mean, blended by the server's measured power jitter;
+server power adds the learned non-GPU power. Training (``tapas train``) replaces these
+constants' corrections: per-horizon linear residual corrections over the shared
+features and residual quantiles per horizon and burstiness regime.
 
 Trust boundary: the registry directory is operator-controlled and trusted for
 *location* only. Artifacts are JSON (and LightGBM text models, if any): nothing is

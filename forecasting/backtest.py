@@ -28,6 +28,7 @@ import pandas as pd
 from forecasting.features import (
     NUM_FEATURES,
     advance_state,
+    burstiness,
     feature_vector,
     physics_gpu_power_w,
     physics_temp_c,
@@ -55,6 +56,9 @@ class FoldedHistory:
         peak_w: the server's peak power.
         num_gpus: GPUs per server.
         base_w: learned non-GPU power at the origin.
+        burst: the server's burstiness (0 smooth .. 1 bursty) at the origin.
+        known_power_temp_c: ``(rows, H)`` the thermal model's temperature at origin + h when fed the
+            power and inlet that actually followed (judges the thermal model apart from the load forecast).
         features: ``(rows, NUM_FEATURES)`` feature vectors.
         phys_temp_c: ``(rows, H)`` physics temperature forecast.
         phys_pgpu_w: ``(rows, H)`` physics per-GPU power forecast.
@@ -73,6 +77,8 @@ class FoldedHistory:
     peak_w: F
     num_gpus: F
     base_w: F
+    burst: F
+    known_power_temp_c: F
     features: F
     phys_temp_c: F
     phys_pgpu_w: F
@@ -85,7 +91,7 @@ class FoldedHistory:
     def subset(self, mask: npt.NDArray[np.bool_]) -> FoldedHistory:
         """The rows where ``mask`` holds."""
         kw: dict[str, Any] = {}
-        for name in ("server", "at_s", "temp_c", "power_w", "peak_w", "num_gpus", "base_w", "features",
+        for name in ("server", "at_s", "temp_c", "power_w", "peak_w", "num_gpus", "base_w", "burst", "known_power_temp_c", "features",
                      "phys_temp_c", "phys_pgpu_w", "target_temp_c", "target_power_w", "ma_temp_c", "ma_power_w"):
             kw[name] = getattr(self, name)[mask]
         return FoldedHistory(horizons_s=self.horizons_s, server_ids=self.server_ids, **kw)
@@ -94,7 +100,7 @@ class FoldedHistory:
         """The same rows restricted to some of the folded horizons."""
         idx = [self.horizons_s.index(float(h)) for h in horizons_s]
         kw: dict[str, Any] = {name: getattr(self, name) for name in (
-            "server", "at_s", "temp_c", "power_w", "peak_w", "num_gpus", "base_w", "features", "ma_temp_c",
+            "server", "at_s", "temp_c", "power_w", "peak_w", "num_gpus", "base_w", "burst", "known_power_temp_c", "features", "ma_temp_c",
             "ma_power_w")}
         for name in ("phys_temp_c", "phys_pgpu_w", "target_temp_c", "target_power_w"):
             kw[name] = getattr(self, name)[:, idx]
@@ -168,6 +174,34 @@ def _trailing_mean(at_s: F, values: F, window_s: float) -> F:
     return np.asarray((csum[end] - csum[start]) / (end - start), dtype=np.float64)
 
 
+def _known_power_forecast(params: ForecasterParams, horizons: Sequence[float], temp: F, pgpu: F,
+                          inlet: F | None, th: F, dt_s: float) -> F:
+    """Lag model run forward from each origin on the power and inlet that actually followed.
+
+    ``T(i+h) = a^h T(i) + sum_k a^(h-k) (1-a) (inlet + b_i + R_i p / 100)(i+k)`` with the
+    origin's learned ``R_i``/``b_i``; the sums are causal exponential filters (one
+    convolution per horizon). Assumes a regular tick ``dt_s``.
+    """
+    n = len(temp)
+    out = np.full((n, len(horizons)), np.nan)
+    a = float(np.exp(-dt_s / params.tau_thermal_s))
+    inl = inlet if inlet is not None else np.full(n, 24.0)
+    for k, h in enumerate(horizons):
+        steps = int(round(h / dt_s))
+        if steps < 1 or steps >= n:
+            continue
+        kern = np.asarray((1 - a) * a ** np.arange(steps), dtype=np.float64)  # weight of x(i+steps-j)
+        def window_sum(x: F, kern: F = kern, steps: int = steps) -> F:
+            full = np.convolve(x, kern)[: n]  # full[m] = sum_j kern[j] x[m-j]
+            return np.asarray(full[steps:], dtype=np.float64)  # value for origin i = m - steps
+        sp, si = window_sum(pgpu), window_sum(inl)
+        ah = a ** steps
+        origins = np.arange(n - steps)
+        out[origins, k] = (ah * temp[origins] + (1 - ah) * th[origins, 1] + th[origins, 0] / 100.0 * sp[origins]
+                           + si[origins])
+    return out
+
+
 def fold_history(df: pd.DataFrame, params: ForecasterParams, horizons_s: Sequence[float] = DEFAULT_HORIZONS_S,
                  *, progress: Callable[[int], None] | None = None) -> FoldedHistory:
     """Fold each server's history through the online pipeline and record features and physics forecasts.
@@ -181,7 +215,7 @@ def fold_history(df: pd.DataFrame, params: ForecasterParams, horizons_s: Sequenc
     df = df.assign(at_s=_at_seconds(df)).sort_values(["server_id", "at_s"], kind="stable")
     horizons = tuple(float(h) for h in horizons_s)
     parts: dict[str, list[Any]] = {k: [] for k in (
-        "server", "at_s", "temp_c", "power_w", "peak_w", "num_gpus", "base_w", "features", "phys_temp_c",
+        "server", "at_s", "temp_c", "power_w", "peak_w", "num_gpus", "base_w", "burst", "known_power_temp_c", "features", "phys_temp_c",
         "phys_pgpu_w", "target_temp_c", "target_power_w", "ma_temp_c", "ma_power_w")}
     server_ids: list[str] = []
     for idx, (sid, g) in enumerate(df.groupby("server_id", sort=True)):
@@ -192,11 +226,15 @@ def fold_history(df: pd.DataFrame, params: ForecasterParams, horizons_s: Sequenc
         pt = np.empty((n, len(horizons)))
         pp = np.empty((n, len(horizons)))
         base = np.empty(n)
+        burst = np.empty(n)
+        th = np.empty((n, 2))
         st = ServerModelState()
         for i, o in enumerate(obs_list):
             st = advance_state(params, st, o)
-            feats[i] = feature_vector(st, o)
+            feats[i] = feature_vector(params, st, o)
             base[i] = st.base_w
+            burst[i] = burstiness(params, st)
+            th[i] = st.th_r, st.th_b
             for k, h in enumerate(horizons):
                 pt[i, k] = physics_temp_c(params, st, h)
                 pp[i, k] = physics_gpu_power_w(params, st, h)
@@ -221,6 +259,11 @@ def fold_history(df: pd.DataFrame, params: ForecasterParams, horizons_s: Sequenc
         parts["peak_w"].append(peak)
         parts["num_gpus"].append(g["num_gpus"].to_numpy(dtype=float) if "num_gpus" in g.columns else np.full(n, 8.0))
         parts["base_w"].append(base)
+        parts["burst"].append(burst)
+        inlet = g["inlet_temp_c"].ffill().bfill().to_numpy(dtype=float) if "inlet_temp_c" in g.columns else None
+        num_gpus = g["num_gpus"].to_numpy(dtype=float) if "num_gpus" in g.columns else np.full(n, 8.0)
+        parts["known_power_temp_c"].append(_known_power_forecast(
+            params, horizons, temp, gpu_p / np.maximum(num_gpus, 1.0), inlet, th, 2.0 * tol))
         parts["features"].append(feats)
         parts["phys_temp_c"].append(pt)
         parts["phys_pgpu_w"].append(pp)
@@ -242,23 +285,27 @@ def predict(folded: FoldedHistory, params: ForecasterParams) -> tuple[F, F, F, F
     from forecasting.online import OnlineForecaster
 
     f = OnlineForecaster(params)
-    shape = folded.phys_temp_c.shape
     temp, pgpu = folded.phys_temp_c.copy(), folded.phys_pgpu_w.copy()
-    tq = np.zeros((shape[1], 2))
-    pq = np.zeros((shape[1], 2))
+    tq: list[list[float]] = []
+    pq: list[list[float]] = []
     for k, h in enumerate(folded.horizons_s):
         tc, pc, tqk, pqk = f._tables(h)
         if params.temp_coef or params.power_coef:
             temp[:, k] += folded.features @ np.asarray(tc)
             pgpu[:, k] += folded.features @ np.asarray(pc)
-        tq[k], pq[k] = tqk, pqk
+        tq.append(tqk)
+        pq.append(pqk)
     pgpu = np.maximum(pgpu, 0.0)
     n = folded.num_gpus[:, None]
     power = n * pgpu + folded.base_w[:, None]
-    t_lo = np.minimum(temp, temp + tq[None, :, 0])
-    t_hi = np.maximum(temp, temp + tq[None, :, 1])
-    p_lo = np.maximum(np.minimum(power, power + n * pq[None, :, 0]), 0.0)
-    p_hi = np.maximum(power, power + n * pq[None, :, 1])
+    tqa, pqa = np.asarray(tq), np.asarray(pq)  # (H, 2K)
+    kt = np.minimum((folded.burst * (tqa.shape[1] // 2)).astype(int), tqa.shape[1] // 2 - 1)
+    kp = np.minimum((folded.burst * (pqa.shape[1] // 2)).astype(int), pqa.shape[1] // 2 - 1)
+    cols = np.arange(len(folded.horizons_s))[None, :]
+    t_lo = np.minimum(temp, temp + tqa[cols, 2 * kt[:, None]])
+    t_hi = np.maximum(temp, temp + tqa[cols, 2 * kt[:, None] + 1])
+    p_lo = np.maximum(np.minimum(power, power + n * pqa[cols, 2 * kp[:, None]]), 0.0)
+    p_hi = np.maximum(power, power + n * pqa[cols, 2 * kp[:, None] + 1])
     return temp, t_lo, t_hi, power, p_lo, p_hi
 
 
@@ -302,6 +349,7 @@ def score(folded: FoldedHistory, params: ForecasterParams) -> dict[str, Any]:
             "power_mae_moving_average_frac": mae(folded.ma_power_w, yp, peak),
             "power_rmse_moving_average_frac": rmse(folded.ma_power_w, yp, peak),
             "power_mae_w": mae(power[:, k], yp),
+            "gpu_temp_mae_known_power_c": float(np.nanmean(np.abs(folded.known_power_temp_c[ok, k] - yt[ok]))),
             "gpu_temp_coverage_90": cov_t,
             "power_coverage_90": cov_p,
         }

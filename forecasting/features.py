@@ -16,6 +16,11 @@ observation in:
   configuration (frequency cap; the config id selects the power map),
 * recent temperature history (temperature minus its 5-second filter, and the
   temperature's departure from the thermal model's value),
+* burstiness: every feature enters twice, weighted by ``g`` and ``1 - g`` where
+  ``g = jitter / (jitter + jitter_scale_w)`` and jitter is the mean absolute
+  sample-to-sample change of per-GPU power. Serving load (prefill bursts) and
+  smooth VM load need opposite corrections (revert to the mean vs follow the
+  trend); the soft gate lets one linear model learn both,
 * position in the row/rack enters through the per-server thermal offset ``b`` and
   resistance ``R`` that recursive least squares learns (a server in a hot spot gets
   a larger ``b`` within minutes).
@@ -31,10 +36,12 @@ from forecasting.state import ForecasterParams, Observation, ServerModelState
 #: Inlet assumed when a server has never reported one (°C, ASHRAE recommended band mid-point).
 DEFAULT_INLET_C = 24.0
 
-FEATURE_NAMES: tuple[str, ...] = (
+#: Base features; each enters twice, weighted by the server's burstiness ``g`` and by ``1 - g``.
+BASE_FEATURE_NAMES: tuple[str, ...] = (
     "intercept",
     "temp_minus_model_c",
-    "power_trend_100w",
+    "power_short_trend_100w",
+    "power_long_trend_100w",
     "temp_trend_c",
     "inlet_trend_c",
     "prefill_frac",
@@ -45,6 +52,8 @@ FEATURE_NAMES: tuple[str, ...] = (
     "power_level_100w",
     "slowdown_margin_10c",
 )
+FEATURE_NAMES: tuple[str, ...] = tuple(f"{n}*smooth" for n in BASE_FEATURE_NAMES) + tuple(
+    f"{n}*bursty" for n in BASE_FEATURE_NAMES)
 NUM_FEATURES = len(FEATURE_NAMES)
 
 
@@ -96,7 +105,7 @@ def _start(params: ForecasterParams, state: ServerModelState, obs: Observation, 
     return replace(
         state, at_s=obs.at_s, temp_c=obs.hottest_gpu_temp_c, temp_fast_c=obs.hottest_gpu_temp_c,
         inlet_c=inlet_c, inlet_f_c=inlet_c, inlet_slow_c=inlet_c, pgpu_f_w=pgpu_f, pgpu_fast_w=pgpu_w,
-        pgpu_slow_w=pgpu_w, base_w=max(base, 0.0), tokens_fast=tokens, tokens_slow=tokens,
+        pgpu_slow_w=pgpu_w, pgpu_w=pgpu_w, base_w=max(base, 0.0), tokens_fast=tokens, tokens_slow=tokens,
         prefill_frac=obs.prefill_tokens_per_s / tok_total if tok_total > 0 else 0.0,
         batch_fast=obs.batch_size,
         freq_cap_mhz=0.0 if obs.frequency_cap_mhz is None else obs.frequency_cap_mhz,
@@ -200,20 +209,28 @@ def advance_state(params: ForecasterParams, state: ServerModelState, obs: Observ
         pw_0=c[0], pw_1=c[1], pw_2=c[2],
         pw_p00=pm[0][0], pw_p01=pm[0][1], pw_p02=pm[0][2], pw_p11=pm[1][1], pw_p12=pm[1][2], pw_p22=pm[2][2],
         num_obs=state.num_obs + 1.0,
+        pjit_w=_ewma(state.pjit_w, min(abs(pgpu - state.pgpu_w), params.jitter_clip_w), dt, params.tau_jitter_s),
+        pgpu_w=pgpu,
         config_key=key,
     )
 
 
-def feature_vector(state: ServerModelState, obs: Observation) -> list[float]:
+def burstiness(params: ForecasterParams, state: ServerModelState) -> float:
+    """How bursty the server's power is, 0 (smooth VM load) to 1 (serving bursts)."""
+    return state.pjit_w / (state.pjit_w + params.jitter_scale_w)
+
+
+def feature_vector(params: ForecasterParams, state: ServerModelState, obs: Observation) -> list[float]:
     """The ``FEATURE_NAMES`` vector of a server after ``obs`` was folded into ``state``."""
     n = max(obs.num_gpus, 1)
     cap = state.freq_cap_mhz
     load_p = load_power_w(state, state.tokens_fast * state.prefill_frac,
                           state.tokens_fast * (1.0 - state.prefill_frac), n)
-    return [
+    base = [
         1.0,
         state.temp_c - model_temp_c(state),
-        (state.pgpu_fast_w - state.pgpu_slow_w) / 100.0,
+        (state.pgpu_fast_w - state.pgpu_f_w) / 100.0,
+        (state.pgpu_f_w - state.pgpu_slow_w) / 100.0,
         state.temp_c - state.temp_fast_c,
         state.inlet_c - state.inlet_slow_c,
         state.prefill_frac,
@@ -224,18 +241,32 @@ def feature_vector(state: ServerModelState, obs: Observation) -> list[float]:
         state.pgpu_slow_w / 100.0,
         (obs.slowdown_temp_c - state.temp_c) / 10.0,
     ]
+    g = burstiness(params, state)
+    return [v * (1.0 - g) for v in base] + [v * g for v in base]
+
+
+def power_path(params: ForecasterParams, state: ServerModelState) -> tuple[float, float]:
+    """``(L, D)`` of the expected per-GPU power path ``p(t) = L + D * exp(-t / tau_revert_s)``, W.
+
+    Smooth (VM-like) load persists at its last value; bursty (serving) load starts
+    from its 5-second level and reverts to its 2-minute mean. The burstiness
+    :func:`burstiness` blends the two.
+    """
+    g = burstiness(params, state)
+    p0 = (1.0 - g) * state.pgpu_w + g * state.pgpu_fast_w
+    level = (1.0 - g) * p0 + g * state.pgpu_slow_w
+    return level, p0 - level
 
 
 def physics_temp_c(params: ForecasterParams, state: ServerModelState, horizon_s: float) -> float:
     """First-order-lag forecast of the hottest GPU at ``horizon_s``, °C.
 
     Solves ``dT/dt = (T_ss(t) - T) / tau`` from ``T(0)`` = the last reading, with
-    ``T_ss(t) = inlet + b + R * p(t) / 100`` and per-GPU power ``p(t)`` reverting
-    from its recent level to its mean level: ``p(t) = L + D * exp(-t / tau_p)``.
+    ``T_ss(t) = inlet + b + R * p(t) / 100`` and the per-GPU power path of
+    :func:`power_path`.
     """
     tau, tau_p = params.tau_thermal_s, params.tau_revert_s
-    level = state.pgpu_slow_w
-    dev = state.pgpu_fast_w - level
+    level, dev = power_path(params, state)
     a = state.inlet_c + state.th_b + state.th_r * level / 100.0
     e = math.exp(-horizon_s / tau)
     if abs(tau_p - tau) < 1e-6:
@@ -246,5 +277,6 @@ def physics_temp_c(params: ForecasterParams, state: ServerModelState, horizon_s:
 
 
 def physics_gpu_power_w(params: ForecasterParams, state: ServerModelState, horizon_s: float) -> float:
-    """Per-GPU power at ``horizon_s``: the recent level reverting to the mean level, W."""
-    return state.pgpu_slow_w + (state.pgpu_fast_w - state.pgpu_slow_w) * math.exp(-horizon_s / params.tau_revert_s)
+    """Per-GPU power at ``horizon_s`` along :func:`power_path`, W."""
+    level, dev = power_path(params, state)
+    return level + dev * math.exp(-horizon_s / params.tau_revert_s)

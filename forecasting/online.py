@@ -25,6 +25,7 @@ from contracts.messages import HorizonForecast
 from forecasting.features import (
     NUM_FEATURES,
     advance_state,
+    burstiness,
     feature_vector,
     initial_state,
     physics_gpu_power_w,
@@ -53,6 +54,19 @@ def _interp(horizons: Sequence[float], table: dict[str, list[float]], h: float, 
     (h0, v0), (h1, v1) = pts[i - 1], pts[i]
     w = (h - h0) / (h1 - h0)
     return [a + w * (b - a) for a, b in zip(v0, v1, strict=True)]
+
+
+def _quantile_bins(table: dict[str, list[float]]) -> int:
+    """Burstiness bins of a quantile table (rows are ``[lo_0, hi_0, lo_1, hi_1, ...]``)."""
+    widths = {len(v) for v in table.values()}
+    if len(widths) > 1 or any(w % 2 for w in widths):
+        raise ValueError(f"quantile table rows must all hold 2*K values, got lengths {sorted(widths)}")
+    return max(widths, default=2) // 2
+
+
+def quantile_bin(g: float, num_bins: int) -> int:
+    """Index of the burstiness bin ``g`` (0..1) falls into."""
+    return min(int(g * num_bins), num_bins - 1)
 
 
 def _hkey(h: float) -> str:
@@ -90,8 +104,8 @@ class OnlineForecaster:
             cached = (
                 _interp(p.horizons_s, p.temp_coef, h, NUM_FEATURES),
                 _interp(p.horizons_s, p.power_coef, h, NUM_FEATURES),
-                _interp(p.horizons_s, p.temp_q, h, 2),
-                _interp(p.horizons_s, p.power_q, h, 2),
+                _interp(p.horizons_s, p.temp_q, h, 2 * _quantile_bins(p.temp_q)),
+                _interp(p.horizons_s, p.power_q, h, 2 * _quantile_bins(p.power_q)),
             )
             self._by_horizon[h] = cached
         return cached
@@ -104,6 +118,7 @@ class OnlineForecaster:
         p = self.params
         n = max(obs.num_gpus, 1)
         x: list[float] | None = None
+        g = burstiness(p, state)
         out: list[ForecastValues] = []
         for h in horizons_s:
             tc, pc, tq, pq = self._tables(float(h))
@@ -111,14 +126,17 @@ class OnlineForecaster:
             pgpu = physics_gpu_power_w(p, state, h)
             if p.temp_coef or p.power_coef:
                 if x is None:
-                    x = feature_vector(state, obs)
+                    x = feature_vector(p, state, obs)
                 temp += sum(a * b for a, b in zip(tc, x, strict=True))
                 pgpu += sum(a * b for a, b in zip(pc, x, strict=True))
             pgpu = max(pgpu, 0.0)
             power = n * pgpu + state.base_w
-            t_lo, t_hi = min(temp, temp + tq[0]), max(temp, temp + tq[1])
-            p_lo = max(min(power, power + n * pq[0]), 0.0)
-            p_hi = max(power, power + n * pq[1])
+            kt, kp = 2 * quantile_bin(g, len(tq) // 2), 2 * quantile_bin(g, len(pq) // 2)
+            tq_lo, tq_hi = tq[kt], tq[kt + 1]
+            pq_lo, pq_hi = pq[kp], pq[kp + 1]
+            t_lo, t_hi = min(temp, temp + tq_lo), max(temp, temp + tq_hi)
+            p_lo = max(min(power, power + n * pq_lo), 0.0)
+            p_hi = max(power, power + n * pq_hi)
             out.append((temp, t_lo, t_hi, power, p_lo, p_hi))
         return out
 

@@ -89,14 +89,18 @@ class ForecasterParams:
         base_w_per_gpu: prior non-GPU server power per GPU (CPU, fans, NVSwitch), W.
         tau_fast_s: time constant of the "recent level" filters.
         tau_slow_s: time constant of the "mean level" filters.
-        tau_revert_s: how fast power reverts from its recent level to its mean level (1e9 = it persists).
+        tau_revert_s: how fast bursty power reverts from its recent level to its mean level.
         tau_inlet_slow_s: time constant of the inlet mean used for the inlet trend.
+        tau_jitter_s: time constant of the power-jitter filter.
+        jitter_scale_w: per-GPU jitter at which a server counts as half bursty, half smooth.
+        jitter_clip_w: largest per-sample change counted as jitter (one step is not burstiness).
         max_gap_s: a gap longer than this restarts the filters (learned parameters kept).
         horizons_s: horizons the correction and quantile tables are given at.
         temp_coef: per horizon, linear residual correction of temperature over ``FEATURE_NAMES``.
         power_coef: per horizon, correction of per-GPU power (W) over ``FEATURE_NAMES``.
-        temp_q: per horizon ``[lo, hi]`` residual quantiles of temperature, °C.
-        power_q: per horizon ``[lo, hi]`` residual quantiles of per-GPU power, W.
+        temp_q: per horizon, residual quantiles of temperature, °C: ``[lo, hi]`` for every server, or
+            ``[lo_0, hi_0, ..., lo_K-1, hi_K-1]`` for K equal bins of the server's burstiness.
+        power_q: the same for per-GPU power, W.
         interval_level: nominal coverage of ``[lo, hi]``.
         metadata: free-form provenance (training range, metrics); not used to predict.
     """
@@ -117,8 +121,11 @@ class ForecasterParams:
     base_w_per_gpu: float = 200.0
     tau_fast_s: float = 5.0
     tau_slow_s: float = 120.0
-    tau_revert_s: float = 1.0e9
+    tau_revert_s: float = 60.0
     tau_inlet_slow_s: float = 600.0
+    tau_jitter_s: float = 60.0
+    jitter_scale_w: float = 10.0
+    jitter_clip_w: float = 100.0
     max_gap_s: float = 300.0
     horizons_s: tuple[float, ...] = (10.0, 60.0, 300.0, 900.0)
     temp_coef: dict[str, list[float]] = field(default_factory=_default_horizon_table)
@@ -162,10 +169,12 @@ _STATE_FLOATS: tuple[str, ...] = (
     "batch_fast", "freq_cap_mhz",
     "th_r", "th_b", "th_p11", "th_p12", "th_p22",
     "pw_0", "pw_1", "pw_2", "pw_p00", "pw_p01", "pw_p02", "pw_p11", "pw_p12", "pw_p22",
-    "num_obs",
+    "num_obs", "pjit_w", "pgpu_w",
 )
-_STATE_STRUCT = struct.Struct(f"<B{len(_STATE_FLOATS)}d")
-_STATE_FORMAT_VERSION = 1
+#: Format 2 added ``pjit_w`` and ``pgpu_w``; format-1 payloads still load, with them at 0.
+_STATE_STRUCTS = {1: struct.Struct(f"<B{len(_STATE_FLOATS) - 2}d"), 2: struct.Struct(f"<B{len(_STATE_FLOATS)}d")}
+_STATE_FORMAT_VERSION = 2
+_STATE_STRUCT = _STATE_STRUCTS[_STATE_FORMAT_VERSION]
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +202,8 @@ class ServerModelState:
         pw_0, pw_1, pw_2: per-server GPU power map: idle W/GPU, W per ktok/s prefill, W per ktok/s decode.
         pw_p00 ... pw_p22: their RLS covariance (upper triangle).
         num_obs: observations folded in.
+        pgpu_w: last per-GPU power, W.
+        pjit_w: per-GPU power jitter, the mean absolute sample-to-sample change, W (bursty vs smooth load).
         config_key: configuration and frequency cap the power map was learned under.
     """
 
@@ -226,6 +237,8 @@ class ServerModelState:
     pw_p12: float = 0.0
     pw_p22: float = 0.0
     num_obs: float = 0.0
+    pjit_w: float = 0.0
+    pgpu_w: float = 0.0
     config_key: str = ""
 
     def to_bytes(self) -> bytes:
@@ -236,13 +249,14 @@ class ServerModelState:
     @classmethod
     def from_bytes(cls, raw: bytes) -> ServerModelState:
         """Inverse of :meth:`to_bytes`; raises ``ValueError`` on a foreign or truncated payload."""
-        if len(raw) < _STATE_STRUCT.size:
-            raise ValueError(f"ServerModelState: {len(raw)} bytes, need at least {_STATE_STRUCT.size}")
-        values = _STATE_STRUCT.unpack_from(raw)
-        if values[0] != _STATE_FORMAT_VERSION:
-            raise ValueError(f"ServerModelState: format {values[0]} unknown (expected {_STATE_FORMAT_VERSION})")
-        kwargs: dict[str, Any] = dict(zip(_STATE_FLOATS, values[1:], strict=True))
-        kwargs["config_key"] = raw[_STATE_STRUCT.size:].decode()
+        fmt = _STATE_STRUCTS.get(raw[0]) if raw else None
+        if fmt is None:
+            raise ValueError(f"ServerModelState: format {raw[:1]!r} unknown (expected {_STATE_FORMAT_VERSION})")
+        if len(raw) < fmt.size:
+            raise ValueError(f"ServerModelState: {len(raw)} bytes, need at least {fmt.size}")
+        values = fmt.unpack_from(raw)
+        kwargs: dict[str, Any] = dict(zip(_STATE_FLOATS, values[1:], strict=False))
+        kwargs["config_key"] = raw[fmt.size:].decode()
         return cls(**kwargs)
 
     @property

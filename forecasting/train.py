@@ -4,7 +4,8 @@ The global model is linear in the shared features (scikit-learn ``Ridge``, one p
 horizon and target) on top of the physics forecast, so the stream worker evaluates
 it with a dot product per horizon. The per-server online part (RLS on the thermal
 offset/resistance and the load→power map) runs inside the features. Interval
-bounds are the 5th/95th percentiles of the corrected residuals on the latest
+bounds, per bin of burstiness (smooth VM load ... serving bursts), are the 5th/95th
+percentiles of the corrected residuals on the latest
 ``calibration_frac`` of the training range, fitted after the corrections were fitted
 on the earlier part (so they are out-of-sample), then the corrections are refit on
 everything.
@@ -38,7 +39,25 @@ def _ridge(x: F, y: F, shrinkage: float) -> F:
     return np.asarray(model.coef_, dtype=np.float64)
 
 
-def _validated(x: F, r: F, early: npt.NDArray[np.bool_], shrinkage: float,
+#: Burstiness bins the interval quantiles are fitted in (smooth VM load ... serving bursts).
+NUM_QUANTILE_BINS = 4
+
+
+def _regime_quantiles(resid: F, burst: F, level: tuple[float, float]) -> list[float]:
+    """``[lo_0, hi_0, ..., lo_K-1, hi_K-1]`` residual quantiles per burstiness bin (pooled where a bin is thin)."""
+    pooled = [float(np.quantile(resid, level[0])), float(np.quantile(resid, level[1]))]
+    bins = np.minimum((burst * NUM_QUANTILE_BINS).astype(int), NUM_QUANTILE_BINS - 1)
+    out: list[float] = []
+    for k in range(NUM_QUANTILE_BINS):
+        mask = bins == k
+        if mask.sum() >= 50:
+            out += [float(np.quantile(resid[mask], level[0])), float(np.quantile(resid[mask], level[1]))]
+        else:
+            out += pooled
+    return out
+
+
+def _validated(x: F, r: F, early: npt.NDArray[np.bool_], burst: F, shrinkage: float,
                level: tuple[float, float]) -> tuple[list[float], list[float]]:
     """Coefficients (all rows) and interval quantiles (late rows) for one target and horizon.
 
@@ -55,7 +74,7 @@ def _validated(x: F, r: F, early: npt.NDArray[np.bool_], shrinkage: float,
     else:
         resid = r[late]
         final = [0.0] * x.shape[1]
-    return final, [float(np.quantile(resid, level[0])), float(np.quantile(resid, level[1]))]
+    return final, _regime_quantiles(resid, burst[late], level)
 
 
 def fit_corrections(folded: FoldedHistory, base: ForecasterParams, *, version: str,
@@ -94,11 +113,13 @@ def fit_corrections(folded: FoldedHistory, base: ForecasterParams, *, version: s
             log.warning("event=horizon_skipped horizon_s=%g reason=too_little_history rows=%d", h, int(ok.sum()))
             continue
         key = f"{h:g}"
-        temp_coef[key], temp_q[key] = _validated(x, rt, early, shrinkage, (lo_q, hi_q))
-        power_coef[key], power_q[key] = _validated(x, rp, early, shrinkage, (lo_q, hi_q))
+        burst = folded.burst[ok]
+        temp_coef[key], temp_q[key] = _validated(x, rt, early, burst, shrinkage, (lo_q, hi_q))
+        power_coef[key], power_q[key] = _validated(x, rp, early, burst, shrinkage, (lo_q, hi_q))
     if not temp_coef:
         raise ValueError(f"too little history to train any horizon of {list(folded.horizons_s)} "
                          f"({len(folded)} rows); give a longer history")
     return replace(base, version=version, horizons_s=tuple(folded.horizons_s), temp_coef=temp_coef,
-                   power_coef=power_coef, temp_q=temp_q, power_q=power_q, interval_level=interval_level,
+                   power_coef=power_coef, temp_q=temp_q, power_q=power_q,
+                   interval_level=interval_level,
                    metadata=dict(metadata or {}))
