@@ -241,6 +241,12 @@ class SafetyGate:
         self.rates.record(key, now)
         return Verdict("ok")
 
+    def restore(self, command: ReconfigCommand) -> None:
+        """Record a command admitted in an earlier life of this process (id and rate history)."""
+        self.ledger.remember(command.command_id, command.expires_at)
+        if not self._rate_exempt(command):
+            self.rates.record(rate_key(command), command.issued_at)
+
     def check(self, command: ReconfigCommand, *, now: datetime, capacity_frac_after: float | None = None) -> None:
         """Like :meth:`admit` but raises :class:`SafetyViolation` unless the command is admitted."""
         verdict = self.admit(command, now=now, capacity_frac_after=capacity_frac_after)

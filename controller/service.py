@@ -427,6 +427,21 @@ class Controller:
                              refusal_event(cmd, verdict.reason, now=now, refused_by="controller"))]
         return []
 
+    def restore(self, cmd: ReconfigCommand, *, now: datetime) -> bool:
+        """Remember a command published before a restart (ids, rate history, in-flight intent); True if live.
+
+        A restarted controller therefore neither re-issues a change still in flight nor
+        exceeds a rate limit its previous life had used up.
+        """
+        if cmd.expires_at <= now or self.gate.ledger.seen(cmd.command_id):
+            return False
+        self.gate.restore(cmd)
+        if cmd.instance_id and cmd.params.config_id and cmd.mode == self.mode and cmd.trigger != "emergency":
+            old = self.intents.get(cmd.instance_id)
+            if old is None or old[1] < cmd.expires_at:
+                self.intents[cmd.instance_id] = (cmd.params.config_id, cmd.expires_at)
+        return True
+
     # ------------------------------------------------------------------ emergencies
     def on_event(self, ev: ControlEvent, *, now: datetime) -> list[Outgoing]:
         """React to an emergency (plan now) or its end; other events are informational."""
@@ -684,6 +699,9 @@ def run_service(settings: Settings, topology: Topology, catalogue: Catalogue, *,
                 consumer.seek(tp, off.offset)
         for tp in tps:  # resolve the lazy seeks now, so nothing sent after on_ready() is skipped
             consumer.position(tp)
+        restored = _restore_commands(kw, topics.commands, controller, now_fn(), cs.max_command_ttl_s)
+        if restored:
+            log.info("event=commands_restored live=%d", restored)
         if cs.metrics_port and metrics is None:
             metrics_server = controller.metrics.serve(cs.metrics_port)
         log.info("event=controller_started mode=%s servers=%d endpoints=%d", controller.mode, topology.num_servers,
@@ -717,6 +735,44 @@ def run_service(settings: Settings, topology: Topology, catalogue: Catalogue, *,
         if metrics_server is not None:
             metrics_server.shutdown()  # type: ignore[attr-defined]
     return controller
+
+
+def _restore_commands(kw: dict[str, object], topic: str, controller: Controller, now: datetime,
+                      lookback_s: float) -> int:
+    """Read back the commands published in the last ``lookback_s`` into ``controller`` (see Controller.restore)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(**kw, enable_auto_commit=False, group_id=None)
+    live = 0
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or {0})]
+        consumer.assign(tps)
+        ends = consumer.end_offsets(tps, timeout_ms=10_000)
+        try:
+            starts = consumer.offsets_for_times({tp: int((now.timestamp() - lookback_s) * 1000) for tp in tps})
+        except Exception:  # noqa: BLE001 - no timestamp lookup: read from the beginning
+            starts = {}
+        for tp in tps:
+            off = starts.get(tp)
+            if off is None:
+                consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, off.offset)
+        pending = {tp for tp in tps if consumer.position(tp) < ends.get(tp, 0)}
+        deadline = time.monotonic() + 30
+        while pending and time.monotonic() < deadline:
+            for _tp, records in consumer.poll(timeout_ms=500, max_records=5000).items():
+                for rec in records:
+                    try:
+                        live += controller.restore(decode(ReconfigCommand, rec.value), now=now)
+                    except ContractError:
+                        continue
+            pending = {tp for tp in pending if consumer.position(tp) < ends.get(tp, 0)}
+    except Exception:  # noqa: BLE001 - restoring is best effort; the gate still guards what follows
+        log.exception("event=restore_failed topic=%s", topic)
+    finally:
+        consumer.close()
+    return live
 
 
 def _contained(controller: Controller, what: str, step: Callable[[], list[Outgoing]]) -> list[Outgoing]:

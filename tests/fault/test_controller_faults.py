@@ -187,3 +187,59 @@ def _wait(pred: object, timeout_s: float) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"condition not met within {timeout_s} s")
+
+
+def test_restarted_controller_restores_in_flight_commands_instead_of_reissuing() -> None:
+    c1 = controller()
+    feed(c1, T0)
+    c1.tick(T0)
+    t1 = T0 + timedelta(seconds=6)
+    feed(c1, t1, hot=0)
+    sent = [o.message for o in c1.tick(t1) if isinstance(o.message, ReconfigCommand)]
+    assert sent
+    # a new process, same cluster state, a later planning epoch: it reads its predecessor's commands back
+    c2 = controller()
+    t2 = t1 + timedelta(seconds=20)
+    assert sum(c2.restore(m, now=t2) for m in sent) == len(sent)
+    feed(c2, t2, hot=0)
+    again = [o.message for o in c2.tick(t2) if isinstance(o.message, ReconfigCommand)]
+    assert not {m.instance_id for m in again} & {m.instance_id for m in sent}
+    # without the restore the same change would have been issued again under a new id
+    c3 = controller()
+    feed(c3, t2, hot=0)
+    fresh = [o.message for o in c3.tick(t2) if isinstance(o.message, ReconfigCommand)]
+    assert {m.instance_id for m in fresh} >= {m.instance_id for m in sent}
+    assert not {m.command_id for m in fresh} & {m.command_id for m in sent}
+
+
+@pytest.mark.fault
+def test_controller_restart_through_broker_restores_commands(broker: object, topic_factory: object) -> None:
+    from dataclasses import fields
+
+    from controller.service import ControllerTopics
+    from tests.integration.test_controller_service import Harness
+
+    topics = ControllerTopics(**{f.name: topic_factory(f.name) for f in fields(ControllerTopics)})  # type: ignore[operator]
+    first = Harness(broker.bootstrap, topics)  # type: ignore[attr-defined]
+    first.start()
+    try:
+        cmd = first.wait_for(lambda m: isinstance(m, ReconfigCommand), 20, feeding=True)
+    finally:
+        first.close()
+    assert isinstance(cmd, ReconfigCommand)
+    second = Harness(broker.bootstrap, topics)  # type: ignore[attr-defined]
+    second.start()
+    try:
+        ctl = second.controller
+        assert ctl is not None and ctl.gate.ledger.seen(cmd.command_id)
+        assert ctl.intents[cmd.instance_id or ""][0] == cmd.params.config_id
+        second.collect(0.1)
+        before = len(second.received)
+        for _ in range(6):
+            second.feed()
+            second.collect(0.5)
+        reissued = [m for m in second.received[before:] if isinstance(m, ReconfigCommand)
+                    and m.instance_id == cmd.instance_id]
+        assert not reissued, "a restarted controller re-issued an in-flight change"
+    finally:
+        second.close()
