@@ -13,6 +13,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     kinds = ", ".join(f"{k}={v}" for k, v in sorted(TALLY.by_kind.items()))
     terminalreporter.write_line(
         f"fuzz: {TALLY.generated} generated inputs judged, {TALLY.accepted} accepted and round-tripped, "
-        f"{TALLY.refused} refused (ContractError naming a field; TapasError from a parser), "
+        f"{TALLY.refused} refused (ContractError naming a field, TapasError from a parser, safety-gate refusal), "
         f"{TALLY.crashes} crashing inputs seen incl. hypothesis shrinking (known ones are xfailed) ({kinds})"
     )
