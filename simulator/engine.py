@@ -314,7 +314,7 @@ class Simulation:
         self.ts: dict[str, list[Any]] = {k: [] for k in (
             "t_s", "max_gpu_temp_c", "mean_hottest_gpu_temp_c", "max_inlet_c", "row_power_frac",
             "thermal_throttled_gpus", "power_throttled_gpus", "min_row_cap_frac", "demand_tokens_per_s",
-            "served_tokens_per_s")}
+            "served_tokens_per_s", "available_budget_frac")}
 
     def _snapshot_place(self) -> Snapshot:
         return self.snapshot()
@@ -789,6 +789,7 @@ class Simulation:
             self.ts["min_row_cap_frac"].append(float(self.pm_cap.min()))
             self.ts["demand_tokens_per_s"].append(float(demand_now.sum() / dt))
             self.ts["served_tokens_per_s"].append(float(served_tokens / dt))
+            self.ts["available_budget_frac"].append(float(sc.budget_frac(t)))
         self.tick_index += 1
 
     def _saas_speed_factor(self, inst_f: F, serving: npt.NDArray[np.bool_]) -> F:

@@ -54,7 +54,9 @@ def write_plots(results: Mapping[str, RunResult], out_dir: Path, stem: str) -> l
         t = np.asarray(r.timeseries["t_s"]) / 60.0
         frac = np.asarray(r.timeseries["row_power_frac"], dtype=float)
         ax.plot(t, frac.max(axis=1), label=f"{name} (max row)")
-    ax.axhline(1.0, color="red", ls="--", lw=1, label="budget")
+    t_any = np.asarray(any_r.timeseries["t_s"]) / 60.0
+    ax.plot(t_any, any_r.timeseries.get("available_budget_frac", np.ones(len(t_any))), color="red", ls="--", lw=1,
+            label="available budget")
     ax.set_ylabel("row power / budget")
     finish(ax, fig, "row_power", "Row power against budget")
 
