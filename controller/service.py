@@ -170,6 +170,8 @@ class Controller:
         self.emergencies: dict[str, ActiveEmergency] = {}
         self.intents: dict[str, tuple[str, datetime]] = {}
         """instance id -> (config id last commanded, when those commands expire)."""
+        self._command_instance: dict[str, str] = {}
+        """command id -> instance id, for commands behind an intent (bounded by forget_expired)."""
         self.last_reconfig_at: datetime | None = None
         self._snapshot: Snapshot | None = None
         self._snapshot_at: datetime | None = None
@@ -204,6 +206,10 @@ class Controller:
             if message.status in ("refused", "failed"):
                 log.warning("event=command_%s command=%s server=%s detail=%s", message.status, message.command_id,
                             message.server_id, message.detail)
+                # the change did not land: forget the intent so the next plan may try again (or otherwise)
+                instance = self._command_instance.pop(message.command_id, None)
+                if instance is not None:
+                    self.intents.pop(instance, None)
             return []
         return []
 
@@ -275,6 +281,10 @@ class Controller:
             self.last_reconfig_at = now
             out += self._reconfigure(snap, now)
         self.gate.forget_expired(now)
+        for iid in [i for i, (_cfg, exp) in self.intents.items() if exp <= now]:
+            del self.intents[iid]
+        for cid in [c for c in self._command_instance if not self.gate.ledger.seen(c)]:
+            del self._command_instance[cid]
         self.metrics.forecast_age.set(min(self.state.forecast_age_s(now), 1e9))
         self.metrics.tick_seconds.set(time.perf_counter() - t0)
         return out
@@ -396,7 +406,9 @@ class Controller:
                                           ttl_s=self.settings.command_ttl_s,
                                           epoch_s=self.settings.reconfig_period_s):
                 sent = self._admit(cmd, now, capacity_frac_after=self._capacity_frac(change))
-                issued = issued or any(o.topic == self.topics.commands for o in sent)
+                if any(o.topic == self.topics.commands for o in sent):
+                    issued = True
+                    self._command_instance[cmd.command_id] = change.instance_id
                 out += sent
             if issued:
                 self.intents[change.instance_id] = (change.to_config_id,

@@ -156,3 +156,23 @@ def test_retained_mode_older_than_start_does_not_override_pinned_mode() -> None:
     c2 = make()
     c2.handle("m", ControllerMode(mode="enforce", changed_at=T0 - timedelta(hours=1)), now=T0)
     assert c2.mode == "enforce"
+
+
+def test_agent_failure_report_releases_the_intent_so_the_change_is_retried() -> None:
+    from contracts import CommandStatus
+
+    c = make()
+    feed(c, T0)
+    c.tick(T0)
+    t1 = T0 + timedelta(seconds=6)
+    feed(c, t1, hot=0)
+    [cmd] = [m for m in of(c.tick(t1), ReconfigCommand) if m.layer == "host"]
+    t2 = t1 + timedelta(seconds=6)
+    feed(c, t2, hot=0)
+    assert not of(c.tick(t2), ReconfigCommand)  # in flight: not re-issued
+    c.handle("s", CommandStatus(command_id=cmd.command_id, server_id=cmd.server_id, reported_at=t2,
+                                status="failed", detail="NVMLError_NoPermission"), now=t2)
+    t3 = t2 + timedelta(seconds=6)
+    feed(c, t3, hot=0)
+    retried = of(c.tick(t3), ReconfigCommand)
+    assert retried and retried[0].instance_id == cmd.instance_id and retried[0].command_id != cmd.command_id
