@@ -200,7 +200,10 @@ def select_profile(sys_object_id: str, sys_descr: str) -> PduProfile:
 
 @dataclass(frozen=True)
 class SnmpTarget:
-    """Where and how to reach one PDU agent (v2c community, or v3 user when ``v3_user`` is set)."""
+    """Where and how to reach one PDU agent (v2c community, or v3 user when ``v3_user`` is set).
+
+    ``v3_context`` is the SNMPv3 context name (empty on most PDUs; snmpsim uses it to pick a recording).
+    """
 
     host: str
     port: int = 161
@@ -212,6 +215,7 @@ class SnmpTarget:
     v3_priv_key: str | None = None
     v3_auth_protocol: str = "sha"
     v3_priv_protocol: str = "aes"
+    v3_context: str = ""
 
 
 def _auth_data(target: SnmpTarget) -> Any:
@@ -270,7 +274,7 @@ class SnmpClient:
         hl = self._hl
         transport = await self._get_transport()
         err_ind, err_status, err_index, binds = await hl.get_cmd(
-            self._engine, self._auth, transport, hl.ContextData(),
+            self._engine, self._auth, transport, hl.ContextData(contextName=self.target.v3_context),
             *[hl.ObjectType(hl.ObjectIdentity(o)) for o in oids])
         if err_ind:
             raise SourceError(f"snmp {self._where()}: {err_ind} (check host, port and community/v3 user)")
@@ -283,7 +287,7 @@ class SnmpClient:
         transport = await self._get_transport()
         out: dict[str, Any] = {}
         async for err_ind, err_status, _idx, binds in hl.bulk_walk_cmd(
-                self._engine, self._auth, transport, hl.ContextData(), 0, 25,
+                self._engine, self._auth, transport, hl.ContextData(contextName=self.target.v3_context), 0, 25,
                 hl.ObjectType(hl.ObjectIdentity(base)), lexicographicMode=False):
             if err_ind:
                 raise SourceError(f"snmp {self._where()}: {err_ind} while walking {base}")

@@ -136,6 +136,7 @@ def snmp_cmd(
     v3_priv_key: str = typer.Option(None, "--v3-priv-key", envvar="TAPAS_SNMP_PRIV_KEY", help="SNMPv3 privacy key."),
     v3_auth_protocol: str = typer.Option("sha", "--v3-auth-protocol", help="sha, sha256, sha512 or md5."),
     v3_priv_protocol: str = typer.Option("aes", "--v3-priv-protocol", help="aes, aes256 or des."),
+    v3_context: str = typer.Option("", "--v3-context", help="SNMPv3 context name (usually empty)."),
     server_ids: str = typer.Option(None, "--server-ids", help="Comma-separated servers fed by this PDU."),
     once: bool = ONCE, stdout: bool = STDOUT, interval: float = INTERVAL, metrics_port: int = METRICS_PORT,
     bootstrap: str = BOOTSTRAP, max_rounds: int = MAX_ROUNDS,
@@ -146,7 +147,7 @@ def snmp_cmd(
     settings = _settings(bootstrap)
     target = SnmpTarget(host=host, port=port, community=community, timeout_s=settings.ingest.device_timeout_s,
                         v3_user=v3_user, v3_auth_key=v3_auth_key, v3_priv_key=v3_priv_key,
-                        v3_auth_protocol=v3_auth_protocol, v3_priv_protocol=v3_priv_protocol)
+                        v3_auth_protocol=v3_auth_protocol, v3_priv_protocol=v3_priv_protocol, v3_context=v3_context)
     ids = [s.strip() for s in server_ids.split(",") if s.strip()] if server_ids else None
     source = SnmpSource(SnmpClient(target), pdu_id=pdu_id, profile=profile, server_ids=ids)
     _poll(source, "snmp", once=once, stdout=stdout, interval=interval, metrics_port=metrics_port,

@@ -25,7 +25,9 @@ from types import TracebackType
 
 SNMPSIM_HOME = Path("/opt/tapas-snmpsim")
 VENV = SNMPSIM_HOME / "venv"
-PACKAGES = ("snmpsim>=1.1,<2", "snmpsim-data>=1.0,<2", "pysmi>=1.4")
+# cryptography: snmpsim needs it to decrypt SNMPv3 privacy (AES/DES) requests.
+PACKAGES = ("snmpsim>=1.1,<2", "snmpsim-data>=1.0,<2", "pysmi>=1.4", "cryptography>=41")
+MARKER = VENV / ".tapas-packages"
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 
 
@@ -66,17 +68,20 @@ def ensure_snmpsim() -> Path:
         SnmpSimUnavailable: when Debian's python3-venv or the PyPI packages cannot be installed.
     """
     responder = VENV / "bin" / "snmpsim-command-responder"
-    if responder.exists():
+    wanted = "\n".join(PACKAGES)
+    if responder.exists() and MARKER.exists() and MARKER.read_text() == wanted:
         return VENV / "bin"
     if not SYSTEM_PYTHON.exists():
         raise SnmpSimUnavailable(f"{SYSTEM_PYTHON} missing (install Debian's python3 and python3-venv)")
     SNMPSIM_HOME.mkdir(parents=True, exist_ok=True)
     try:
-        _run([str(SYSTEM_PYTHON), "-m", "venv", str(VENV)])
+        if not (VENV / "bin" / "pip").exists():
+            _run([str(SYSTEM_PYTHON), "-m", "venv", str(VENV)])
         _run([str(VENV / "bin" / "pip"), "install", "-q", *PACKAGES])
     except (SnmpSimUnavailable, subprocess.TimeoutExpired):
         shutil.rmtree(VENV, ignore_errors=True)  # a half-built venv must not look ready next time
         raise
+    MARKER.write_text(wanted)
     _world_readable(SNMPSIM_HOME)
     if not responder.exists():
         raise SnmpSimUnavailable(f"{responder} missing after install")
@@ -97,8 +102,9 @@ class SnmpSimAgent:
     """
 
     def __init__(self, *, recordings: tuple[str, ...] = ("UPS/apc-7902b", "UPS/apc-8641", "UPS/apc-8932"),
-                 start_timeout_s: float = 20.0) -> None:
+                 start_timeout_s: float = 20.0, extra_args: tuple[str, ...] = ()) -> None:
         self.recordings = recordings
+        self.extra_args = extra_args
         self.start_timeout_s = start_timeout_s
         self.port = _free_udp_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -124,7 +130,7 @@ class SnmpSimAgent:
         self.proc = subprocess.Popen(
             [str(bindir / "snmpsim-command-responder"), f"--data-dir={self.data_dir}",
              f"--cache-dir={cache}", f"--agent-udpv4-endpoint=127.0.0.1:{self.port}",
-             "--process-user=nobody", "--process-group=nogroup"],
+             "--process-user=nobody", "--process-group=nogroup", *self.extra_args],
             stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,  # noqa: SIM115
         )
         self._wait_ready(log)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from contracts import SourceError
 from ingest.sources import snmp
 from ingest.sources.snmp import SnmpClient, SnmpSource, SnmpTarget
 
@@ -22,11 +23,14 @@ from snmpsim_env import SnmpSimAgent, SnmpSimUnavailable, recordings_dir  # noqa
 
 pytestmark = pytest.mark.integration
 
+V3_USER, V3_AUTH, V3_PRIV = "tapas-ro", "auth-secret-123", "priv-secret-456"
+
 
 @pytest.fixture(scope="module")
 def agent() -> Iterator[SnmpSimAgent]:
     try:
-        a = SnmpSimAgent().start()
+        a = SnmpSimAgent(extra_args=(f"--v3-user={V3_USER}", f"--v3-auth-key={V3_AUTH}", "--v3-auth-proto=SHA",
+                                     f"--v3-priv-key={V3_PRIV}", "--v3-priv-proto=AES")).start()
     except SnmpSimUnavailable as exc:
         pytest.skip(f"snmpsim could not be set up here: {exc}")
     try:
@@ -104,3 +108,26 @@ def test_cli_once_stdout(agent: SnmpSimAgent) -> None:
     (line,) = [json.loads(x) for x in proc.stdout.splitlines() if x.strip()]
     assert line["pdu_id"] == "pdu-9" and line["kind"] == "pdu_power_sample"
     assert line["power_w"] == int(rec[f"{snmp.RPDU2_DEVICE_POWER}.1"]) * 10
+
+
+def test_snmp_v3_with_auth_and_privacy(agent: SnmpSimAgent) -> None:
+    rec = recording("apc-8641")
+    target = SnmpTarget("127.0.0.1", agent.port, v3_user=V3_USER, v3_auth_key=V3_AUTH, v3_priv_key=V3_PRIV,
+                        v3_auth_protocol="sha", v3_priv_protocol="aes", v3_context="UPS/apc-8641")
+    src = SnmpSource(SnmpClient(target), pdu_id="pdu-v3")
+    try:
+        (s,) = src.read()
+    finally:
+        src.close()
+    assert s.power_w == int(rec[f"{snmp.RPDU2_DEVICE_POWER}.1"]) * 10
+
+
+def test_wrong_v3_key_is_a_one_line_source_error(agent: SnmpSimAgent) -> None:
+    target = SnmpTarget("127.0.0.1", agent.port, v3_user=V3_USER, v3_auth_key="not-the-key-000",
+                        v3_priv_key=V3_PRIV, v3_context="UPS/apc-8641", timeout_s=0.5, retries=0)
+    src = SnmpSource(SnmpClient(target), pdu_id="pdu-v3")
+    try:
+        with pytest.raises(SourceError, match="snmp PDU 127.0.0.1"):
+            src.read()
+    finally:
+        src.close()
