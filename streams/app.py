@@ -84,6 +84,54 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
     return kw
 
 
+async def true_end_offsets(kafka_kwargs: dict[str, Any], reported: dict[Any, int]) -> dict[Any, int]:
+    """End offsets corrected for brokers that report the last *batch's* base offset + 1 (Tansu does).
+
+    Reads from ``reported - 1``: the batch starting there comes back whole, and its
+    last offset + 1 is the true end. Against Apache Kafka the probe returns the last
+    record and changes nothing. Without this, Faust's table recovery stops at the
+    reported offset and silently drops the newest batch of every changelog partition.
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    probe = {tp: end for tp, end in reported.items() if end}
+    if not probe:
+        return dict(reported)
+    consumer = AIOKafkaConsumer(**kafka_kwargs, enable_auto_commit=False, max_partition_fetch_bytes=16 << 20)
+    await consumer.start()
+    try:
+        tps = {tp: TopicPartition(tp.topic, tp.partition) for tp in probe}
+        consumer.assign(list(tps.values()))
+        for tp, end in probe.items():
+            consumer.seek(tps[tp], end - 1)
+        fixed = dict(reported)
+        pending = set(probe)
+        for _ in range(20):
+            if not pending:
+                break
+            got = await consumer.getmany(timeout_ms=250)
+            for tp in list(pending):
+                msgs = got.get(tps[tp], [])
+                if msgs:
+                    fixed[tp] = max(fixed[tp], msgs[-1].offset + 1)
+                    pending.discard(tp)
+        return fixed
+    finally:
+        await consumer.stop()
+
+
+def tansu_safe_consumer_class(kafka_kwargs: dict[str, Any]) -> type:
+    """Faust's aiokafka consumer with :func:`true_end_offsets` applied to the highwaters recovery reads."""
+    from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
+
+    class TansuSafeConsumer(FaustConsumer):
+        async def highwaters(self, *partitions: Any) -> Any:
+            reported = dict(await super().highwaters(*partitions))
+            return await true_end_offsets(kafka_kwargs, reported)
+
+    return TansuSafeConsumer
+
+
 class _FlushBeforeCommit(Sensor):
     """Writes dirty per-server state to the table when Faust starts a commit (before it flushes the producer)."""
 
@@ -122,10 +170,13 @@ class WorkerApp:
         self.domain_topic = raw_topic(topic_for(DomainForecast))
         self.deadletter_topic = raw_topic(topic_for(DeadLetter))
         self.partials_topic = raw_topic(f"{w.app_id}-{PARTIALS_TOPIC_SUFFIX}", partitions=4, internal=True)
+        # key_type/value_type=bytes is what makes recovery decode raw (Faust derives the store's codec from them).
         self.table = app.Table(STATE_TABLE, partitions=self.app.conf.topic_partitions, use_partitioner=True,
+                               key_type=bytes, value_type=bytes,
                                schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw",
                                                    value_serializer="raw"))
         app.sensors.add(_FlushBeforeCommit(self.flush_states))
+        app.transport.Consumer = tansu_safe_consumer_class(aiokafka_kwargs(settings.kafka))  # type: ignore[misc]
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         self._wire()
 

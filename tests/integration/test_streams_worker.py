@@ -1,0 +1,275 @@
+"""The stream worker end to end through the embedded broker: forecasts, dead letters, SIGKILL recovery.
+
+One worker process serves the module (a group join costs seconds); the recovery
+test kills it with SIGKILL and starts it again.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from contracts.messages import DeadLetter, GpuSample, ServerForecast, decode
+from streams.app import load_forecaster
+from streams.processor import RawRecord, StreamProcessor, TopologyView
+from streams.state import ServerStates
+from streams.telemetry_factory import SyntheticTelemetry
+from tapas.broker import free_port
+
+pytestmark = pytest.mark.integration
+
+NUM_SERVERS = 36
+HORIZONS = [10.0, 60.0, 300.0]
+
+
+class WorkerProcess:
+    """``tapas worker`` as a child process with its own app id, web port and folders."""
+
+    def __init__(self, bootstrap: str, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.env = dict(os.environ, TAPAS_KAFKA__BOOTSTRAP_SERVERS=bootstrap,
+                        TAPAS_WORKER__APP_ID=f"test-worker-{uuid.uuid4().hex[:8]}",
+                        TAPAS_WORKER__DATA_DIR=str(workdir / "faust"), TAPAS_STORE__PATH=str(workdir / "h.sqlite"),
+                        TAPAS_REGISTRY_DIR=str(workdir / "registry"))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        log = open(self.workdir / f"worker-{self.starts}.log", "wb")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen([sys.executable, "-m", "tapas.cli", "worker", "--web-port", str(self.port),
+                                      "--loglevel", "INFO"], env=self.env, cwd=self.workdir,
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+
+    def state(self, timeout_s: float = 60.0) -> dict[str, Any]:
+        """The worker's state page (waits until its web server answers)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            assert self.proc is not None and self.proc.poll() is None, self.log_tail()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/tapas/state/", timeout=5) as r:
+                    return json.loads(r.read())  # type: ignore[no-any-return]
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def log_tail(self) -> str:
+        logs = sorted(self.workdir.glob("worker-*.log"))
+        return logs[-1].read_text(errors="replace")[-3000:] if logs else ""
+
+
+@pytest.fixture(scope="module")
+def worker(broker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    w = WorkerProcess(broker.bootstrap, tmp_path_factory.mktemp("worker"))
+    w.start()
+    try:
+        yield w
+    finally:
+        w.stop()
+
+
+@pytest.fixture(scope="module")
+def producer(broker: Any) -> Iterator[KafkaProducer]:
+    p = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=5)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def _consumer(bootstrap: str, topic: str) -> KafkaConsumer:
+    """A group-less consumer positioned at the current end of ``topic``."""
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
+    c.assign(tps)
+    c.seek_to_end()
+    for tp in tps:
+        c.position(tp)
+    return c
+
+
+def _collect(c: KafkaConsumer, want: Any, timeout_s: float) -> list[Any]:
+    """Poll until ``want(messages)`` is true or the timeout passes; returns every message seen."""
+    seen: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not want(seen):
+        for msgs in c.poll(timeout_ms=300).values():
+            seen.extend(msgs)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def fleet() -> SyntheticTelemetry:
+    prefix = f"it{uuid.uuid4().hex[:6]}"
+    ids = [f"{prefix}-srv{i:02d}" for i in range(NUM_SERVERS)]
+    return SyntheticTelemetry(ids, start_at=datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=60),
+                              seed=3, inlet_every=2)
+
+
+def _send_ticks(producer: KafkaProducer, fleet: SyntheticTelemetry, ticks: int, *,
+                inlets_too: bool = True) -> list[GpuSample]:
+    sent: list[GpuSample] = []
+    for _ in range(ticks):
+        gpus, inlets, _ = fleet.step()
+        for m in inlets if inlets_too else []:
+            producer.send("tapas.telemetry.inlet", key=m.server_id.encode(), value=m.to_bytes())
+        for g in gpus:
+            producer.send("tapas.telemetry.gpu", key=g.server_id.encode(), value=g.to_bytes())
+        sent += gpus
+    producer.flush()
+    return sent
+
+
+def test_forecasts_for_every_server_and_dead_letters_for_every_malformed_message(
+        broker: Any, worker: WorkerProcess, producer: KafkaProducer, fleet: SyntheticTelemetry) -> None:
+    fc = _consumer(broker.bootstrap, "tapas.forecasts.server")
+    dl = _consumer(broker.bootstrap, "tapas.deadletter")
+    good = json.loads(_send_ticks(producer, fleet, 1)[0].to_bytes())
+    kelvin = json.loads(json.dumps(good))
+    kelvin["gpus"][0]["gpu_temp_c"] = 345.2
+    future_major = dict(good, schema_version="2.0")
+    no_gpus = {k: v for k, v in good.items() if k != "gpus"}
+    tag = uuid.uuid4().hex[:6]
+    malformed = {
+        f"bad-json-{tag}": ("tapas.telemetry.gpu", b"{not json"),
+        f"kelvin-{tag}": ("tapas.telemetry.gpu", json.dumps(kelvin).encode()),
+        f"major-{tag}": ("tapas.telemetry.gpu", json.dumps(future_major).encode()),
+        f"no-gpus-{tag}": ("tapas.telemetry.gpu", json.dumps(no_gpus).encode()),
+        f"binary-{tag}": ("tapas.telemetry.gpu", bytes(range(256))),
+        f"inlet-{tag}": ("tapas.telemetry.inlet", b'{"server_id": "x", "sampled_at": "2026-01-01T00:00:00Z", '
+                                                  b'"inlet_temp_c": 295.6}'),
+    }
+    started = time.monotonic()
+    for key, (topic, raw) in malformed.items():
+        producer.send(topic, key=key.encode(), value=raw)
+    sent = _send_ticks(producer, fleet, 4)
+    ids = set(fleet.server_ids)
+    newest = max(s.sampled_at for s in sent)
+
+    def all_current(msgs: list[Any]) -> bool:
+        return {m.key.decode() for m in msgs if decode(ServerForecast, m.value).based_on_sample_at == newest} >= ids
+
+    got = _collect(fc, all_current, timeout_s=90)
+    took_s = time.monotonic() - started
+    mine = [decode(ServerForecast, m.value) for m in got if m.key.decode() in ids]
+    assert {f.server_id for f in mine if f.based_on_sample_at == newest} == ids, worker.log_tail()
+    for f in mine:
+        assert [h.horizon_s for h in f.horizons] == HORIZONS
+        assert f.thermal_headroom_c == pytest.approx(f.slowdown_temp_c - f.horizons[0].gpu_temp_hi_c)
+        assert 20.0 < f.gpu_temp_c < 95.0
+    print(f"forecasts for all {len(ids)} servers {took_s:.1f} s after sending (worker startup included)")
+
+    letters = _collect(dl, lambda ms: {m.key.decode() for m in ms} >= set(malformed), timeout_s=30)
+    by_key = {m.key.decode(): decode(DeadLetter, m.value) for m in letters if m.key.decode() in malformed}
+    assert set(by_key) == set(malformed)
+    for key, (topic, raw) in malformed.items():
+        letter = by_key[key]
+        assert letter.source_topic == topic and letter.reason
+        assert base64.b64decode(letter.raw_b64) == raw
+        assert letter.offset is not None and letter.partition is not None
+    assert by_key[f"kelvin-{tag}"].field == "gpus.0.gpu_temp_c"
+    assert by_key[f"major-{tag}"].field == "schema_version"
+    assert by_key[f"no-gpus-{tag}"].field == "gpus"
+    assert by_key[f"inlet-{tag}"].field == "inlet_temp_c"
+    fc.close()
+    dl.close()
+
+
+def _diff(a: dict[str, bytes], b: dict[str, bytes]) -> list[str]:
+    """Which servers and scalar fields differ (for a readable failure)."""
+    from streams.state import SCALARS
+
+    out = []
+    for k in sorted(set(a) | set(b)):
+        if a.get(k) == b.get(k):
+            continue
+        if k not in a or k not in b:
+            out.append(f"{k}: missing on one side")
+            continue
+        sa, sb = ServerStates(), ServerStates()
+        ia, ib = sa.load_slot(k, a[k]), sb.load_slot(k, b[k])
+        fields = [f"{n}={sa.arr[n][ia]}->{sb.arr[n][ib]}" for n in SCALARS
+                  if sa.matrix[ia].tobytes() != sb.matrix[ib].tobytes() and sa.arr[n][ia] != sb.arr[n][ib]]
+        if not fields:
+            ma, mb = sa.models[ia], sb.models[ib]
+            fields = [f"model.{n}={getattr(ma, n)}->{getattr(mb, n)}" for n in ma.__slots__
+                      if getattr(ma, n) != getattr(mb, n) and ma is not None and mb is not None]
+            fields += [f"window[{j}]" for j in range(len(sa.temp_window[ia]))
+                       if sa.temp_window[ia][j] != sb.temp_window[ib][j]][:3]
+        out.append(f"{k}: {fields}")
+    return out[:6]
+
+
+def _my_states(page: dict[str, Any], ids: set[str]) -> dict[str, bytes]:
+    return {k: base64.b64decode(v) for k, v in page["states"].items() if k in ids}
+
+
+def test_state_is_restored_bit_for_bit_after_sigkill(
+        broker: Any, worker: WorkerProcess, producer: KafkaProducer, fleet: SyntheticTelemetry) -> None:
+    ids = set(fleet.server_ids)
+    fc = _consumer(broker.bootstrap, "tapas.forecasts.server")
+    sent = _send_ticks(producer, fleet, 3)
+    newest = max(s.sampled_at for s in sent)
+    _collect(fc, lambda ms: {m.key.decode() for m in ms
+                             if decode(ServerForecast, m.value).based_on_sample_at == newest} >= ids, timeout_s=60)
+    before = _my_states(worker.state(), ids)
+    assert set(before) == ids
+    counts = ServerStates()
+    assert {int(counts.arr["num_samples"][counts.load_slot(k, v)]) for k, v in before.items()} == {1 + 4 + 3}
+
+    worker.kill()
+    worker.start()
+    deadline = time.monotonic() + 90
+    after: dict[str, bytes] = {}
+    while time.monotonic() < deadline and set(after) != ids:
+        after = _my_states(worker.state(), ids)
+        time.sleep(0.5)
+    assert set(after) == ids, worker.log_tail()
+    assert after == before, f"restored state differs from the state before SIGKILL: {_diff(before, after)}"
+
+    # The restarted worker continues exactly where an uninterrupted one would be.
+    reference = StreamProcessor(TopologyView.from_topology(None, inlet_limit_c=27.0),
+                                load_forecaster(worker.workdir / "registry"), horizons_s=HORIZONS)
+    for k, v in before.items():
+        reference.restore(k, v)
+    more = _send_ticks(producer, fleet, 1, inlets_too=False)  # GPU only: the reference sees exactly the same input
+    newest = max(s.sampled_at for s in more)
+    _collect(fc, lambda ms: {m.key.decode() for m in ms
+                             if decode(ServerForecast, m.value).based_on_sample_at == newest} >= ids, timeout_s=90)
+    reference.handle_gpu([RawRecord(g.server_id.encode(), g.to_bytes(), "tapas.telemetry.gpu") for g in more])
+    expected = reference.take_dirty_states()
+    continued = _my_states(worker.state(), ids)
+    assert continued == expected, _diff(expected, continued)
+    fc.close()
