@@ -1,4 +1,8 @@
-"""What SASL the embedded Tansu broker supports, pinned so a Tansu upgrade that changes it is noticed.
+"""What TLS and SASL the embedded Tansu broker supports itself, pinned so a Tansu upgrade is noticed.
+
+TLS (SECURITY.md, "Embedded broker"): Tansu 0.6's command line refuses ``--cert`` together
+with ``--key``, and with ``--cert`` alone it keeps listening in plaintext (a TLS client's
+handshake times out), which is why ``tapas.tls`` terminates TLS with stunnel.
 
 Findings (SECURITY.md, "SASL"): Tansu 0.6 with ``--authentication`` offers only SCRAM
 (``SaslHandshake`` lists ``SCRAM-SHA-512``) and closes the connection when a client asks
@@ -95,3 +99,17 @@ def test_kafka_client_without_credentials_is_refused(auth_broker: str) -> None:
         admin = KafkaAdminClient(bootstrap_servers=auth_broker.removeprefix("tcp://"), request_timeout_ms=2000,
                                  bootstrap_timeout_ms=3000)
         admin.close()
+
+
+def test_tansu_refuses_cert_and_key_together(tmp_path: Path) -> None:
+    from tapas.tls import write_test_pki
+
+    pki = write_test_pki(tmp_path / "pki")
+    url = f"tcp://127.0.0.1:{free_port()}"
+    done = subprocess.run(
+        [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
+         "--storage-engine", "memory://tansu/", "--cert", str(pki.server_cert), "--key", str(pki.server_key)],
+        capture_output=True, text=True, timeout=15,
+    )
+    assert done.returncode != 0 and "cannot be used with" in done.stderr, (
+        "Tansu now accepts --cert with --key: try native TLS and drop stunnel if the handshake works")
