@@ -39,15 +39,17 @@ HORIZONS_S = (10.0, 60.0, 300.0)
 
 def synthetic_tick(topology: Topology, at: datetime, rng: np.random.Generator, *, load_frac: float = 0.6,
                    hot_zone: str | None = None, supply_rise_c: float = 0.0,
-                   with_samples: bool = True) -> list[Contract]:
+                   with_samples: bool = True, load: np.ndarray | None = None) -> list[Contract]:
     """One tick of pipeline output for every server: GPU samples, server and domain forecasts.
 
     Physics is the first-order model of DESIGN.md §5 at steady state (GPU temperature
     = inlet + R_th x GPU power), enough to give the page realistic spreads; a zone in
-    ``hot_zone`` gets ``supply_rise_c`` on its inlet (a cooling failure).
+    ``hot_zone`` gets ``supply_rise_c`` on its inlet (a cooling failure). ``load`` (0-1 per
+    server) lets a caller evolve load smoothly between ticks; otherwise it is drawn afresh.
     """
     n = topology.num_servers
-    load = np.clip(load_frac + 0.15 * rng.normal(size=n), 0.05, 1.0)
+    if load is None:
+        load = np.clip(load_frac + 0.15 * rng.normal(size=n), 0.05, 1.0)
     out: list[Contract] = []
     sample_at = at - timedelta(seconds=1)
     server_power: dict[str, float] = {}
@@ -56,7 +58,7 @@ def synthetic_tick(topology: Topology, at: datetime, rng: np.random.Generator, *
         zone_rise = supply_rise_c if s.zone_id == hot_zone else 0.0
         inlet_c = 21.0 + s.inlet_offset_c + zone_rise + 0.2 * float(rng.normal())
         gpu_w = s.sku.idle_w + (s.sku.tdp_w - s.sku.idle_w) * float(load[i]) * (1 + 0.05 * rng.normal(size=s.num_gpus))
-        temps = inlet_c + s.thermal_resistance_c_per_w * gpu_w + rng.normal(0, 0.7, size=s.num_gpus)
+        temps = inlet_c + s.thermal_resistance_c_per_w * gpu_w + rng.normal(0, 0.4, size=s.num_gpus)
         power_w = s.base_power_w + float(gpu_w.sum())
         server_power[s.server_id] = power_w
         zone_inlet[s.zone_id] = max(zone_inlet.get(s.zone_id, 0.0), inlet_c)
@@ -109,18 +111,25 @@ def synthetic_tick(topology: Topology, at: datetime, rng: np.random.Generator, *
     return out
 
 
-def synthetic_actions(topology: Topology, at: datetime, rng: np.random.Generator, count: int) -> list[Contract]:
-    """Reconfiguration commands and an event, shaped like the controller's."""
+def synthetic_actions(topology: Topology, at: datetime, rng: np.random.Generator, count: int, *,
+                      zone_id: str | None = None) -> list[Contract]:
+    """Reconfiguration commands (in ``zone_id`` when given) and an event, shaped like the controller's."""
     out: list[Contract] = []
-    for k in range(count):
-        s = topology.servers[int(rng.integers(topology.num_servers))]
+    pool = [s for s in topology.servers if zone_id is None or s.zone_id == zone_id]
+    for _ in range(count):
+        s = pool[int(rng.integers(len(pool)))]
+        headroom_c = round(0.5 + float(rng.uniform(0, 2.5)), 1)
+        cap_mhz = int(rng.choice([1050, 1200, 1275]))
         out.append(ReconfigCommand(
-            command_id=f"cmd-{k:08d}", issued_at=at, expires_at=at + timedelta(minutes=2), server_id=s.server_id,
-            action="set_frequency_cap", params=ReconfigParams(frequency_cap_mhz=1200),
-            reason=f"thermal headroom {1.0 + k % 3:.1f} °C below 3 °C margin at 60 s", trigger="thermal",
-            headroom=1.0 + k % 3))
-    out.append(ControlEvent(event_id="bench-ev", event_kind="thermal_throttle", severity="warning", occurred_at=at,
-                            domain_kind="row", domain_id=topology.rows[0].row_id, detail="bench"))
+            command_id=f"cmd-{int(rng.integers(1 << 40)):012x}", issued_at=at, expires_at=at + timedelta(minutes=2),
+            server_id=s.server_id, instance_id=f"inst-{s.server_id}", action="set_frequency_cap",
+            params=ReconfigParams(frequency_cap_mhz=cap_mhz),
+            reason=f"hottest GPU forecast within {headroom_c:.1f} °C of slowdown at 60 s; cap {cap_mhz} MHz "
+                   f"(fast knob first)", trigger="thermal", headroom=headroom_c, mode="enforce"))
+    if zone_id is None:
+        out.append(ControlEvent(event_id=f"ev-{int(rng.integers(1 << 40)):012x}", event_kind="thermal_throttle",
+                                severity="warning", occurred_at=at, domain_kind="server",
+                                domain_id=pool[0].server_id, detail="GPU 3 reports SW thermal slowdown (0x20)"))
     return out
 
 
@@ -143,7 +152,7 @@ def build_view(num_servers: int, ticks: int, *, seed: int = 0) -> tuple[Any, Top
     return view, topo
 
 
-def _payloads(app: Any, rack: str, inputs: dict[str, Any], n: int) -> list[dict[str, Any]]:
+def tick_payloads(app: Any, inputs: dict[str, Any], n: int) -> list[dict[str, Any]]:
     """Dash update requests for every callback fired by the interval tick."""
     out = []
     for key, cb in app.callback_map.items():
@@ -180,7 +189,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     update_ms: list[float] = []
     response_bytes = 0
     for n in range(repeats + 1):
-        payloads = _payloads(app, worst.rack_id, inputs, n + 1)
+        payloads = tick_payloads(app, inputs, n + 1)
         payload_count = len(payloads)
         t = time.perf_counter()
         size = 0

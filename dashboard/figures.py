@@ -203,7 +203,7 @@ def floor_map_figure(layout: FloorLayout, cells: Sequence[RackCell], metric: Met
     trace = {
         "type": "heatmap", "z": z, "x": list(range(width)), "y": list(range(len(rows))),
         "customdata": custom, "text": text, "texttemplate": "%{text}" if width <= 24 else "",
-        "textfont": {"color": "#0b1220", "size": 11},
+        "textfont": {"color": "#ffffff", "size": 12, "weight": 600, "shadow": "0px 0px 3px #000000"},
         "colorscale": scale.plotly(), "zmin": scale.zmin, "zmax": scale.zmax,
         "xgap": 3, "ygap": 3, "hoverongaps": False,
         "colorbar": {"title": {"text": f"{scale.title}<br>({scale.unit})", "side": "right"},
@@ -251,7 +251,8 @@ def rack_servers_figure(rack_id: str, server_ids: Sequence[str], servers: Mappin
         i = ids.index(selected_server)
         shapes.append(_cell_box(i, 0, SELECTED, 2, "selected"))
     trace = {"type": "heatmap", "z": z, "x": [0], "y": list(range(len(ids))), "text": text,
-             "texttemplate": "%{text}", "textfont": {"color": "#0b1220", "size": 12}, "customdata": custom,
+             "texttemplate": "%{text}", "customdata": custom,
+             "textfont": {"color": "#ffffff", "size": 12, "weight": 600, "shadow": "0px 0px 3px #000000"},
              "colorscale": scale.plotly(), "zmin": scale.zmin, "zmax": scale.zmax, "showscale": False,
              "ygap": 3, "hovertemplate": ("<b>%{customdata[0]}</b><br>hottest GPU: %{customdata[1]}<br>"
                                           "thermal headroom: %{customdata[4]}<br>power: %{customdata[2]}<br>"
@@ -275,7 +276,8 @@ def _thin(points: Sequence[DomainPoint], max_points: int) -> Sequence[DomainPoin
 
 
 def domain_power_figure(history: Mapping[str, Sequence[DomainPoint]], forecasts: Mapping[str, Any], *,
-                        now_s: float, max_lines: int = 8, max_points: int = 240) -> Figure:
+                        now_s: float, max_lines: int = 8, max_points: int = 240,
+                        history_s: float = 600.0) -> Figure:
     """Each domain's power over time against its limit, with the forecast and its band ahead of now.
 
     When every domain shown has a limit, power is plotted in % of it (the limit is the
@@ -328,14 +330,15 @@ def domain_power_figure(history: Mapping[str, Sequence[DomainPoint]], forecasts:
         shapes.append({"type": "line", "xref": "paper", "yref": "y", "x0": 0, "x1": 1, "y0": 100, "y1": 100,
                        "line": {"color": "#e53935", "width": 2}})
     return {"data": traces, "layout": base_layout(
-        xaxis=_axis(type="date"), yaxis=_axis(title={"text": unit, "font": {"color": MUTED}}),
+        xaxis=_axis(type="date", range=_time_range(now_s, history_s, forecasts)),
+        yaxis=_axis(title={"text": unit, "font": {"color": MUTED}}),
         shapes=shapes, annotations=[_now_label(now_s)] + ([
             {"text": "limit", "xref": "paper", "yref": "y", "x": 1, "y": 100, "xanchor": "right",
              "yanchor": "bottom", "showarrow": False, "font": {"color": "#e53935", "size": 11}}] if pct else []))}
 
 
 def zone_inlet_figure(history: Mapping[str, Sequence[DomainPoint]], forecasts: Mapping[str, Any], *,
-                      now_s: float, max_points: int = 240) -> Figure:
+                      now_s: float, max_points: int = 240, history_s: float = 600.0) -> Figure:
     """Max inlet temperature per cooling zone over time against its limit, forecast ahead of now."""
     zones = [z for z in sorted(history) if any(p.max_inlet_temp_c is not None for p in history[z])]
     if not zones:
@@ -370,8 +373,15 @@ def zone_inlet_figure(history: Mapping[str, Sequence[DomainPoint]], forecasts: M
         shapes.append({"type": "line", "xref": "paper", "yref": "y", "x0": 0, "x1": 1, "y0": lim, "y1": lim,
                        "line": {"color": "#e53935", "width": 2}})
     return {"data": traces, "layout": base_layout(
-        xaxis=_axis(type="date"), yaxis=_axis(title={"text": "max inlet °C", "font": {"color": MUTED}}),
+        xaxis=_axis(type="date", range=_time_range(now_s, history_s, forecasts)),
+        yaxis=_axis(title={"text": "max inlet °C", "font": {"color": MUTED}}),
         shapes=shapes, annotations=[_now_label(now_s)])}
+
+
+def _time_range(now_s: float, history_s: float, forecasts: Mapping[str, Any]) -> list[float]:
+    """A fixed window: ``history_s`` before now, up to the longest forecast horizon after it."""
+    ahead_s = max((max(f.horizons_s, default=0.0) for f in forecasts.values()), default=0.0)
+    return [(now_s - history_s) * 1000, (now_s + ahead_s + 5) * 1000]
 
 
 def _now_label(now_s: float) -> dict[str, Any]:
@@ -389,7 +399,7 @@ def _rgba(hex_colour: str, alpha: float) -> str:
 
 
 def server_detail_figure(server_id: str, forecasts: Sequence[ServerPoint], gpus: Sequence[GpuPoint], *,
-                         slowdown_temp_c: float | None, now_s: float) -> Figure:
+                         slowdown_temp_c: float | None, now_s: float, history_s: float = 180.0) -> Figure:
     """Per-GPU temperature and power, with the hottest-GPU and server-power actual against forecast.
 
     The forecast line is the shortest-horizon forecast plotted at its *target* time
@@ -454,20 +464,23 @@ def server_detail_figure(server_id: str, forecasts: Sequence[ServerPoint], gpus:
                                        "color": ACCENT},
                            "marker": {"color": ACCENT, "size": 7, "symbol": "diamond"}, "xaxis": "x3", "yaxis": "y3",
                            "hovertemplate": "%{y:.2f} kW<extra></extra>"})
-    shapes = [{"type": "line", "xref": f"x{a}", "yref": "paper", "x0": now_s * 1000, "x1": now_s * 1000, "y0": 0,
-               "y1": 1, "line": {"color": MUTED, "width": 1, "dash": "dash"}} for a in ("",)]
+    max_h = max((h[0] for p in forecasts for h in p.horizons[-1:]), default=0.0)
+    x_range = [(now_s - history_s) * 1000, (now_s + max_h + 5) * 1000]
+    shapes = [{"type": "line", "xref": "x", "yref": "paper", "x0": now_s * 1000, "x1": now_s * 1000, "y0": 0,
+               "y1": 1, "line": {"color": MUTED, "width": 1, "dash": "dash"}}]
     if slowdown_temp_c is not None:
         shapes.append({"type": "line", "xref": "paper", "yref": "y", "x0": 0, "x1": 1, "y0": slowdown_temp_c,
                        "y1": slowdown_temp_c, "line": {"color": "#e53935", "width": 2}})
     return {"data": traces, "layout": base_layout(
         xaxis=_axis(type="date", anchor="y", domain=[0, 1], matches="x3", showticklabels=False),
         xaxis2=_axis(type="date", anchor="y2", matches="x3", showticklabels=False),
-        xaxis3=_axis(type="date", anchor="y3"),
-        yaxis=_axis(domain=[0.56, 1.0], title={"text": "GPU °C", "font": {"color": MUTED}}),
-        yaxis2=_axis(domain=[0.29, 0.52], title={"text": "GPU W", "font": {"color": MUTED}}),
-        yaxis3=_axis(domain=[0.0, 0.25], title={"text": "server kW", "font": {"color": MUTED}}),
-        shapes=shapes, margin={"l": 56, "r": 16, "t": 10, "b": 30}, showlegend=True,
-        legend={"orientation": "h", "y": 1.08, "x": 0, "font": {"size": 10}, "bgcolor": "rgba(0,0,0,0)"})}
+        xaxis3=_axis(type="date", anchor="y3", range=x_range),
+        yaxis=_axis(domain=[0.58, 1.0], title={"text": "GPU °C", "font": {"color": MUTED, "size": 11}}),
+        yaxis2=_axis(domain=[0.31, 0.53], title={"text": "GPU W", "font": {"color": MUTED, "size": 11}}),
+        yaxis3=_axis(domain=[0.0, 0.26], title={"text": "server kW", "font": {"color": MUTED, "size": 11}}),
+        shapes=shapes, margin={"l": 56, "r": 16, "t": 52, "b": 30}, showlegend=True,
+        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0, "font": {"size": 10},
+                "bgcolor": "rgba(0,0,0,0)"})}
 
 
 # --------------------------------------------------------------------------- models
@@ -488,8 +501,9 @@ def accuracy_figure(accuracy: Sequence[HorizonAccuracy]) -> Figure:
          "name": "server power MAE (kW)", "marker": {"color": "#ffb74d"}, "offsetgroup": "p", "yaxis": "y2",
          "hovertemplate": "%{x}: %{y:.3f} kW<extra></extra>"},
     ], "layout": base_layout(
-        barmode="group", xaxis=_axis(title={"text": "horizon", "font": {"color": MUTED}}),
+        barmode="group", xaxis=_axis(title={"text": "forecast horizon", "font": {"color": MUTED}, "standoff": 4}),
         yaxis=_axis(title={"text": "°C", "font": {"color": MUTED}}, rangemode="tozero"),
         yaxis2=_axis(title={"text": "kW", "font": {"color": MUTED}}, overlaying="y", side="right",
                      rangemode="tozero", showgrid=False),
-        margin={"l": 48, "r": 48, "t": 10, "b": 40}, legend={"orientation": "h", "y": -0.3, "x": 0})}
+        margin={"l": 48, "r": 48, "t": 34, "b": 40},
+        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0})}

@@ -60,6 +60,7 @@ table.log { width:100%; border-collapse:collapse; font-size:12px; }
 table.log th { text-align:left; color:var(--muted); font-weight:600; border-bottom:1px solid var(--line);
                padding:4px 6px; position:sticky; top:0; background:var(--panel); }
 table.log td { border-bottom:1px solid #172238; padding:4px 6px; vertical-align:top; }
+table.log td.nowrap { white-space:nowrap; }
 .logwrap { max-height:320px; overflow-y:auto; }
 .kind { padding:1px 6px; border-radius:3px; font-size:11px; font-weight:600; color:#0b1220; }
 .kind.placement { background:#81c784; } .kind.routing { background:#4fc3f7; }
@@ -128,7 +129,7 @@ def page(refresh_s: float) -> html.Div:
             ], className="card span-8"),
             html.Div([
                 html.H3(["Rack", html.Span(id="rack-title", className="hint")]),
-                graph("rack-servers", 360),
+                graph("rack-servers", 318),
             ], className="card span-4"),
             html.Div([
                 html.H3(["Server drill-down", html.Span(id="server-title", className="hint")]),
@@ -212,9 +213,10 @@ def actions_table(entries: Sequence[ActionEntry], kinds: Sequence[str] | None, r
         if row_id and a.row_id != row_id:
             continue
         rows.append(html.Tr([
-            html.Td(a.at.strftime("%H:%M:%S")), html.Td(html.Span(a.kind, className=f"kind {a.kind}")),
-            html.Td(a.target), html.Td(a.row_id or "–"), html.Td(a.summary), html.Td(a.reason),
-            html.Td(a.headroom),
+            html.Td(a.at.strftime("%H:%M:%S"), className="nowrap"),
+            html.Td(html.Span(a.kind, className=f"kind {a.kind}"), className="nowrap"),
+            html.Td(a.target, className="nowrap"), html.Td(a.row_id or "–", className="nowrap"), html.Td(a.summary),
+            html.Td(a.reason), html.Td(a.headroom, className="nowrap"),
         ], className=f"action {a.kind}"))
         if len(rows) >= MAX_ACTION_ROWS:
             break

@@ -293,6 +293,31 @@ class _WindowMae:
         return n, max(0.0, self.sum_temp / n), max(0.0, self.sum_power / n)
 
 
+_PARAM_UNITS = {"frequency_cap_mhz": ("frequency cap", "MHz"), "power_limit_w": ("power limit", "W"),
+                "max_batch": ("max batch", ""), "tensor_parallelism": ("TP", ""), "precision": ("precision", ""),
+                "model_variant": ("model", ""), "config_id": ("config", "")}
+
+
+def describe_command(c: ReconfigCommand) -> str:
+    """A reconfiguration as an operator reads it, e.g. ``frequency cap → 1200 MHz``.
+
+    Examples:
+        >>> from datetime import UTC, datetime, timedelta
+        >>> from contracts import ReconfigParams
+        >>> t = datetime(2026, 1, 1, tzinfo=UTC)
+        >>> describe_command(ReconfigCommand(command_id="cmd-00000001", issued_at=t,
+        ...     expires_at=t + timedelta(minutes=2), server_id="s1", action="set_frequency_cap",
+        ...     params=ReconfigParams(frequency_cap_mhz=1200), reason="hot"))
+        'frequency cap → 1200 MHz'
+    """
+    parts = []
+    for key, value in c.params.model_dump(exclude_none=True).items():
+        label, unit = _PARAM_UNITS.get(key, (key, ""))
+        shown = f"{value:g}" if isinstance(value, float) else str(value)
+        parts.append(f"{label} → {shown}{' ' + unit if unit else ''}")
+    return ", ".join(parts) if parts else c.action.replace("_", " ")
+
+
 # --------------------------------------------------------------------------- the view
 
 
@@ -488,12 +513,11 @@ class DashboardView:
                                          headroom))
 
     def _apply_command(self, c: ReconfigCommand) -> None:
-        params = ", ".join(f"{k}={v}" for k, v in c.params.model_dump(exclude_none=True).items())
         unit = "°C" if c.trigger == "thermal" else "W" if c.trigger in ("power", "emergency") else ""
         headroom = f"{c.headroom:.1f} {unit}".strip() if c.headroom is not None else ""
-        target = c.server_id + (f"/{c.instance_id}" if c.instance_id else "")
-        self._actions.append(ActionEntry(c.issued_at, "reconfig", target, self._row_of_server(c.server_id),
-                                         f"{c.action}({params}) [{c.mode}]", c.reason,
+        on = f" on {c.instance_id}" if c.instance_id else ""
+        self._actions.append(ActionEntry(c.issued_at, "reconfig", c.server_id, self._row_of_server(c.server_id),
+                                         f"{describe_command(c)}{on} [{c.mode}]", c.reason,
                                          f"{c.trigger} {headroom}".strip()))
 
     def _apply_event(self, e: ControlEvent) -> None:

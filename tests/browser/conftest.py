@@ -31,7 +31,7 @@ def pytest_setup_options() -> Any:
     options = Options()
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", "--window-size=1600,1500", "--force-device-scale-factor=1"):
+                "--no-first-run", "--window-size=1600,1760", "--force-device-scale-factor=1"):
         options.add_argument(arg)
     options.binary_location = CHROMIUM
     return options
@@ -77,6 +77,14 @@ class PipelinePublisher:
         self._thread: threading.Thread | None = None
         self.ticks = 0
         self.last_published_at: datetime | None = None
+        #: Per-server load (0-1), a mean-reverting random walk so traces look like real load.
+        self.load = np.clip(0.6 + 0.15 * self.rng.normal(size=topology.num_servers), 0.1, 1.0)
+
+    def next_load(self) -> np.ndarray:
+        target = 0.6 + 0.2 * np.sin(np.arange(self.load.size) * 0.7)
+        self.load = np.clip(self.load + 0.15 * (target - self.load) + 0.03 * self.rng.normal(size=self.load.size),
+                            0.05, 1.0)
+        return self.load
 
     def topic_of(self, message: Any) -> str:
         for topic, model in self.topics.models_by_topic().items():
@@ -95,7 +103,7 @@ class PipelinePublisher:
 
         at = datetime.now(UTC)
         self.publish(synthetic_tick(self.topology, at, self.rng, hot_zone=self.control.hot_zone,
-                                    supply_rise_c=self.control.supply_rise_c))
+                                    supply_rise_c=self.control.supply_rise_c, load=self.next_load()))
         self.ticks += 1
         self.last_published_at = at
 
@@ -106,7 +114,18 @@ class PipelinePublisher:
                 self.tick()
             self._stop.wait(max(0.0, self.tick_s - (time.monotonic() - started)))
 
-    def start(self) -> PipelinePublisher:
+    def start(self, backfill_s: int = 0) -> PipelinePublisher:
+        """Publish ``backfill_s`` seconds of history at once (backdated ticks), then tick live."""
+        from datetime import timedelta
+
+        from bench.dashboard import synthetic_tick
+
+        now = datetime.now(UTC)
+        for k in range(backfill_s, 0, -1):
+            at = now - timedelta(seconds=k)
+            for m in synthetic_tick(self.topology, at, self.rng, with_samples=k <= 90, load=self.next_load()):
+                key = getattr(m, "server_id", None) or getattr(m, "domain_id", None) or "k"
+                self.producer.send(self.topic_of(m), key=str(key).encode(), value=m.to_bytes())
         self.tick()
         self._thread = threading.Thread(target=self._run, name="test-pipeline-publisher", daemon=True)
         self._thread.start()
@@ -140,15 +159,15 @@ def live_dashboard(broker: Any, topic_factory: Callable[..., str]) -> Iterator[C
 
     started: list[LiveDashboard] = []
 
-    def make(num_servers: int = 40, *, stale_after_s: float = 10.0, refresh_s: float = 1.0,
-             username: str | None = None, password: str | None = None) -> LiveDashboard:
+    def make(num_servers: int = 40, *, stale_after_s: float = 10.0, refresh_s: float = 1.5,
+             username: str | None = None, password: str | None = None, backfill_s: int = 0) -> LiveDashboard:
         tag = uuid.uuid4().hex[:6]
         topics = DashboardTopics(**{name: topic_factory(f"dash-{name}-{tag}", partitions=2)
                                     for name in DashboardTopics.__dataclass_fields__})
         topo = default_topology(num_servers)
         view = DashboardView(layout=FloorLayout.from_topology(topo), stale_after_s=stale_after_s)
         consumer = ViewConsumer(view, KafkaSettings(bootstrap_servers=broker.bootstrap), topics=topics).start()
-        publisher = PipelinePublisher(broker.bootstrap, topics, topo).start()
+        publisher = PipelinePublisher(broker.bootstrap, topics, topo).start(backfill_s)
         app = create_app(view, refresh_s=refresh_s, username=username, password=password)
         live = LiveDashboard(app, view, topo, publisher, consumer)
         started.append(live)

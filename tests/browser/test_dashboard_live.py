@@ -104,7 +104,7 @@ def test_live_floor_map_one_cell_per_rack_and_rack_drilldown(dash_duo: Any, live
 
 def test_cooling_failure_shows_banner_and_highlights_zone_within_10s(dash_duo: Any, live_dashboard: Any,
                                                                       artifacts_dir: Path) -> None:
-    live = live_dashboard(num_servers=80)
+    live = live_dashboard(num_servers=80, backfill_s=60)
     dash_duo.start_server(live.app)
     _wait_rendered(dash_duo, "floor-map")
     dash_duo.wait_for_text_to_equal("#status", "LIVE", timeout=15)
@@ -139,8 +139,12 @@ def test_cooling_failure_shows_banner_and_highlights_zone_within_10s(dash_duo: A
     assert zone.zone_id in banner and f"{len(zone_racks)} racks highlighted" in banner
     assert dash_duo.find_element("#emergency-banner").is_displayed()
 
-    # The actions log shows the event with its cause; the type filter narrows it.
+    # The actions log shows the event with its cause, then what the controller does about it.
     dash_duo.wait_for_contains_text("#actions-table", "cooling_failure", timeout=5)
+    from bench.dashboard import synthetic_actions
+
+    live.publisher.publish(synthetic_actions(topo, datetime.now(UTC), live.publisher.rng, 6, zone_id=zone.zone_id))
+    dash_duo.wait_for_contains_text("#actions-table", "frequency cap →", timeout=10)
     # Select a rack in the failing zone for a representative screenshot (used as docs/dashboard.png).
     fig = _figure(dash_duo, "floor-map")
     _click_cell(dash_duo, "floor-map", 0, 4, len(fig["data"][0]["z"]), len(fig["data"][0]["z"][0]))
