@@ -242,10 +242,17 @@ def record_telemetry(
 
     sim = Simulation(topology, scenario, policy, hours=hours, seed=seed, trace_path=trace_path,
                      params=SimParams(tick_s=tick_s))
-    frames: list[pd.DataFrame] = []
+    columns = [*OBSERVATION_COLUMNS, *LOCATION_COLUMNS]
+    parts: dict[str, list[Any]] = {c: [] for c in columns}
     while not sim.finished:
         at_s = start_epoch_s + sim.tick_index * tick_s
         sim.step()
-        frames.append(pd.DataFrame(observation_rows(sim, at_s)))
-    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*OBSERVATION_COLUMNS, *LOCATION_COLUMNS])
-    return df[[*OBSERVATION_COLUMNS, *LOCATION_COLUMNS]]
+        rows = observation_rows(sim, at_s)
+        for c in columns:
+            parts[c].append(np.asarray(rows[c], dtype=object if c in _OBJECT_COLUMNS else None))
+    if not parts["server_id"]:
+        return pd.DataFrame(columns=columns)
+    return pd.DataFrame({c: np.concatenate(parts[c]) for c in columns})[columns]
+
+
+_OBJECT_COLUMNS = {"server_id", "config_id", *LOCATION_COLUMNS}
