@@ -479,7 +479,8 @@ def kafka_producer_config(settings: Any) -> dict[str, Any]:
         "batch_size": ing.batch_size_bytes,
         "request_timeout_ms": ing.request_timeout_ms,
         "delivery_timeout_ms": ing.request_timeout_ms + ing.linger_ms,
-        "max_block_ms": min(ing.request_timeout_ms, 2000),
+        # send() blocks this long when it has no metadata (broker never reached): keep the collector loop moving.
+        "max_block_ms": min(ing.request_timeout_ms, 500),
         "reconnect_backoff_max_ms": int(ing.max_retry_backoff_s * 1000),
         # A fixed protocol version skips kafka-python's version probe, which blocks the
         # constructor for 30 s when the broker is down (the collector must start anyway).

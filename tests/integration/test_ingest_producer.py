@@ -149,3 +149,30 @@ def test_overflow_refuses_and_counts_drops_without_losing_accepted(broker_port: 
         assert accepted == [{"server": s, "tick": t} for t in range(3) for s in range(NUM_SERVERS)][:20]
     finally:
         producer.close(0.5)
+
+
+def test_disk_spool_extends_the_buffer_and_survives_a_collector_restart(broker_port: int, tmp_path: object) -> None:
+    """Beyond max_buffered, samples spill to disk; a collector stopped during the outage resumes from the spool."""
+    spool = {"spool_dir": str(tmp_path), "max_buffered_samples": 10}
+    accepted: list[dict[str, int]] = []
+    first = producer_for(f"127.0.0.1:{broker_port}", **spool)
+    publish_ticks(first, range(0, 6), accepted, pause_s=0.0)  # 48 samples, nothing listening
+    assert len(accepted) == 48 and first.num_dropped == 0
+    first.close(0.5)  # collector stops mid-outage: memory goes to the spool, oldest first
+    assert first.num_dropped == 0
+
+    broker = EmbeddedBroker(port=broker_port, create_project_topics=False).start()
+    second = producer_for(broker.bootstrap, **spool)
+    try:
+        make_topic(broker.bootstrap)
+        publish_ticks(second, range(6, 8), accepted, pause_s=0.0)
+        assert second.flush(30), second.last_error
+        got = read_all(broker.bootstrap, expected=len(accepted))
+    finally:
+        second.close(5)
+        broker.stop()
+    keys = [(g["server"], g["tick"]) for g in got]
+    assert sorted(keys) == sorted((a["server"], a["tick"]) for a in accepted) and len(keys) == len(set(keys))
+    for server in range(NUM_SERVERS):
+        ticks = [g["tick"] for g in got if g["server"] == server]
+        assert ticks == sorted(ticks)
