@@ -183,7 +183,7 @@ class Controller:
     def handle(self, topic: str, message: Contract, *, now: datetime) -> list[Outgoing]:
         """Take one decoded input message; returns what it causes to be published right away."""
         if isinstance(message, ServerForecast):
-            self.state.add_server_forecast(message)
+            self.state.add_server_forecast(message, received_at=now)
             self._snapshot = None
             return []
         if isinstance(message, DomainForecast):

@@ -68,6 +68,8 @@ class LiveState:
     workloads: dict[str, ServerWorkload] = field(default_factory=dict)
     domains: dict[tuple[str, str], DomainForecast] = field(default_factory=dict)
     newest_forecast_at: datetime | None = None
+    last_received_at: datetime | None = None
+    """When (on the consumer's clock) the latest forecast arrived; guards against producer clock skew."""
     unknown_server_ids: set[str] = field(default_factory=set)
     decision_horizon_s: float = 60.0
 
@@ -100,12 +102,14 @@ class LiveState:
         """Position of a server in the topology, or None when the topology does not know it."""
         return self._index.get(server_id)
 
-    def add_server_forecast(self, fc: ServerForecast) -> bool:
+    def add_server_forecast(self, fc: ServerForecast, *, received_at: datetime | None = None) -> bool:
         """Record a server forecast; False (and the id remembered) when the server is not in the topology."""
         i = self._index.get(fc.server_id)
         if i is None:
             self.unknown_server_ids.add(fc.server_id)
             return False
+        if received_at is not None and (self.last_received_at is None or received_at > self.last_received_at):
+            self.last_received_at = received_at
         issued_s = fc.issued_at.timestamp()
         if issued_s < self.issued_at_s[i]:
             return True  # an older forecast arriving late never overwrites a newer one
@@ -147,10 +151,17 @@ class LiveState:
         self.workloads[server_id] = ServerWorkload(workload, gpu_power_w, sampled_at, since)
 
     def forecast_age_s(self, now: datetime) -> float:
-        """Seconds since the newest forecast (``NEVER_S`` before the first)."""
+        """Seconds since the newest forecast was issued, or since one last arrived if that is longer.
+
+        ``NEVER_S`` before the first. Taking the larger age keeps a stall visible when the
+        producer's clock runs ahead of ours (an accelerated simulator, clock skew).
+        """
         if self.newest_forecast_at is None:
             return NEVER_S
-        return max(0.0, (now - self.newest_forecast_at).total_seconds())
+        age_s = (now - self.newest_forecast_at).total_seconds()
+        if self.last_received_at is not None:  # a producer clock running ahead must not hide a stall
+            age_s = max(age_s, (now - self.last_received_at).total_seconds())
+        return max(0.0, age_s)
 
 
 def _endpoint_of_config(catalogue: Catalogue) -> dict[str, str]:

@@ -84,3 +84,11 @@ def test_row_power_and_budget_from_domain_forecast() -> None:
                                           power_forecast_w=[17500], power_forecast_hi_w=[19000]))
     snap2 = build_snapshot(st, world_catalogue(), now=T0)
     assert (snap2.row_power_w[0], snap2.row_power_hi_w[0], snap2.row_budget_w[0]) == (17000, 19000, 20000)
+
+
+def test_forecast_age_sees_a_stall_even_when_the_producer_clock_runs_ahead() -> None:
+    st = state()
+    sid = st.topology.server_ids[0]
+    st.add_server_forecast(forecast(sid, T0 + timedelta(minutes=10)), received_at=T0)  # issued "in the future"
+    assert st.forecast_age_s(T0 + timedelta(seconds=1)) == pytest.approx(1.0)
+    assert st.forecast_age_s(T0 + timedelta(seconds=30)) == pytest.approx(30.0)
