@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
 import logging
 import uuid
@@ -55,12 +54,9 @@ STATE_TABLE = "server-state"
 
 
 def load_forecaster(registry_dir: Path, version: str | None = None) -> OnlineForecaster:
-    """The promoted forecaster (``forecasting.registry``), or the physics default when no registry exists yet."""
-    try:
-        from forecasting.registry import load_forecaster as registry_load
-    except ModuleNotFoundError:
-        log.warning("event=registry_missing fallback=physics-default")
-        return OnlineForecaster()
+    """The promoted forecaster of ``forecasting.registry`` (the physics default when nothing is promoted)."""
+    from forecasting.registry import load_forecaster as registry_load
+
     return registry_load(registry_dir, version=version)
 
 
@@ -320,16 +316,12 @@ class WorkerApp:
         if isinstance(got, bytes):
             await self.deadletter_topic.send(key=rec.key or b"", value=got)
             return
-        if got.version == self.processor.forecaster.version:
+        from forecasting.registry import MODEL_NAME, load_announced
+
+        if got.model_name != MODEL_NAME or got.version == self.processor.forecaster.version:
             return
-        registry = Path(self.settings.registry_dir)
-        artifact = registry / got.artifact_path
-        try:
-            if artifact.is_file():
-                digest = hashlib.sha256(artifact.read_bytes()).hexdigest()
-                if digest != got.sha256:
-                    raise ValueError(f"{artifact}: sha256 {digest} != announced {got.sha256}")
-            forecaster = await asyncio.to_thread(load_forecaster, registry, got.version)
+        try:  # path must stay inside the registry and the digest must match (load_announced checks both)
+            forecaster = await asyncio.to_thread(load_announced, Path(self.settings.registry_dir), got)
         except Exception as exc:  # a bad artifact must not stop the worker: keep the current version
             log.error("event=model_load_failed version=%s error=%s", got.version, exc)
             return

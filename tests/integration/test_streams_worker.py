@@ -273,3 +273,36 @@ def test_state_is_restored_bit_for_bit_after_sigkill(
     continued = _my_states(worker.state(), ids)
     assert continued == expected, _diff(expected, continued)
     fc.close()
+
+
+def test_promoted_model_version_is_picked_up_without_restart(
+        broker: Any, worker: WorkerProcess, producer: KafkaProducer, fleet: SyntheticTelemetry) -> None:
+    from dataclasses import replace
+
+    from contracts.messages import ModelAnnouncement
+    from forecasting.registry import promote, save_version
+    from forecasting.state import ForecasterParams
+
+    version = f"it-{uuid.uuid4().hex[:8]}"
+    registry = worker.workdir / "registry"
+    save_version(registry, replace(ForecasterParams(), version=version, tau_thermal_s=45.0), {"metrics": {}})
+    record = promote(registry, version)
+    pid_before = worker.proc.pid if worker.proc else None
+    fc = _consumer(broker.bootstrap, "tapas.forecasts.server")
+    producer.send("tapas.models", key=record["model_name"].encode(), value=ModelAnnouncement(
+        model_name=record["model_name"], version=version, promoted_at=datetime.now(UTC),
+        artifact_path=record["artifact_path"], sha256=record["sha256"]).to_bytes())
+    producer.flush()
+    ids = set(fleet.server_ids)
+    deadline = time.monotonic() + 60
+    switched: set[str] = set()
+    while time.monotonic() < deadline and switched != ids:
+        _send_ticks(producer, fleet, 1)
+        for m in _collect(fc, lambda ms: False, timeout_s=1.0):
+            f = decode(ServerForecast, m.value)
+            if f.server_id in ids and f.model_version == version:
+                switched.add(f.server_id)
+    assert switched == ids, worker.log_tail()
+    assert worker.proc is not None and worker.proc.pid == pid_before and worker.proc.poll() is None
+    assert worker.state()["model_version"] == version
+    fc.close()
