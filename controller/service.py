@@ -183,7 +183,11 @@ class Controller:
     def handle(self, topic: str, message: Contract, *, now: datetime) -> list[Outgoing]:
         """Take one decoded input message; returns what it causes to be published right away."""
         if isinstance(message, ServerForecast):
-            self.state.add_server_forecast(message, received_at=now)
+            seen = len(self.state.unknown_server_ids)
+            if not self.state.add_server_forecast(message, received_at=now) and seen < len(
+                    self.state.unknown_server_ids) <= 10:
+                log.warning("event=unknown_server server=%s (not in the topology: check TAPAS_CLUSTER_FILE or "
+                            "--servers)", message.server_id)
             self._snapshot = None
             return []
         if isinstance(message, DomainForecast):
