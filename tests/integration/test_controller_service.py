@@ -183,3 +183,22 @@ def test_undecodable_input_goes_to_dead_letter_with_field_and_service_keeps_runn
            PlacementRequest(request_id="req-after-bad", requested_at=datetime.now(UTC), vm_kind="iaas", num_gpus=1))
     h.producer.flush()
     h.wait_for(lambda m: isinstance(m, PlacementHint) and m.request_id == "req-after-bad", 15, feeding=True)
+
+
+def test_power_emergency_through_the_broker_is_planned_within_its_deadline(harness: Harness) -> None:
+    h = harness
+    h.wait_for(lambda m: isinstance(m, RoutingWeights) and len(m.weights) == 4, 15, feeding=True)
+    h.feed(hot=None)
+    sent_at = time.monotonic()
+    h.send(h.topics.events, "row00", ControlEvent(
+        event_id="em-int-1", event_kind="power_emergency", severity="critical", occurred_at=datetime.now(UTC),
+        domain_kind="row", domain_id="row00", budget_frac=0.5))
+    h.producer.flush()
+    plan = h.wait_for(lambda m: isinstance(m, ControlEvent) and m.event_kind == "emergency_plan", 10)
+    latency_s = time.monotonic() - sent_at
+    assert isinstance(plan, ControlEvent) and plan.domain_id == "row00"
+    h.collect(0.5)
+    caps = [m for m in h.received if isinstance(m, ReconfigCommand) and m.trigger == "emergency"]
+    assert caps, "the plan must reduce power with emergency commands"
+    assert latency_s < 10.0, f"plan published {latency_s:.1f} s after the event (power deadline 10 s)"
+    print(f"emergency plan published {latency_s * 1000:.0f} ms after the event")
