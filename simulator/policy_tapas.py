@@ -62,8 +62,8 @@ class TapasKnobs:
     """Row margin of normal reconfiguration while a power emergency is in force."""
     route_only_when_constrained: bool = True
     """Publish weights only while some instance's headroom binds; otherwise leave the load-aware router alone."""
-    binding_thermal_headroom_c: float = 5.0
-    binding_power_headroom_frac: float = 0.03
+    binding_thermal_headroom_c: float = 3.0
+    binding_power_headroom_frac: float = 0.0
 
 
 class TapasPolicy:

@@ -1,7 +1,8 @@
 """Routing weights across an endpoint's SaaS instances, from thermal, power and SLO-capacity headroom.
 
-weight_i ∝ capacity_i × h_i^γ with h_i = min(thermal headroom, row power headroom), each
-normalised to [0, 1] (DESIGN.md §6). The raw weights are smoothed against the previous
+weight_i ∝ spare_i × h_i^γ with h_i = min(thermal headroom, row power headroom), each
+normalised to [0, 1] (DESIGN.md §6), and spare_i = max(0, safe capacity − load) + a floor
+share of capacity, so instances already busy get less (load-aware, like the routers we feed). The raw weights are smoothed against the previous
 decision, floored for active instances, and finally water-filled so that no instance
 gets more than its capacity at the SLO (weight × demand ≤ capacity) whenever the
 endpoint's capacity covers its demand. Instances too hot or in a row over budget are
@@ -123,7 +124,9 @@ def routing_weights(
     if catalogue is not None and not stale:
         safe_capacity = np.minimum(safe_capacity, _thermal_safe_load(snapshot, catalogue, idx, now_s))
 
-    raw = np.where(drain, 0.0, capacity * np.power(np.maximum(h, 1e-3), p.gamma))
+    load = inst.load_tokens_per_s[idx]
+    spare = capacity if stale else np.maximum(safe_capacity - load, 0.0) + p.spare_floor_frac * capacity
+    raw = np.where(drain, 0.0, spare * np.power(np.maximum(h, 1e-3), p.gamma))
     if raw.sum() <= 0:
         raw = np.where(drain, 0.0, np.maximum(capacity, 1e-9))
         if raw.sum() <= 0:
@@ -152,7 +155,7 @@ def routing_weights(
     served = float(np.minimum(weights * demand, capacity).sum())
     reason = (
         f"{endpoint_id}: {idx.size} instances, {num_drain} drained, demand {demand:.0f} tok/s vs capacity "
-        f"{capacity.sum():.0f} tok/s at SLO; weight ∝ capacity × min(thermal, row power headroom)^{p.gamma:g}, "
+        f"{capacity.sum():.0f} tok/s at SLO; weight ∝ spare capacity × min(thermal, row power headroom)^{p.gamma:g}, "
         f"min thermal headroom {thermal_headroom_c.min():.1f} °C, min row headroom {power_headroom_w.min():.0f} W"
     )
     if stale:

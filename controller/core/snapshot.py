@@ -247,9 +247,11 @@ class RoutingParams:
     """Thermal headroom (°C) counted as fully cool."""
     power_scale_frac: float = 0.15
     """Row power headroom (fraction of budget) counted as fully safe."""
-    long_prompt_coolest_frac: float = 0.5
+    long_prompt_coolest_frac: float = 0.75
     """Share of the coolest instances that take prefill-heavy requests."""
     valid_for_s: float = 2.0
+    spare_floor_frac: float = 0.25
+    """Weights follow spare capacity (capacity − load) plus this share of capacity, so busy instances get less."""
 
 
 @dataclass(frozen=True)
