@@ -128,17 +128,19 @@ class ReplaySource:
         path: CSV or Parquet file.
         speed: 1 = recorded speed, 60 = one recorded minute per second, 0 = as fast as possible.
         start_at: instant the first relative ``at_s`` maps to (default: now).
+        fixed_gap_s: when set, wait this long between ticks whatever the recorded gap (``--interval``).
         sleep: injected for tests.
     """
 
     def __init__(self, path: Path, *, speed: float = 1.0, start_at: datetime | None = None,
-                 sleep: Callable[[float], None] | None = None) -> None:
+                 fixed_gap_s: float | None = None, sleep: Callable[[float], None] | None = None) -> None:
         import time
 
         if speed < 0:
             raise SourceError("replay: --speed must be >= 0 (0 = as fast as possible)")
         self.frame = load_table(path)
         self.speed = speed
+        self.fixed_gap_s = fixed_gap_s
         self.start_at = start_at or datetime.now(UTC)
         self.sleep = sleep or time.sleep
 
@@ -151,7 +153,9 @@ class ReplaySource:
         previous: float | None = None
         for at_s, group in self.frame.groupby("at_s", sort=True):
             at_s = float(at_s)
-            if previous is not None and self.speed > 0:
+            if previous is not None and self.fixed_gap_s is not None:
+                self.sleep(self.fixed_gap_s)
+            elif previous is not None and self.speed > 0:
                 self.sleep(max(0.0, (at_s - previous) / self.speed))
             previous = at_s
             at = self._instant(at_s)

@@ -169,14 +169,18 @@ def replay_cmd(
     path: Path = typer.Argument(..., help="CSV or Parquet file in forecasting.online.Observation columns."),
     speed: float = typer.Option(1.0, "--speed", help="1 = recorded speed, 60 = a minute per second, 0 = max."),
     start_at: datetime = typer.Option(None, "--start-at", help="Instant relative at_s=0 maps to (default now, UTC)."),
+    interval: float = typer.Option(None, "--interval", help="Fixed wall seconds between recorded ticks "
+                                   "(overrides --speed)."),
     once: bool = ONCE, stdout: bool = STDOUT, metrics_port: int = METRICS_PORT, bootstrap: str = BOOTSTRAP,
     max_rounds: int = MAX_ROUNDS,
 ) -> None:
     """Replay recorded telemetry (one row per server per tick) as contract messages."""
     from ingest.sources.replay import ReplaySource
 
+    if interval is not None and interval < 0:
+        raise ConfigError("--interval must be >= 0 seconds")
     anchor = None if start_at is None else (start_at if start_at.tzinfo else start_at.replace(tzinfo=UTC))
-    source = ReplaySource(path, speed=speed, start_at=anchor)
+    source = ReplaySource(path, speed=speed, start_at=anchor, fixed_gap_s=interval)
     _stream(source.rounds(), "replay", once=once, stdout=stdout, metrics_port=metrics_port, bootstrap=bootstrap,
             max_rounds=max_rounds)
 
@@ -189,12 +193,18 @@ def sim_cmd(
     policy: str = typer.Option("baseline", "--policy", help="Policy driving the simulated cluster."),
     tick: float = typer.Option(1.0, "--tick", help="Simulated seconds per tick."),
     speed: float = typer.Option(1.0, "--speed", help="1 = real time, 60 = a simulated minute per second, 0 = max."),
+    interval: float = typer.Option(None, "--interval", help="Wall seconds between ticks (overrides --speed: "
+                                   "speed = tick / interval)."),
     once: bool = ONCE, stdout: bool = STDOUT, metrics_port: int = METRICS_PORT, bootstrap: str = BOOTSTRAP,
     max_rounds: int = MAX_ROUNDS,
 ) -> None:
     """The cluster simulator's live feed (GPU, inlet, PDU samples and events), so the pipeline runs without hardware."""
     from ingest.sources.sim import SimSource, build_feed
 
+    if interval is not None:
+        if interval <= 0:
+            raise ConfigError("--interval must be > 0 seconds (use --speed 0 for as fast as possible)")
+        speed = tick / interval
     settings = _settings(bootstrap)
     feed = build_feed(num_servers=servers, seed=seed, scenario=scenario, policy=policy, tick_s=tick,
                       cluster_file=settings.cluster_file)

@@ -54,6 +54,9 @@ def test_speed_scales_the_recorded_gaps(tmp_path: Path) -> None:
     slept: list[float] = []
     list(ReplaySource(path, speed=10, start_at=T0, sleep=slept.append).rounds())
     assert slept == [1.0, 1.0]  # 10 s recorded gaps at 10x
+    slept.clear()
+    list(ReplaySource(path, speed=10, start_at=T0, fixed_gap_s=0.25, sleep=slept.append).rounds())
+    assert slept == [0.25, 0.25]  # --interval overrides the recorded gaps
 
 
 def test_epoch_timestamps_and_sentinels(tmp_path: Path) -> None:
