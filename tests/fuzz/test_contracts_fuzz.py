@@ -14,8 +14,18 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from contracts import ALL_MESSAGES, Contract, ContractError, GpuSample, InletSample, PduPowerSample, decode
+from contracts import (
+    ALL_MESSAGES,
+    Contract,
+    ContractError,
+    GpuSample,
+    InletSample,
+    PduPowerSample,
+    decode,
+    validate_obj,
+)
 from tests.fuzz.mutations import TALLY, UNIT_MISTAKES, Mutant, check_decode, mutants, numeric_leaves, set_at
 from tests.fuzz.schema_strategy import documents
 from tests.samples import example_messages
@@ -112,3 +122,33 @@ def test_newer_major_version_is_refused_and_newer_minor_accepted(model: type[Con
     assert err.value.field == "schema_version"
     newer_minor = decode(model, json.dumps({**doc, "schema_version": "1.9", "zz_future_field": [1, 2]}))
     assert newer_minor.schema_version == "1.9"
+
+
+def _agree(model: type[Contract], raw: bytes) -> None:
+    """``validate_obj`` (already-parsed objects, e.g. CSV rows) decides exactly like ``decode`` (wire bytes)."""
+    try:
+        obj = json.loads(raw)
+    except (ValueError, RecursionError):
+        return  # not JSON Python can parse: only decode() sees such input
+
+    def outcome(fn: Any, arg: Any) -> tuple[str, Any]:
+        try:
+            return "ok", fn(model, arg)
+        except ContractError as err:
+            return "refused", err.field
+
+    assert outcome(decode, raw) == outcome(validate_obj, obj), raw[:200]
+
+
+@pytest.mark.parametrize("budget,fast", [(10, True), pytest.param(150, False, marks=pytest.mark.fuzz)],
+                         ids=["fast", "full"])
+@pytest.mark.parametrize("model", ALL_MESSAGES, ids=lambda m: m.message_name)
+def test_validate_obj_agrees_with_decode(model: type[Contract], budget: int, fast: bool) -> None:
+    doc = json.loads(EXAMPLES[model].to_bytes())
+
+    @_settings(budget, fast=fast)
+    @given(st.one_of(documents(model).map(lambda d: json.dumps(d).encode()), mutants(doc).map(lambda m: m.raw)))
+    def run(raw: bytes) -> None:
+        _agree(model, raw)
+
+    run()
