@@ -485,6 +485,9 @@ def kafka_producer_config(settings: Any) -> dict[str, Any]:
         # A fixed protocol version skips kafka-python's version probe, which blocks the
         # constructor for 30 s when the broker is down (the collector must start anyway).
         "api_version": (2, 5),
+        # Topics come from the topic table (their partition counts matter for keying); a
+        # missing topic buffers samples until it exists instead of creating a wrong one.
+        "allow_auto_create_topics": False,
     }
 
 
