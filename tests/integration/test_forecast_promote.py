@@ -24,7 +24,6 @@ from forecasting.announce import ModelFollower, announce, announcement_from_reco
 from forecasting.registry import promote, save_version
 from forecasting.state import ForecasterParams
 from tapas.broker import free_port
-from tests.unit.forecast_synth import synthetic_history
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +50,9 @@ def _worker_version(port: int, proc: subprocess.Popen[bytes], log: Path, timeout
 def test_train_promote_and_running_worker_switches(broker: Any, tmp_path: Path) -> None:
     env = _env(broker.bootstrap, tmp_path)
     history = tmp_path / "history.parquet"
-    synthetic_history(num_servers=3, seconds=2400, seed=11).to_parquet(history)
+    from forecasting.history import simulated_history
+
+    simulated_history(3, 0.67, seed=11).to_parquet(history)
     port = free_port()
     log = tmp_path / "worker.log"
     with open(log, "wb") as fh:

@@ -10,12 +10,14 @@ from forecasting.backtest import fold_history, predict, rolling_origin, score
 from forecasting.online import OnlineForecaster
 from forecasting.state import ForecasterParams
 from forecasting.train import fit_corrections
-from tests.unit.forecast_synth import synthetic_history
 
 
 @pytest.fixture(scope="module")
 def history() -> pd.DataFrame:
-    return synthetic_history(num_servers=8, seconds=2400, seed=3)
+    """45 minutes of a 6-server cluster from the simulator (serving and VM load, inlet drift)."""
+    from forecasting.history import simulated_history
+
+    return simulated_history(6, 0.75, seed=5)
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +73,8 @@ def test_rolling_origin_reports_baselines_and_calibrated_coverage(folded) -> Non
                 assert np.isfinite(row[key]) and row[key] >= 0
     # residual-quantile intervals fitted out of sample land near their nominal 90 %
     assert 0.75 <= out["model"]["coverage_90"] <= 0.98
-    # the physics model beats persistence at 10 s on a first-order-lag fleet
-    h10 = out["physics"]["horizons"]["10"]
-    assert h10["gpu_temp_mae_c"] < h10["gpu_temp_mae_persistence_c"]
+    # fed the power that actually followed, the learned lag model tracks the simulator's GPUs closely
+    assert out["model"]["horizons"]["60"]["gpu_temp_mae_known_power_c"] < 0.5
 
 
 def test_seasonal_ets_beats_persistence_on_a_drifting_inlet() -> None:
