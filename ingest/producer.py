@@ -214,6 +214,21 @@ class DiskSpool:
         self._close_writer()
 
 
+#: kafka-python errors that say the *record* can never be delivered, so retrying it would block the queue.
+_POISON_ERRORS = ("MessageSizeTooLargeError", "RecordTooLargeError", "InvalidTopicError", "CorruptRecordError")
+
+
+def is_poison(exc: BaseException | None) -> bool:
+    """True for errors about the record itself; outages and authorisation errors are retried instead.
+
+    Examples:
+        >>> from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
+        >>> is_poison(MessageSizeTooLargeError()), is_poison(KafkaTimeoutError())
+        (True, False)
+    """
+    return exc is not None and type(exc).__name__ in _POISON_ERRORS
+
+
 class BufferedProducer:
     """Accept records into a bounded FIFO and deliver them oldest first, retrying across outages.
 
@@ -309,11 +324,21 @@ class BufferedProducer:
         try:
             fut = self._kafka.send(rec.topic, value=rec.value, key=rec.key)
         except Exception as exc:  # noqa: BLE001 - KafkaTimeoutError, KafkaConnectionError, closed producer...
+            if is_poison(exc):
+                self._drop_poison(rec, exc)
+                return True
             self._pending.appendleft(rec)
             self._enter_degraded(exc)
             return False
         self._inflight.append((rec, fut))
         return True
+
+    def _drop_poison(self, rec: Record, exc: BaseException) -> None:
+        """A record the broker will never take (too large, invalid topic): drop it rather than block the queue."""
+        self.num_dropped += 1
+        self.metrics.dropped.inc()
+        log.error("event=ingest_record_refused source=%s topic=%s key=%r error=%r", self.source, rec.topic,
+                  rec.key, exc)
 
     def _enter_degraded(self, exc: BaseException) -> None:
         if not self._degraded:
@@ -336,6 +361,8 @@ class BufferedProducer:
                     self._degraded = False
                     self._backoff_s = self.retry_backoff_s
                     log.info("event=ingest_broker_recovered source=%s buffered=%d", self.source, self.num_buffered)
+            elif is_poison(fut.exception):
+                self._drop_poison(rec, fut.exception or RuntimeError("refused"))
             else:
                 self._failed.append(rec)
                 self._enter_degraded(fut.exception or RuntimeError("send failed"))

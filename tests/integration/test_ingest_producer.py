@@ -176,3 +176,16 @@ def test_disk_spool_extends_the_buffer_and_survives_a_collector_restart(broker_p
     for server in range(NUM_SERVERS):
         ticks = [g["tick"] for g in got if g["server"] == server]
         assert ticks == sorted(ticks)
+
+
+def test_a_record_the_broker_can_never_take_is_dropped_not_blocking(broker: object, topic_factory: object) -> None:
+    topic = topic_factory("ingest-poison", partitions=1)  # type: ignore[operator]
+    producer = producer_for(broker.bootstrap)  # type: ignore[attr-defined]
+    try:
+        assert producer.publish(topic, b"k", b"x" * 2_000_000)  # accepted, then refused by the client: too large
+        for i in range(5):
+            producer.publish(topic, b"k", json.dumps({"server": 0, "tick": i}).encode())
+        assert producer.flush(20), producer.last_error
+    finally:
+        producer.close(5)
+    assert producer.num_dropped == 1 and producer.num_sent == 5
