@@ -298,6 +298,7 @@ class Simulation:
         self._id_cache: dict[str, tuple[npt.NDArray[Any], tuple[str, ...]]] = {}
         self.routing: dict[str, RoutingDecision] = {}
         self.demand_ewma = np.zeros(self.E)
+        self.demand_by_sec = np.zeros((self.E, self.num_ticks + 1))
         self.vms = generate_vms(iaas_gpus=0, iaas_fill=0.0, duration_s=0.0, rng=np.random.default_rng(0))
         self.vm_server = np.zeros(0, dtype=np.int64)
         self.vm_active = np.zeros(0, dtype=bool)

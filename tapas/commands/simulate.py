@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -89,9 +90,17 @@ def simulate(
     topo = load_topology(cluster, oversubscription=oversubscription) if cluster else default_topology(servers, oversubscription)
     tr = load_trace(_trace(trace))
     results = {}
+    failed: dict[str, str] = {}
     for name in chosen:
         with console.status(f"simulating {name} ({scenario}, {topo.num_servers} servers, {hours} h)"):
-            results[name] = run(topo, scenario, name, hours=hours, seed=seed, trace=tr)
+            try:
+                results[name] = run(topo, scenario, name, hours=hours, seed=seed, trace=tr)
+            except Exception as exc:  # one broken policy must not discard the others' runs
+                logging.getLogger(__name__).exception("event=policy_failed policy=%s", name)
+                failed[name] = f"{type(exc).__name__}: {exc}"
+    chosen = [n for n in chosen if n in results]
+    if not chosen:
+        raise typer.Exit(1)
     table = Table("metric", *chosen, title=f"{scenario} · {topo.num_servers} servers · {hours} h · "
                   f"oversubscription {oversubscription} · seed {seed}")
     for key in METRIC_KEYS:
@@ -103,7 +112,7 @@ def simulate(
             "diagnostics": {n: {k: v for k, v in r.metrics.items() if k not in METRIC_KEYS} | {"info": r.info}
                             for n, r in results.items()},
             "scenario": scenario, "servers": topo.num_servers, "hours": hours, "oversubscription": oversubscription,
-            "seed": seed, "trace": str(_trace(trace)),
+            "seed": seed, "trace": str(_trace(trace)), "failed": failed,
         }
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(_clean(payload), indent=2, sort_keys=True))
@@ -113,6 +122,9 @@ def simulate(
 
             for p in write_plots(results, json_out.parent, json_out.stem):
                 console.print(f"wrote {p}")
+    if failed:
+        console.print(f"[red]failed policies: {failed}[/red]")
+        raise typer.Exit(1)
 
 
 @simulate_app.command("capacity")
