@@ -77,6 +77,11 @@ def _ewma(prev: float, new: float, dt_s: float, tau_s: float) -> float:
     return a * prev + (1.0 - a) * new
 
 
+def _mix(prev: float, new: float, a: float) -> float:
+    """One exponential-filter step with decay ``a`` (``exp(-dt / tau)``)."""
+    return a * prev + (1.0 - a) * new
+
+
 def load_power_w(state: ServerModelState, prefill_tokens_per_s: float, decode_tokens_per_s: float,
                  num_gpus: int) -> float:
     """Per-GPU power the server's learned load→power map predicts for a load, W."""
@@ -135,6 +140,8 @@ def advance_state(params: ForecasterParams, state: ServerModelState, obs: Observ
         return state
 
     a_th = math.exp(-dt / params.tau_thermal_s)
+    a_fast = math.exp(-dt / params.tau_fast_s)
+    a_slow = math.exp(-dt / params.tau_slow_s)
     pgpu_f = a_th * state.pgpu_f_w + (1.0 - a_th) * pgpu
     inlet_f = a_th * state.inlet_f_c + (1.0 - a_th) * inlet
 
@@ -160,31 +167,37 @@ def advance_state(params: ForecasterParams, state: ServerModelState, obs: Observ
     p11, p12, p22 = max(p11 * d1 * d1, 1e-12), p12 * d1 * d2, max(p22 * d2 * d2, 1e-12)
 
     # Load->power RLS per GPU (same filter): pgpu = c0 + c1 * prefill_ktok/gpu + c2 * decode_ktok/gpu.
+    # Unrolled 3x3 algebra: this runs per sample in the worker.
     key = config_key(obs)
-    pv = params.prior_var_power
-    c = [state.pw_0, state.pw_1, state.pw_2]
+    v0, v1, v2 = params.prior_var_power
     if key != state.config_key:  # new configuration: keep the map as a start, forget its certainty
-        pm = [[pv[0], 0.0, 0.0], [0.0, pv[1], 0.0], [0.0, 0.0, pv[2]]]
+        m00, m01, m02, m11, m12, m22 = v0, 0.0, 0.0, v1, 0.0, v2
     else:
-        pm = [[state.pw_p00 + q * pv[0], state.pw_p01, state.pw_p02],
-              [state.pw_p01, state.pw_p11 + q * pv[1], state.pw_p12],
-              [state.pw_p02, state.pw_p12, state.pw_p22 + q * pv[2]]]
-    x = (1.0, obs.prefill_tokens_per_s / (1000.0 * n), obs.decode_tokens_per_s / (1000.0 * n))
-    px = [pm[i][0] * x[0] + pm[i][1] * x[1] + pm[i][2] * x[2] for i in range(3)]
-    sp = max(x[0] * px[0] + x[1] * px[1] + x[2] * px[2], 0.0) + params.power_noise_var_w2
-    e = pgpu - (c[0] * x[0] + c[1] * x[1] + c[2] * x[2])
+        m00, m01, m02 = state.pw_p00 + q * v0, state.pw_p01, state.pw_p02
+        m11, m12, m22 = state.pw_p11 + q * v1, state.pw_p12, state.pw_p22 + q * v2
+    x1 = obs.prefill_tokens_per_s / (1000.0 * n)
+    x2 = obs.decode_tokens_per_s / (1000.0 * n)
+    q0 = m00 + m01 * x1 + m02 * x2
+    q1 = m01 + m11 * x1 + m12 * x2
+    q2 = m02 + m12 * x1 + m22 * x2
+    sp = q0 + x1 * q1 + x2 * q2
+    sp = (sp if sp > 0.0 else 0.0) + params.power_noise_var_w2
+    e = pgpu - (state.pw_0 + state.pw_1 * x1 + state.pw_2 * x2)
     pbound = 5.0 * math.sqrt(sp)
-    e = min(max(e, -pbound), pbound)
-    k = [px[i] / sp for i in range(3)]
-    c = [c[i] + k[i] * e for i in range(3)]
-    pm = [[pm[i][j] - k[i] * px[j] for j in range(3)] for i in range(3)]
-    d = [min(1.0, math.sqrt(pv[i] / pm[i][i])) if pm[i][i] > 0 else 1.0 for i in range(3)]
-    pm = [[pm[i][j] * d[i] * d[j] for j in range(3)] for i in range(3)]
-    for i in range(3):
-        pm[i][i] = max(pm[i][i], 1e-12)
+    e = pbound if e > pbound else -pbound if e < -pbound else e
+    k0, k1, k2 = q0 / sp, q1 / sp, q2 / sp
+    c0, c1, c2 = state.pw_0 + k0 * e, state.pw_1 + k1 * e, state.pw_2 + k2 * e
+    m00, m01, m02 = m00 - k0 * q0, m01 - k0 * q1, m02 - k0 * q2
+    m11, m12, m22 = m11 - k1 * q1, m12 - k1 * q2, m22 - k2 * q2
+    d0 = math.sqrt(v0 / m00) if m00 > v0 else 1.0
+    d1 = math.sqrt(v1 / m11) if m11 > v1 else 1.0
+    d2 = math.sqrt(v2 / m22) if m22 > v2 else 1.0
+    m00, m01, m02 = m00 * d0 * d0, m01 * d0 * d1, m02 * d0 * d2
+    m11, m12, m22 = m11 * d1 * d1, m12 * d1 * d2, m22 * d2 * d2
+    m00, m11, m22 = max(m00, 1e-12), max(m11, 1e-12), max(m22, 1e-12)
 
     if obs.server_power_w is not None:
-        base = _ewma(state.base_w, max(obs.server_power_w - obs.gpu_power_w, 0.0), dt, params.tau_thermal_s)
+        base = _mix(state.base_w, max(obs.server_power_w - obs.gpu_power_w, 0.0), a_th)
     else:
         base = state.base_w
     tok_total = obs.prefill_tokens_per_s + obs.decode_tokens_per_s
@@ -192,22 +205,22 @@ def advance_state(params: ForecasterParams, state: ServerModelState, obs: Observ
     return ServerModelState(
         at_s=obs.at_s,
         temp_c=obs.hottest_gpu_temp_c,
-        temp_fast_c=_ewma(state.temp_fast_c, obs.hottest_gpu_temp_c, dt, params.tau_fast_s),
+        temp_fast_c=_mix(state.temp_fast_c, obs.hottest_gpu_temp_c, a_fast),
         inlet_c=inlet,
         inlet_f_c=inlet_f,
         inlet_slow_c=_ewma(state.inlet_slow_c, inlet, dt, params.tau_inlet_slow_s),
         pgpu_f_w=pgpu_f,
-        pgpu_fast_w=_ewma(state.pgpu_fast_w, pgpu, dt, params.tau_fast_s),
-        pgpu_slow_w=_ewma(state.pgpu_slow_w, pgpu, dt, params.tau_slow_s),
+        pgpu_fast_w=_mix(state.pgpu_fast_w, pgpu, a_fast),
+        pgpu_slow_w=_mix(state.pgpu_slow_w, pgpu, a_slow),
         base_w=base,
-        tokens_fast=_ewma(state.tokens_fast, tokens, dt, params.tau_fast_s),
-        tokens_slow=_ewma(state.tokens_slow, tokens, dt, params.tau_slow_s),
-        prefill_frac=_ewma(state.prefill_frac, pre_frac, dt, params.tau_fast_s),
-        batch_fast=_ewma(state.batch_fast, obs.batch_size, dt, params.tau_fast_s),
+        tokens_fast=_mix(state.tokens_fast, tokens, a_fast),
+        tokens_slow=_mix(state.tokens_slow, tokens, a_slow),
+        prefill_frac=_mix(state.prefill_frac, pre_frac, a_fast),
+        batch_fast=_mix(state.batch_fast, obs.batch_size, a_fast),
         freq_cap_mhz=0.0 if obs.frequency_cap_mhz is None else obs.frequency_cap_mhz,
         th_r=r, th_b=b, th_p11=p11, th_p12=p12, th_p22=p22,
-        pw_0=c[0], pw_1=c[1], pw_2=c[2],
-        pw_p00=pm[0][0], pw_p01=pm[0][1], pw_p02=pm[0][2], pw_p11=pm[1][1], pw_p12=pm[1][2], pw_p22=pm[2][2],
+        pw_0=c0, pw_1=c1, pw_2=c2,
+        pw_p00=m00, pw_p01=m01, pw_p02=m02, pw_p11=m11, pw_p12=m12, pw_p22=m22,
         num_obs=state.num_obs + 1.0,
         pjit_w=_ewma(state.pjit_w, min(abs(pgpu - state.pgpu_w), params.jitter_clip_w), dt, params.tau_jitter_s),
         pgpu_w=pgpu,
