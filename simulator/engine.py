@@ -681,7 +681,16 @@ class Simulation:
         n_inst = self.I
         srv_min_f = gpu_f.min(axis=1)
         inst_f = np.minimum(srv_min_f[self.inst_server], self.c_ffrac[self.inst_cfg]) if n_inst else np.zeros(0)
-        # a power limit on an instance's GPUs lowers its clock (power capping acts through DVFS)
+        if n_inst:
+            # a power limit on an instance's GPUs lowers its clock (power capping acts through DVFS): the clock
+            # that would have met the limit last tick, from the f² law
+            lim = self.pol_plimit[self.inst_server].min(axis=1)
+            idle_i = self.idle[self.inst_server]
+            dyn_prev = np.maximum(self.inst_power - idle_i, 1e-9)
+            over = np.isfinite(lim) & (self.inst_power > lim)
+            if over.any():
+                f_lim = self.inst_freq * np.sqrt(np.clip((lim - idle_i) / dyn_prev, 0.0, 1.0))
+                inst_f = np.where(over, np.minimum(inst_f, np.maximum(f_lim, 0.1)), inst_f)
         self.inst_freq = inst_f
         serving = self.inst_reload_until <= t
 
