@@ -63,6 +63,8 @@ class TapasKnobs:
     route_only_when_constrained: bool = True
     """Publish weights only while some instance's headroom binds; otherwise leave the load-aware router alone."""
     binding_thermal_headroom_c: float = 3.0
+    smoothing_tau_s: float = 30.0
+    """Time constant for low-passing forecast-high temperature and instance power (GPU thermal lag)."""
     binding_power_headroom_frac: float = 0.0
 
 
@@ -90,6 +92,9 @@ class TapasPolicy:
         self._plans: dict[str, EmergencyPlan] = {}
         self._last_reconfig_s = -np.inf
         self._last_slow_s = -np.inf
+        self._last_now_s = -np.inf
+        self._temp_hi: np.ndarray | None = None
+        self._inst_power: np.ndarray | None = None
         del seed
 
     # ------------------------------------------------------------ placement
@@ -108,6 +113,7 @@ class TapasPolicy:
     def tick(self, snapshot: Snapshot, emergencies: Sequence[Emergency]) -> TickActions:
         """Routing every call; reconfiguration on its fast/slow cadence; emergency plans when events arrive."""
         now = snapshot.now_s
+        snapshot = self._smoothed(snapshot)
         plans: list[EmergencyPlan] = []
         released: list[int] = []
         changes: list[ConfigChange] = []
@@ -157,6 +163,35 @@ class TapasPolicy:
                            plans=tuple(plans))
 
     # ------------------------------------------------------------ helpers
+    def _smoothed(self, snapshot: Snapshot) -> Snapshot:
+        """Low-pass the spiky inputs over the GPU thermal lag (``smoothing_tau_s``).
+
+        The simulator's forecast-high temperature is the steady state at the *instantaneous*
+        GPU power, and prefill bursts last seconds while GPU temperature lags by tens of
+        seconds; the measured instance power is just as spiky. An exponential average with the
+        lag's time constant is what the die actually integrates. Never below the current reading.
+        """
+        tau = self.k.smoothing_tau_s
+        if tau <= 0:
+            return snapshot
+        now = snapshot.now_s
+        dt = now - self._last_now_s if np.isfinite(self._last_now_s) else tau
+        self._last_now_s = now
+        a = float(min(max(dt / tau, 0.0), 1.0))
+        hi = snapshot.gpu_temp_hi_c
+        if self._temp_hi is None or self._temp_hi.shape != hi.shape:
+            self._temp_hi = hi.astype(np.float64).copy()
+        else:
+            self._temp_hi = self._temp_hi + a * (hi - self._temp_hi)
+        inst = snapshot.instances
+        p = inst.gpu_power_w
+        if self._inst_power is None or self._inst_power.shape != p.shape:
+            self._inst_power = p.astype(np.float64).copy()
+        else:
+            self._inst_power = self._inst_power + a * (p - self._inst_power)
+        temp_hi = np.maximum(self._temp_hi, snapshot.gpu_temp_c)
+        return replace(snapshot, gpu_temp_hi_c=temp_hi, instances=replace(inst, gpu_power_w=self._inst_power.copy()))
+
     def _constrained(self, snapshot: Snapshot, d: RoutingDecision) -> bool:
         """True when some instance is drained or its thermal or row-power headroom binds."""
         if d.stale_inputs or bool(d.draining.any()):

@@ -47,7 +47,7 @@ POWER_COST_WEIGHT = 0.05
 
 INFEASIBLE = 1e9
 
-POWER_CALIBRATION_RANGE = (0.5, 3.0)
+POWER_CALIBRATION_RANGE = (0.7, 1.5)
 """Bounds of the measured/modelled dynamic-power ratio applied to an instance's options."""
 
 
