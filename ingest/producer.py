@@ -124,6 +124,7 @@ class DiskSpool:
         directory.mkdir(parents=True, exist_ok=True)
         self._segments: deque[int] = deque(sorted(self._existing()))
         self._counts: dict[int, int] = {i: sum(1 for _ in self._read(i)) for i in self._segments}
+        self._num_records = sum(self._counts.values())
         self._bytes = sum(self._path(i).stat().st_size for i in self._segments)
         self._writer: Any = None
         self._writer_index: int | None = None
@@ -137,7 +138,7 @@ class DiskSpool:
         return self.directory / f"seg-{index:012d}.bin"
 
     def __len__(self) -> int:
-        return sum(self._counts.values())
+        return self._num_records
 
     @staticmethod
     def _encode(rec: Record) -> bytes:
@@ -174,6 +175,7 @@ class DiskSpool:
             self._writer_index = index
         self._writer.write(frame)
         self._counts[self._writer_index or 0] += 1
+        self._num_records += 1
         self._bytes += len(frame)
         return True
 
@@ -187,6 +189,7 @@ class DiskSpool:
                 fh.write(self._encode(rec))
         self._segments.appendleft(index)
         self._counts[index] = len(records)
+        self._num_records += len(records)
         self._bytes += self._path(index).stat().st_size
 
     def pop_segment(self) -> list[Record]:
@@ -199,7 +202,7 @@ class DiskSpool:
         records = list(self._read(index))
         self._segments.popleft()
         self._bytes -= self._path(index).stat().st_size
-        del self._counts[index]
+        self._num_records -= self._counts.pop(index)
         os.unlink(self._path(index))
         return records
 
@@ -272,6 +275,7 @@ class BufferedProducer:
         self.num_sent = 0
         self.num_dropped = 0
         self.last_error: str | None = None
+        self.metrics.buffered_now.set_function(lambda: self.num_buffered)  # read at scrape time
 
     # ------------------------------------------------------------------ accepting
 
@@ -352,6 +356,8 @@ class BufferedProducer:
     def _drain(self) -> None:
         """Settle acknowledged and failed sends at the head of the in-flight queue."""
         inflight = self._inflight
+        if not (inflight and inflight[0][1].is_done) and not (self._failed and not inflight):
+            return
         while inflight and inflight[0][1].is_done:
             rec, fut = inflight.popleft()
             if fut.succeeded():
@@ -371,7 +377,6 @@ class BufferedProducer:
             self._failed.sort(key=lambda r: r.seq)
             self._pending.extendleft(reversed(self._failed))
             self._failed.clear()
-        self.metrics.buffered_now.set(self.num_buffered)
 
     def _refill_from_spool(self) -> None:
         if self.spool is None or not len(self.spool) or len(self._pending) > self.max_buffered // 2:
