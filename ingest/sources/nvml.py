@@ -1,4 +1,4 @@
-"""Every local GPU through NVML (nvidia-ml-py): temperature, power, clocks, utilisation, throttle reasons.
+"""Every local GPU through NVML (nvidia-ml-py): temperatures, power, clocks, utilisation, throttle reasons.
 
 The reader takes the NVML module as an argument (``pynvml`` in production, a fake
 with the same functions and constants in tests), so the parsing — units, sentinels,
@@ -64,6 +64,30 @@ def _clock_event_reasons(nvml: Any, handle: Any) -> tuple[int, bool]:
     return 0, False
 
 
+_VALUE_FIELDS = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal", 6: "usVal"}
+
+
+def _memory_temp(nvml: Any, handle: Any) -> Checked:
+    """HBM temperature from the NVML field API (``NVML_FI_DEV_MEMORY_TEMP``); absent where unsupported."""
+    fn = getattr(nvml, "nvmlDeviceGetFieldValues", None)
+    field_id = getattr(nvml, "NVML_FI_DEV_MEMORY_TEMP", None)
+    if fn is None or field_id is None:
+        return ABSENT
+    values, failed = _call(nvml, fn, handle, [field_id])
+    if failed:
+        return Checked(None, True)
+    if not values:
+        return ABSENT
+    entry = values[0]
+    ret = getattr(entry, "nvmlReturn", 0)
+    if ret == getattr(nvml, "NVML_ERROR_NOT_SUPPORTED", 3):
+        return ABSENT
+    if ret != 0:
+        return Checked(None, True)
+    raw = getattr(entry.value, _VALUE_FIELDS.get(int(entry.valueType), "uiVal"))
+    return check(raw, "memory_temp_c")
+
+
 def read_gpu(nvml: Any, index: int) -> GpuReading:
     """One GPU's reading through the NVML-like module ``nvml`` (pure apart from those calls)."""
     handle = nvml.nvmlDeviceGetHandleByIndex(index)
@@ -78,6 +102,7 @@ def read_gpu(nvml: Any, index: int) -> GpuReading:
         uuid=uuid,
         gpu_temp_c=fc.take("gpu_temp_c", _reading(nvml, "nvmlDeviceGetTemperature", handle,
                                                   nvml.NVML_TEMPERATURE_GPU, field="gpu_temp_c")),
+        memory_temp_c=fc.take("memory_temp_c", _memory_temp(nvml, handle)),
         power_usage_w=fc.take("power_usage_w", _reading(nvml, "nvmlDeviceGetPowerUsage", handle,
                                                         field="power_usage_w", scale=MW_TO_W)),
         power_limit_w=fc.take("power_limit_w", _reading(nvml, "nvmlDeviceGetEnforcedPowerLimit", handle,

@@ -39,6 +39,8 @@ class FakeGpu:
     energy_mj: Any = 123_456_789
     reasons: Any = 0
     slowdown_c: Any = 87
+    mem_temp_c: Any = 71
+    mem_temp_ret: int = 0
     errors: dict[str, int] = field(default_factory=dict)
 
 
@@ -54,6 +56,20 @@ class Mem:
     total: int = 80 * 1024**3
 
 
+@dataclass
+class FieldValue:
+    """Shaped like pynvml's c_nvmlFieldValue_t (valueType 1 = unsigned int)."""
+
+    nvmlReturn: int
+    valueType: int
+    value: Any
+
+
+@dataclass
+class Value:
+    uiVal: int
+
+
 class FakeNvml:
     """The subset of pynvml the reader calls, with the real constants."""
 
@@ -64,6 +80,7 @@ class FakeNvml:
     NVML_TEMPERATURE_THRESHOLD_SLOWDOWN = 1
     NVML_CLOCK_SM = 1
     NVML_CLOCK_MEM = 2
+    NVML_FI_DEV_MEMORY_TEMP = 82
 
     def __init__(self, gpus: list[FakeGpu]) -> None:
         self.gpus = gpus
@@ -112,18 +129,29 @@ class FakeNvml:
         assert kind == self.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN
         return self._get(h, "slowdown", self.gpus[h].slowdown_c)
 
+    def nvmlDeviceGetFieldValues(self, h: int, ids: list[int]) -> list[FieldValue]:  # noqa: N802
+        assert ids == [self.NVML_FI_DEV_MEMORY_TEMP]
+        return [FieldValue(self.gpus[h].mem_temp_ret, 1, Value(self.gpus[h].mem_temp_c))]
+
     def nvmlShutdown(self) -> None:  # noqa: N802
         self.shut_down = True
 
 
 def test_units_are_converted_to_the_contract() -> None:
     r = read_gpu(FakeNvml([FakeGpu()]), 0)
-    assert r.gpu_temp_c == 61 and r.slowdown_temp_c == 87
+    assert r.gpu_temp_c == 61 and r.slowdown_temp_c == 87 and r.memory_temp_c == 71
     assert r.power_usage_w == 345.25 and r.power_limit_w == 700.0  # mW -> W
     assert r.sm_clock_mhz == 1980 and r.mem_clock_mhz == 2619 and r.gpu_util_pct == 87
     assert r.fb_used_mib == 60 * 1024  # bytes -> MiB
     assert r.total_energy_mj == 123_456_789
     assert r.uuid == "GPU-00000000" and r.invalid_fields == []
+
+
+def test_memory_temperature_not_supported_is_absent_and_a_sentinel_is_flagged() -> None:
+    absent = read_gpu(FakeNvml([FakeGpu(mem_temp_ret=FakeNvml.NVML_ERROR_NOT_SUPPORTED)]), 0)
+    assert absent.memory_temp_c is None and absent.invalid_fields == []
+    broken = read_gpu(FakeNvml([FakeGpu(mem_temp_c=0xFFFFFFFF)]), 0)
+    assert broken.memory_temp_c is None and broken.invalid_fields == ["memory_temp_c"]
 
 
 def test_throttle_reasons_are_kept_as_the_bitmask() -> None:
