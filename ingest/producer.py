@@ -436,7 +436,14 @@ class BufferedProducer:
             with contextlib.suppress(Exception):
                 self._kafka.close(timeout=min(timeout_s, 5.0))
             self._kafka = None
-        leftover = sorted([r for r, _ in self._inflight] + self._failed, key=lambda r: r.seq) + list(self._pending)
+        unsettled = []
+        for rec, fut in self._inflight:  # closing kafka-python settled these: acknowledged ones are not leftovers
+            if fut.is_done and fut.succeeded():
+                self.num_sent += 1
+                self.metrics.sent.inc()
+            else:
+                unsettled.append(rec)
+        leftover = sorted(unsettled + self._failed, key=lambda r: r.seq) + list(self._pending)
         self._inflight.clear()
         self._failed.clear()
         self._pending.clear()
