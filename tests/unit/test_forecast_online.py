@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from contracts.errors import ConfigError
 from forecasting.online import Observation, OnlineForecaster, ServerModelState
@@ -132,3 +134,23 @@ def test_registry_refuses_tampered_artifact(tmp_path: Path) -> None:
         load_forecaster(tmp_path)
     with pytest.raises(ModelIntegrityError):
         promote(tmp_path, "v3")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.1, 30.0), st.floats(20.0, 95.0), st.floats(0.0, 6000.0),
+                          st.one_of(st.none(), st.floats(10.0, 40.0)), st.floats(0.0, 60000.0),
+                          st.floats(0.0, 5000.0), st.sampled_from([None, "a", "b"])), min_size=1, max_size=40))
+def test_any_sample_sequence_keeps_state_exact_and_intervals_ordered(samples: list[tuple]) -> None:  # type: ignore[type-arg]
+    """Whatever arrives, the state round-trips exactly through bytes and every forecast is finite and ordered."""
+    f = OnlineForecaster()
+    state = f.new_state()
+    t = 0.0
+    o = None
+    for dt, temp, gpu_w, inlet, pre, dec, cfg in samples:
+        t += dt
+        o = obs(t, temp, gpu_w, inlet, prefill=pre, decode=dec, config=cfg)
+        state = f.update(state, o)
+        assert ServerModelState.from_bytes(state.to_bytes()).to_bytes() == state.to_bytes()
+    assert o is not None
+    for h in f.forecast(state, o, [10, 60, 300]):  # HorizonForecast validates lo <= point <= hi, power >= 0
+        assert math.isfinite(h.gpu_temp_c) and math.isfinite(h.power_w)
