@@ -196,13 +196,16 @@ class RedfishLibraryClient:
                  timeout_s: float = 5.0, auth: str = "session") -> None:
         import redfish
 
+        logging.getLogger("redfish").setLevel(logging.WARNING)  # its INFO lines narrate every retry
         try:
             self._client = redfish.redfish_client(base_url=base_url, username=username, password=password,
                                                   timeout=timeout_s, max_retry=1)
             if username:
                 self._client.login(auth=auth)
         except Exception as exc:  # noqa: BLE001 - the library raises many unrelated types
-            raise SourceError(f"redfish {base_url}: cannot connect ({exc.__class__.__name__}: {exc})") from None
+            detail = str(exc).strip() or "no answer"
+            raise SourceError(f"redfish {base_url}: cannot connect ({exc.__class__.__name__}: {detail}); "
+                              "check --url, that the BMC is reachable, and the credentials") from None
         self.base_url = base_url
         self._logged_in = bool(username)
 
