@@ -138,13 +138,9 @@ class SnmpSimAgent:
 
     def _wait_ready(self, log: Path) -> None:
         """Poll with a real SNMP GET of sysDescr until the agent answers."""
-        from pysnmp.hlapi.v3arch.asyncio import (  # noqa: F401 - import check only
-            CommunityData,
-        )
+        from ingest.sources.snmp import SnmpTarget, snmp_get_sync
 
         deadline = time.monotonic() + self.start_timeout_s
-        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-        from ingest.sources.snmp import SnmpTarget, snmp_get_sync
 
         target = SnmpTarget(host="127.0.0.1", port=self.port, community="UPS/apc-8641", timeout_s=0.5, retries=0)
         while time.monotonic() < deadline:
@@ -182,5 +178,6 @@ class SnmpSimAgent:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     print(ensure_snmpsim())
     print(recordings_dir())

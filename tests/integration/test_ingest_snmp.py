@@ -10,16 +10,13 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from contracts import SourceError
 from ingest.sources import snmp
 from ingest.sources.snmp import SnmpClient, SnmpSource, SnmpTarget
-
-sys.path.insert(0, str(Path(__file__).parent))
-from snmpsim_env import SnmpSimAgent, SnmpSimUnavailable, recordings_dir  # noqa: E402
+from tests.integration.snmpsim_env import SnmpSimAgent, SnmpSimUnavailable, recordings_dir
 
 pytestmark = pytest.mark.integration
 
