@@ -101,6 +101,8 @@ def simulate(
     chosen = [n for n in chosen if n in results]
     if not chosen:
         raise typer.Exit(1)
+    if not console.is_terminal:
+        console.width = max(console.width, 40 + 14 * len(chosen))  # files and pipes get the whole table
     table = Table("metric", *chosen, title=f"{scenario} · {topo.num_servers} servers · {hours} h · "
                   f"oversubscription {oversubscription} · seed {seed}")
     for key in METRIC_KEYS:
