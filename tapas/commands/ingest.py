@@ -110,6 +110,7 @@ def redfish_cmd(
     password: str = typer.Option(None, "--password", envvar="TAPAS_REDFISH_PASSWORD",
                                  help="BMC password (or TAPAS_REDFISH_PASSWORD)."),
     chassis: str = typer.Option(None, "--chassis", help="Chassis id; default: the first with an intake sensor."),
+    auth: str = typer.Option("session", "--auth", help="session (Redfish session login) or basic (HTTP basic)."),
     once: bool = ONCE, stdout: bool = STDOUT, interval: float = INTERVAL, metrics_port: int = METRICS_PORT,
     bootstrap: str = BOOTSTRAP, max_rounds: int = MAX_ROUNDS,
 ) -> None:
@@ -117,8 +118,10 @@ def redfish_cmd(
     from ingest.sources.redfish import RedfishLibraryClient, RedfishSource
 
     settings = _settings(bootstrap)
+    if auth not in ("session", "basic"):
+        raise ConfigError(f"--auth {auth!r}: choose session or basic")
     client = RedfishLibraryClient(url, username=username, password=password,
-                                  timeout_s=settings.ingest.device_timeout_s)
+                                  timeout_s=settings.ingest.device_timeout_s, auth=auth)
     source = RedfishSource(client, server_id=server_id, chassis_id=chassis)
     _poll(source, "redfish", once=once, stdout=stdout, interval=interval, metrics_port=metrics_port,
           bootstrap=bootstrap, max_rounds=max_rounds)

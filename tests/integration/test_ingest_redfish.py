@@ -6,6 +6,7 @@ collector reads what the BMC says, in both the newer and the legacy schema.
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from contracts import SourceError
 from ingest.sources.redfish import RedfishLibraryClient, RedfishSource
 
 pytestmark = pytest.mark.integration
@@ -32,12 +34,19 @@ class MockupServer:
     """
 
     def __init__(self, root: Path, *, hidden: tuple[str, ...] = (),
-                 overrides: Mapping[str, dict[str, Any]] | None = None) -> None:
+                 overrides: Mapping[str, dict[str, Any]] | None = None, basic_auth: str | None = None) -> None:
         self.root = root
         outer = self
+        expected_auth = None if basic_auth is None else "Basic " + base64.b64encode(basic_auth.encode()).decode()
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                public = self.path.split("?", 1)[0].rstrip("/") in ("/redfish", "/redfish/v1")  # spec: root is open
+                if expected_auth is not None and not public and self.headers.get("Authorization") != expected_auth:
+                    self.send_response(401)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 path = self.path.split("?", 1)[0].rstrip("/")
                 rel = path.removeprefix("/redfish/v1").strip("/")
                 body: bytes | None = None
@@ -96,8 +105,8 @@ def served(mockup: Path) -> Iterator[MockupServer]:
         yield srv
 
 
-def read_once(url: str) -> Any:
-    src = RedfishSource(RedfishLibraryClient(url), server_id="srv-7")
+def read_once(url: str, **client: Any) -> Any:
+    src = RedfishSource(RedfishLibraryClient(url, **client), server_id="srv-7")
     try:
         (sample,) = src.read()
     finally:
@@ -151,6 +160,15 @@ def test_sentinel_reading_is_published_flagged_not_dropped(mockup: Path) -> None
     assert sample.inlet_temp_c is None
     assert sample.invalid_fields == ["inlet_temp_c"]
     assert sample.chassis_power_w == load(mockup, f"{CHASSIS}/EnvironmentMetrics")["PowerWatts"]["Reading"]
+
+
+def test_basic_auth_credentials(mockup: Path) -> None:
+    intake = load(mockup, f"{CHASSIS}/Sensors/IntakeTemp")
+    with MockupServer(mockup, basic_auth="operator:s3cret") as srv:
+        sample, _ = read_once(srv.url, username="operator", password="s3cret", auth="basic")
+        assert sample.inlet_temp_c == intake["Reading"]
+        with pytest.raises(SourceError, match="cannot connect.*credentials"):
+            read_once(srv.url, username="operator", password="wrong", auth="basic")
 
 
 def test_cli_once_stdout_prints_the_contract_message(served: MockupServer, mockup: Path) -> None:
