@@ -46,7 +46,7 @@ def simulated_samples(num_samples: int, *, num_servers: int = 512, seed: int = 0
 
 def _ingest_rate(settings: Any, topic: str, samples: list[GpuSample], payloads: list[bytes] | None = None) -> float:
     """Samples/s through the ingest producer; with ``payloads`` the serialisation is left out."""
-    from ingest.producer import build_producer
+    from ingest.producer import build_producer, encode_message
 
     producer = build_producer(settings, source="bench")
     try:
@@ -55,7 +55,7 @@ def _ingest_rate(settings: Any, topic: str, samples: list[GpuSample], payloads: 
         t0 = time.perf_counter()
         if payloads is None:
             for msg in samples:
-                producer.publish(topic, msg.server_id.encode(), msg.to_bytes())
+                producer.publish(topic, msg.server_id.encode(), encode_message(msg))
         else:
             for msg, value in zip(samples, payloads, strict=True):
                 producer.publish(topic, msg.server_id.encode(), value)

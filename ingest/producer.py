@@ -217,6 +217,15 @@ class DiskSpool:
         self._close_writer()
 
 
+def encode_message(message: Contract) -> bytes:
+    """The wire bytes of a message, identical to ``message.to_bytes()``.
+
+    Calls pydantic's compiled serializer directly: it skips ``model_dump_json``'s
+    Python wrapper and the ``str.encode`` copy, which matters at 20,000 samples/s.
+    """
+    return type(message).__pydantic_serializer__.to_json(message)  # type: ignore[no-any-return]
+
+
 #: kafka-python errors that say the *record* can never be delivered, so retrying it would block the queue.
 _POISON_ERRORS = ("MessageSizeTooLargeError", "RecordTooLargeError", "InvalidTopicError", "CorruptRecordError")
 
@@ -293,7 +302,7 @@ class BufferedProducer:
         """Publish a contract message on its topic, keyed by the field the topic table names."""
         spec = TOPIC_BY_MESSAGE[type(message)]
         key = getattr(message, spec.key)
-        return self.publish(spec.name, str(key).encode(), message.to_bytes())
+        return self.publish(spec.name, str(key).encode(), encode_message(message))
 
     def publish(self, topic: str, key: bytes | None, value: bytes) -> bool:
         """Accept one record for delivery; False (and counted as dropped) when the buffer is full."""

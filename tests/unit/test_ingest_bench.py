@@ -17,3 +17,11 @@ def test_simulated_samples_are_valid_eight_gpu_contract_messages() -> None:
 def test_simulated_samples_repeat_under_a_seed() -> None:
     assert simulated_samples(3, seed=4) == simulated_samples(3, seed=4)
     assert simulated_samples(3, seed=4) != simulated_samples(3, seed=5)
+
+
+def test_encode_message_is_the_contract_wire_format() -> None:
+    from ingest.producer import encode_message
+    from tests.samples import example_messages
+
+    for msg in [*example_messages(), *simulated_samples(3)]:
+        assert encode_message(msg) == msg.to_bytes()
