@@ -353,6 +353,15 @@ def score(folded: FoldedHistory, params: ForecasterParams) -> dict[str, Any]:
             "gpu_temp_coverage_90": cov_t,
             "power_coverage_90": cov_p,
         }
+        for regime, mask in (("bursty", folded.burst >= 0.5), ("smooth", folded.burst < 0.5)):
+            sel = ok & mask
+            row = out[f"{h:g}"]
+            row[f"num_origins_{regime}"] = int(sel.sum())
+            if sel.any():
+                row[f"gpu_temp_mae_c_{regime}"] = mae(temp[:, k], yt, ok=sel)
+                row[f"gpu_temp_mae_persistence_c_{regime}"] = mae(folded.temp_c, yt, ok=sel)
+                row[f"power_mae_frac_{regime}"] = mae(power[:, k], yp, folded.peak_w[sel], ok=sel)
+                row[f"power_mae_persistence_frac_{regime}"] = mae(folded.power_w, yp, folded.peak_w[sel], ok=sel)
     return {"horizons": out, "coverage_90": float(np.mean(covs)) if covs else float("nan")}
 
 
@@ -393,14 +402,18 @@ def _pooled(scores: list[dict[str, Any]], weights: list[int]) -> dict[str, Any]:
         rows = [(s["horizons"][h], w) for s, w in zip(scores, weights, strict=True) if h in s["horizons"]]
         total = sum(r["num_origins"] for r, _ in rows)
         merged: dict[str, Any] = {"num_origins": total}
-        for name in rows[0][0]:
-            if name == "num_origins":
+        names = {name for r, _ in rows for name in r}
+        for name in sorted(names):
+            if name.startswith("num_origins"):
+                merged[name] = sum(r.get(name, 0) for r, _ in rows)
                 continue
-            vals = [(r[name], r["num_origins"]) for r, _ in rows]
+            weight = next((f"num_origins_{g}" for g in ("bursty", "smooth") if name.endswith(f"_{g}")), "num_origins")
+            vals = [(r[name], r[weight]) for r, _ in rows if name in r]
+            wsum = sum(n for _, n in vals)
             if "rmse" in name:
-                merged[name] = math.sqrt(sum(v * v * n for v, n in vals) / total)
+                merged[name] = math.sqrt(sum(v * v * n for v, n in vals) / wsum)
             else:
-                merged[name] = sum(v * n for v, n in vals) / total
+                merged[name] = sum(v * n for v, n in vals) / wsum
         horizons[h] = merged
     covs = [v for hz in horizons.values() for k, v in hz.items() if k.endswith("coverage_90")]
     return {"horizons": horizons, "coverage_90": float(np.mean(covs)) if covs else float("nan")}

@@ -108,6 +108,17 @@ def backtest(
                         f"{row['power_coverage_90']:.3f}")
     console.print(temp_t)
     console.print(power_t)
+    reg_t = Table("horizon", "load", "origins", "temp MAE °C", "persistence", "power MAE %peak", "persistence",
+                  title="by load type (bursty = serving prefill/decode bursts, smooth = VM-like)")
+    for h, row in result["horizons"].items():
+        for regime in ("bursty", "smooth"):
+            if f"gpu_temp_mae_c_{regime}" in row:
+                reg_t.add_row(f"{h} s", regime, str(row[f"num_origins_{regime}"]),
+                              f"{row[f'gpu_temp_mae_c_{regime}']:.3f}",
+                              f"{row[f'gpu_temp_mae_persistence_c_{regime}']:.3f}",
+                              f"{100 * row[f'power_mae_frac_{regime}']:.2f}",
+                              f"{100 * row[f'power_mae_persistence_frac_{regime}']:.2f}")
+    console.print(reg_t)
     if result.get("seasonal"):
         seas_t = Table("aggregate", "horizon", "ETS MAE", "persistence MAE", "origins",
                        title="statsmodels exponential smoothing (inlet per zone, load per service)")
