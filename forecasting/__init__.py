@@ -5,6 +5,13 @@ Holds:
     features.py   the one feature pipeline (filters + per-server RLS), shared offline and online
     online.py     OnlineForecaster: ``update`` per sample, ``forecast`` per tick (the stream worker's model)
     registry.py   versioned artifacts, promotion, verified loading (``load_forecaster``)
+    announce.py   the model topic: announce a promoted version, ``ModelFollower`` for workers
+    history.py    history as DataFrames: ``load_history(store, start, end)``, files, the simulator
+    backtest.py   rolling-origin evaluation against persistence and moving average, interval coverage
+    train.py      the global model: per-horizon residual corrections and residual-quantile intervals
+    seasonal.py   statsmodels exponential smoothing for inlet per zone and load per service
+    workflow.py   ``run_backtest`` / ``train_version``: what the CLI and the benchmark call
+    report.py     the backtest plot and the issue's target check
 
 Does not hold: Kafka I/O beyond announcing on / listening to the model topic, or any
 decision logic.
