@@ -63,6 +63,15 @@ class TapasKnobs:
     route_only_when_constrained: bool = True
     """Publish weights only while some instance's headroom binds; otherwise leave the load-aware router alone."""
     binding_thermal_headroom_c: float = 3.0
+    emergency_slow_switches: bool = False
+    """Reload weights into leaner layouts (e.g. TP4) while IaaS VMs are capped. Off: in the simulator it cut IaaS
+    loss in a power failure to ~4 % but reloads under overload left queues that cost ~13 SLO points."""
+    capped_power_weight: float = 20.0
+    """Reconfiguration power weight while IaaS VMs are capped in an emergency."""
+    emergency_max_quality_drop: float = 0.01
+    """Quality points (0-1 scale) an emergency reconfiguration may give up per instance (precision yes, smaller model no)."""
+    emergency_slow_interval_s: float = 20.0
+    """Minimum spacing of slow-switch waves during an emergency (each wave is staggered per endpoint)."""
     smoothing_tau_s: float = 30.0
     """Time constant for low-passing forecast-high temperature and instance power (GPU thermal lag)."""
     binding_power_headroom_frac: float = 0.0
@@ -138,6 +147,13 @@ class TapasPolicy:
                     iaas_capped = any(p.caps for p in self._plans.values())
                     params = replace(params, power_margin_frac=self.k.emergency_power_margin_frac,
                                      raise_for_load=not iaas_capped)
+                    if iaas_capped and self.k.emergency_slow_switches:
+                        # Every SaaS watt saved lifts an IaaS cap: value power, and let weight layouts that
+                        # serve the same load on less power (e.g. fewer GPUs per replica) load in, staggered.
+                        params = replace(params, power_weight=self.k.capped_power_weight,
+                                         slow_interval_s=self.k.emergency_slow_interval_s,
+                                         max_quality_drop=self.k.emergency_max_quality_drop, layout_weight=0.0)
+                        allow_slow = now - self._last_slow_s >= self.k.emergency_slow_interval_s
             planned = {c.instance_id for p in plans for c in p.changes}
             for c in plan_reconfiguration(
                 snapshot, self.catalogue, now_s=now, params=params, inlet_c=inlet, allow_slow=allow_slow

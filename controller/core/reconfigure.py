@@ -42,9 +42,6 @@ from controller.core.snapshot import (
     Snapshot,
 )
 
-POWER_COST_WEIGHT = 0.05
-"""Cost per (per-GPU power / TDP): breaks ties toward cooler options."""
-
 INFEASIBLE = 1e9
 
 POWER_CALIBRATION_RANGE = (0.7, 1.5)
@@ -71,6 +68,9 @@ class OptionMatrix:
     default_quality: FloatArray
     expected_load: FloatArray
     endpoint_of: tuple[str, ...]
+    frequency_mhz: FloatArray
+    default_frequency_mhz: FloatArray
+    default_layout: FloatArray
 
 
 def build_option_matrix(
@@ -96,6 +96,9 @@ def build_option_matrix(
     ap = np.zeros(shape)
     ad = np.zeros(shape)
     current = np.zeros(n, dtype=np.int64)
+    freq = np.ones(shape)
+    dfreq = np.ones(n)
+    dlayout = np.zeros(n)
     dcap = np.zeros(n)
     dq = np.zeros(n)
 
@@ -116,8 +119,11 @@ def build_option_matrix(
         maxw[rows, :k] = a.gpu_max_w
         ap[rows, :k] = a.prefill_w_per_token_s
         ad[rows, :k] = a.decode_w_per_token_s
+        freq[rows, :k] = a.frequency_cap_mhz
         col = {c: i for i, c in enumerate(a.config_ids)}
         d = catalogue.default(e)
+        dfreq[rows] = d.frequency_cap_mhz
+        dlayout[rows] = a.layout_code[col[d.config_id]]
         dcap[rows] = d.capacity_tokens_per_s_at_slo
         dq[rows] = d.quality_score
         for r in rows_list:
@@ -155,6 +161,9 @@ def build_option_matrix(
         default_quality=dq,
         expected_load=load,
         endpoint_of=endpoints,
+        frequency_mhz=freq,
+        default_frequency_mhz=dfreq,
+        default_layout=dlayout,
     )
 
 
@@ -242,7 +251,9 @@ def plan_reconfiguration(
         p.quality_weight * quality_loss
         + p.performance_weight * (overload + 0.1 * shortfall)
         + p.switch_weight * (switch_s + changed * 1.0)
-        + POWER_COST_WEIGHT * m.power_w / tdp[:, None]
+        + p.power_weight * m.power_w / tdp[:, None]
+        + p.performance_weight * p.speed_weight * np.clip(1.0 - m.frequency_mhz / m.default_frequency_mhz[:, None], 0.0, 1.0)
+        + p.layout_weight * (m.layout != m.default_layout[:, None])
     )
 
     # ---- feasibility and transition rules
@@ -256,6 +267,7 @@ def plan_reconfiguration(
     # Hotter options are allowed when relaxing is permitted, or to escape an overload on a thermally safe instance.
     escape = cur_thermal_ok[:, None] & thermal_ok & (overload[rows_n, cur] > 0)[:, None] & (not stale) & p.raise_for_load
     allowed &= ~hotter | relax_ok | escape
+    allowed &= m.quality >= (m.quality[rows_n, cur] - p.max_quality_drop)[:, None]
     allowed[rows_n, cur] = True
     feasible = allowed & thermal_ok
     c = np.where(feasible, cost, INFEASIBLE)

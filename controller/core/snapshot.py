@@ -299,6 +299,14 @@ class ReconfigParams:
     command_ttl_s: float = 300.0
     raise_for_load: bool = True
     """Allow hotter options to cover demand (False in emergency plans: SaaS capacity gives before IaaS power)."""
+    power_weight: float = 0.05
+    """Cost per (per-GPU power / TDP): breaks ties toward cooler options; raised while IaaS VMs are capped."""
+    speed_weight: float = 0.5
+    """Cost per unit of frequency-cap shortfall against the endpoint default (per-request latency proxy)."""
+    layout_weight: float = 1.5
+    """Cost of running a weight layout other than the endpoint default (pulls emergency layouts back)."""
+    max_quality_drop: float = 1.0
+    """Options more than this below the current quality score are not considered (guards model-variant swaps)."""
 
 
 @dataclass(frozen=True)
