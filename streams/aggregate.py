@@ -3,8 +3,9 @@
 Servers of one row are spread over every worker (telemetry is keyed by server),
 so aggregation is two steps, the map-side combine of MapReduce: each worker sums
 its own servers per domain every tick (:func:`worker_partials`, vectorised with
-``np.bincount``) and sends one small partial per domain re-keyed by domain id;
-the worker owning that key combines the latest partial of every worker
+``np.bincount``) and sends its partials for every domain as ONE message to a
+one-partition internal topic (re-keyed: domain data leaves the server-keyed
+partitions); the worker owning that partition combines the latest partial of every worker
 (:func:`combine_partials`) into a :class:`contracts.DomainForecast`. Partials are
 rebuilt every tick, so this state needs no changelog: a moved partition is whole
 again after one tick.
@@ -59,19 +60,6 @@ class Partial:
     horizons_s: tuple[float, ...]
     power_forecast_w: tuple[float, ...]
     power_forecast_hi_w: tuple[float, ...]
-
-    def to_bytes(self) -> bytes:
-        """JSON bytes for the internal partials topic."""
-        d: dict[str, Any] = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        return json.dumps(d).encode()
-
-    @classmethod
-    def from_bytes(cls, raw: bytes) -> Partial:
-        """Inverse of :meth:`to_bytes`; raises ``ValueError``/``KeyError``/``TypeError`` on foreign bytes."""
-        d = json.loads(raw)
-        for k in ("horizons_s", "power_forecast_w", "power_forecast_hi_w"):
-            d[k] = tuple(float(v) for v in d[k])
-        return cls(**d)
 
     @property
     def key(self) -> str:
@@ -134,6 +122,21 @@ def worker_partials(*, worker_id: str, at_s: float, fresh: npt.NDArray[np.bool_]
     return out
 
 
+def partials_to_bytes(partials: list[Partial]) -> bytes:
+    """One worker's partials of one tick as a single internal message (JSON list)."""
+    return json.dumps([{k: getattr(p, k) for k in p.__dataclass_fields__} for p in partials]).encode()
+
+
+def partials_from_bytes(raw: bytes) -> list[Partial]:
+    """Inverse of :func:`partials_to_bytes`; raises ``ValueError``/``KeyError``/``TypeError`` on foreign bytes."""
+    out = []
+    for d in json.loads(raw):
+        for k in ("horizons_s", "power_forecast_w", "power_forecast_hi_w"):
+            d[k] = tuple(float(v) for v in d[k])
+        out.append(Partial(**d))
+    return out
+
+
 @dataclass
 class DomainCombiner:
     """Latest partial of every worker per domain; combines the fresh ones into domain forecasts."""
@@ -141,6 +144,11 @@ class DomainCombiner:
     limits: DomainLimits
     stale_after_s: float = 5.0
     latest: dict[str, dict[str, Partial]] = field(default_factory=dict)
+
+    def _pos(self, kind: DomainKind, dom: str) -> int:
+        if not hasattr(self, "_positions"):
+            self._positions = {k: {d: j for j, d in enumerate(v)} for k, v in self.limits.ids.items()}
+        return self._positions[kind][dom]
 
     def add(self, p: Partial) -> None:
         """Keep ``p`` if it is the newest partial of its worker for its domain."""
@@ -176,7 +184,7 @@ class DomainCombiner:
                 fc = [max(f + shift, 0.0) for f in fc]
                 fc_hi = [max(f + shift, 0.0) for f in fc_hi]
             inlets = [p.max_inlet_c for p in parts if p.max_inlet_c is not None]
-            j = self.limits.ids[kind].index(dom)
+            j = self._pos(kind, dom)
             out.append(DomainForecast(
                 domain_kind=kind, domain_id=dom, issued_at=issued_at,
                 num_servers=sum(p.num_servers for p in parts), power_w=max(power, 0.0),

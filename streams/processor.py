@@ -154,6 +154,8 @@ class StreamProcessor:
         self._dom = {k: np.full(256, -1, dtype=np.int64) for k in DOMAIN_KINDS}
         self.pdu_power: dict[str, tuple[float, float]] = {}
         self.combiner = DomainCombiner(view.limits)
+        self._limits_by_id = {k: dict(zip(view.limits.ids[k], view.limits.power_limit_w[k], strict=True))
+                              for k in DOMAIN_KINDS}
         self.stream_time_s = math.nan
         self.num_dead_letters = 0
         self.num_forecasts = 0
@@ -368,11 +370,7 @@ class StreamProcessor:
     def _limit(self, kind: DomainKind, dom: str | None) -> float | None:
         if dom is None:
             return None
-        ids = self.view.limits.ids[kind]
-        try:
-            return self.view.limits.power_limit_w[kind][ids.index(dom)]
-        except ValueError:
-            return None
+        return self._limits_by_id[kind].get(dom)
 
     def _gpu_point(self, i: int, obs: Observation) -> Point:
         w = self.states.window_stats(i)

@@ -28,6 +28,7 @@ the pydantic model); a unit test decodes it with the contract to keep it honest.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -45,7 +46,19 @@ def iso_utc(at_s: float) -> str:
         >>> iso_utc(1767225600.25)
         '2026-01-01T00:00:00.250000Z'
     """
-    return datetime.fromtimestamp(at_s, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    whole = math.floor(at_s)
+    micros = int(round((at_s - whole) * 1e6))
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    prefix = _ISO_CACHE.get(whole)
+    if prefix is None:
+        if len(_ISO_CACHE) > 4096:
+            _ISO_CACHE.clear()
+        prefix = _ISO_CACHE[whole] = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+    return f"{prefix}{micros:06d}Z"
+
+
+_ISO_CACHE: dict[int, str] = {}
 
 
 @dataclass(frozen=True, slots=True)

@@ -116,12 +116,16 @@ class WorkerSettings(BaseModel):
                                  "bound) used for zone headroom in domain forecasts.")
     batch_max: int = Field(default=2000, ge=1, description="Most telemetry messages handled per Faust batch.")
     batch_within_s: float = Field(default=0.02, gt=0, description="Longest wait to fill a batch (bounds latency).")
-    session_timeout_s: float = Field(default=6.0, gt=0, description="Kafka consumer session timeout; short values "
+    session_timeout_s: float = Field(default=10.0, gt=0, description="Kafka consumer session timeout; short values "
                                      "make group joins and failover fast on the embedded broker.")
     heartbeat_interval_s: float = Field(default=1.0, gt=0, description="Kafka consumer heartbeat interval.")
-    max_poll_interval_s: float = Field(default=10.0, gt=0, description="Kafka max poll interval (also the rebalance "
-                                       "timeout the embedded broker waits for).")
-    rebalance_timeout_s: float = Field(default=10.0, gt=0, description="Kafka rebalance timeout of the group.")
+    max_poll_interval_s: float = Field(default=60.0, gt=0, description="Kafka max poll interval: a worker slower "
+                                       "than this between polls leaves the group (generous: a loaded host must not "
+                                       "cause rebalances).")
+    rebalance_timeout_s: float = Field(default=10.0, gt=0, description="Kafka rebalance timeout of the group: how "
+                                       "long the embedded broker waits for members to rejoin (bounds join time).")
+    domain_tick_s: float = Field(default=2.0, gt=0, description="Rack/row/PDU/zone forecasts are published this "
+                                 "often (PDU power is sampled every 1-2 s).")
     store_enabled: bool = Field(default=True, description="Write down-sampled telemetry and forecasts to the "
                                 "history store.")
 

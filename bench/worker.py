@@ -1,0 +1,276 @@
+"""``tapas bench worker``: the real stream worker against Faust's floor and the Kafka client's limit, same messages.
+
+One embedded broker; the simulator's telemetry (``simulator.feed.TelemetryFeed``)
+for a cluster of ``num_servers`` is loaded into the telemetry topics first, then
+three readers consume the same GPU samples:
+
+* ``plain_consumer_per_s``: a plain aiokafka consumer with ``json.loads`` (the client's limit);
+* ``faust_floor_per_s``: a minimal Faust agent (``take_events`` batches, as the worker)
+  that only decodes each sample with its contract (``contracts.decode``), nothing else;
+* ``server_samples_per_s``: the real ``tapas worker`` (joins, models, forecasts,
+  changelog, history store), from the Kafka timestamps of the first and last
+  forecast it publishes for the backlog (one forecast per sample).
+
+Then, with the same worker still running, samples are sent live at a fixed
+``latency_rate_per_s`` server-samples/s stamped with the send time; latency is the
+forecast's Kafka timestamp (set when the worker publishes it) minus its
+``based_on_sample_at``. Rates exclude process start-up and group joins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+GPU_TOPIC = "tapas.telemetry.gpu"
+FORECAST_TOPIC = "tapas.forecasts.server"
+
+
+def _produce_backlog(bootstrap: str, num_servers: int, ticks: int, cluster_file: Path) -> tuple[int, int, list[Any]]:
+    """Load ``ticks`` of simulated telemetry; returns (GPU samples, mean bytes, last tick's GPU samples)."""
+    from kafka import KafkaProducer
+
+    from simulator.feed import TelemetryFeed
+    from tapas.topology import load_topology
+
+    topo = load_topology(cluster_file)
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=ticks + 30)
+    feed = TelemetryFeed(topo, seed=7, start_at=start)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024,
+                             max_request_size=8 << 20)
+    sent = size = 0
+    last: list[Any] = []
+    for _ in range(ticks):
+        tick = feed.step()
+        for p in tick.pdu:
+            producer.send("tapas.telemetry.pdu", key=p.pdu_id.encode(), value=p.to_bytes())
+        for m in tick.inlet:
+            producer.send("tapas.telemetry.inlet", key=m.server_id.encode(), value=m.to_bytes())
+        for g in tick.gpu:
+            raw = g.to_bytes()
+            size += len(raw)
+            producer.send(GPU_TOPIC, key=g.server_id.encode(), value=raw)
+            sent += 1
+        last = tick.gpu
+    producer.flush()
+    producer.close()
+    return sent, size // max(sent, 1), last
+
+
+async def _plain_consumer_rate(bootstrap: str, count: int) -> float:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20)
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(GPU_TOPIC) or set()
+        if not parts:
+            await consumer._client.force_metadata_update()  # noqa: SLF001 - no public refresh
+            parts = consumer.partitions_for_topic(GPU_TOPIC) or set()
+        tps = [TopicPartition(GPU_TOPIC, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        seen = 0
+        t0 = 0.0
+        while seen < count:
+            got = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            if not got:
+                raise RuntimeError(f"plain consumer saw only {seen} of {count} samples")
+            if seen == 0:
+                t0 = time.perf_counter()
+            for msgs in got.values():
+                for m in msgs:
+                    json.loads(m.value)
+                seen += len(msgs)
+        return seen / (time.perf_counter() - t0)
+    finally:
+        await consumer.stop()
+
+
+def _floor_main(bootstrap: str, count: int, app_id: str) -> None:
+    """The minimal Faust agent (run as a child process): decode each sample with its contract, nothing else."""
+    import faust
+
+    from contracts.errors import ContractError
+    from contracts.messages import GpuSample, decode
+
+    app = faust.App(app_id, broker=f"kafka://{bootstrap}", value_serializer="raw", key_serializer="raw",
+                    store="memory://", web_enabled=False, topic_replication_factor=1,
+                    broker_session_timeout=6.0, broker_heartbeat_interval=1.0, broker_max_poll_interval=10.0,
+                    broker_rebalance_timeout=10.0, consumer_auto_offset_reset="earliest")
+    topic = app.topic(GPU_TOPIC, value_serializer="raw", key_serializer="raw")
+    marks: dict[str, float] = {"seen": 0.0}
+
+    @app.agent(topic)
+    async def floor(stream: Any) -> None:
+        async for events in stream.take_events(2000, within=0.02):
+            if marks["seen"] == 0:
+                marks["t0"] = time.perf_counter()
+            for e in events:
+                try:
+                    decode(GpuSample, e.message.value)
+                except ContractError:
+                    pass
+            marks["seen"] += len(events)
+            if marks["seen"] >= count:
+                rate = (marks["seen"]) / (time.perf_counter() - marks["t0"])
+                print(json.dumps({"faust_floor_per_s": rate}), flush=True)
+                os._exit(0)
+
+    sys.argv = [sys.argv[0], "worker", "--loglevel", "warn"]
+    app.main()
+
+
+def _run_floor(bootstrap: str, count: int, timeout_s: float) -> float:
+    proc = subprocess.run([sys.executable, "-m", "bench.worker", "floor", bootstrap, str(count),
+                           f"bench-floor-{uuid.uuid4().hex[:6]}"], capture_output=True, text=True,
+                          timeout=timeout_s, check=False)
+    for line in (proc.stdout + proc.stderr).splitlines():  # Faust routes print() into its log
+        if '{"faust_floor_per_s"' in line:
+            return float(json.loads(line[line.index("{"):line.rindex("}") + 1])["faust_floor_per_s"])
+    raise RuntimeError(f"faust floor agent printed no figure (rc {proc.returncode}): {proc.stderr[-3000:]}")
+
+
+class _Forecasts:
+    """Group-less reader of the server-forecast topic from its beginning."""
+
+    def __init__(self, bootstrap: str) -> None:
+        from kafka import KafkaConsumer, TopicPartition
+
+        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                      max_partition_fetch_bytes=8 << 20)
+        parts = self.consumer.partitions_for_topic(FORECAST_TOPIC) or set()
+        self.consumer.assign([TopicPartition(FORECAST_TOPIC, p) for p in sorted(parts)])
+        self.consumer.seek_to_beginning()
+
+    def read(self, until: Any, timeout_s: float) -> list[tuple[int, bytes]]:
+        """(Kafka timestamp ms, value) of forecasts until ``until(list)`` holds or the time runs out."""
+        out: list[tuple[int, bytes]] = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not until(out):
+            for msgs in self.consumer.poll(timeout_ms=500, max_records=20_000).values():
+                out.extend((m.timestamp, m.value) for m in msgs)
+        return out
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def _paced_send(bootstrap: str, templates: list[bytes], placeholder: bytes, rate_per_s: float,
+                duration_s: float) -> int:
+    """Send ``templates`` round-robin at ``rate_per_s``, each stamped with the send time."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=2)
+    keys = [json.loads(t)["server_id"].encode() for t in templates]
+    sent = 0
+    t0 = time.perf_counter()
+    try:
+        while True:
+            elapsed = time.perf_counter() - t0
+            if elapsed >= duration_s:
+                break
+            due = int(elapsed * rate_per_s) + 1
+            while sent < due:
+                k = sent % len(templates)
+                now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode()
+                producer.send(GPU_TOPIC, key=keys[k], value=templates[k].replace(placeholder, now))
+                sent += 1
+            time.sleep(0.002)
+        producer.flush()
+    finally:
+        producer.close()
+    return sent
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Measure the worker, the Faust floor and the plain consumer on the same samples (see module docstring)."""
+    from contracts.messages import ServerForecast
+    from tapas.broker import EmbeddedBroker, free_port
+
+    num_servers = 500 if quick else 2000
+    ticks = 6 if quick else 8
+    latency_rate = 2000.0
+    latency_s = 8.0 if quick else 20.0
+    with tempfile.TemporaryDirectory(prefix="tapas-bench-worker-") as tmp, \
+            EmbeddedBroker(port=free_port()) as broker:
+        work = Path(tmp)
+        cluster = work / "cluster.toml"
+        cluster.write_text(f'[cluster]\nname = "bench"\nnum_servers = {num_servers}\n')
+        count, mean_bytes, last_tick = _produce_backlog(broker.bootstrap, num_servers, ticks, cluster)
+        plain = asyncio.run(_plain_consumer_rate(broker.bootstrap, count))
+        floor = _run_floor(broker.bootstrap, count, timeout_s=300)
+
+        env = dict(os.environ, TAPAS_KAFKA__BOOTSTRAP_SERVERS=broker.bootstrap, TAPAS_CLUSTER_FILE=str(cluster),
+                   TAPAS_WORKER__APP_ID=f"bench-worker-{uuid.uuid4().hex[:6]}",
+                   TAPAS_WORKER__DATA_DIR=str(work / "faust"), TAPAS_STORE__PATH=str(work / "history.sqlite"),
+                   TAPAS_REGISTRY_DIR=str(work / "registry"))
+        log = open(work / "worker.log", "wb")  # noqa: SIM115 - closed below
+        worker = subprocess.Popen([sys.executable, "-m", "tapas.cli", "worker", "--web-port", str(free_port())],
+                                  env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        forecasts = _Forecasts(broker.bootstrap)
+        try:
+            backlog = forecasts.read(lambda out: len(out) >= count, timeout_s=600)
+            if len(backlog) < count:
+                raise RuntimeError(f"worker published {len(backlog)} of {count} forecasts; see {work}/worker.log")
+            stamps = sorted(ts for ts, _ in backlog)
+            worker_rate = (len(stamps) - 1) / max((stamps[-1] - stamps[0]) / 1000.0, 1e-3)
+
+            placeholder = b"PLACEHOLDER-SAMPLED-AT"
+            templates = []
+            for g in last_tick:
+                d = json.loads(g.to_bytes())
+                d["sampled_at"] = placeholder.decode()
+                templates.append(json.dumps(d, separators=(",", ":")).encode())
+            live_start = datetime.now(UTC)
+            sent = _paced_send(broker.bootstrap, templates, placeholder, latency_rate, latency_s)
+            live = forecasts.read(lambda out: False, timeout_s=3.0)
+        finally:
+            forecasts.close()
+            os.killpg(worker.pid, signal.SIGTERM)
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait(10)
+            log.close()
+        lat_ms = []
+        for ts, raw in live:
+            f = ServerForecast.model_validate_json(raw)
+            if f.based_on_sample_at >= live_start:
+                lat_ms.append(ts - f.based_on_sample_at.timestamp() * 1000.0)
+        if not lat_ms:
+            raise RuntimeError("no live forecasts came back during the latency phase")
+        lat = np.asarray(lat_ms)
+        return {
+            "server_samples_per_s": round(worker_rate, 1),
+            "faust_floor_per_s": round(floor, 1),
+            "plain_consumer_per_s": round(plain, 1),
+            "ratio": round(worker_rate / floor, 3),
+            "p50_latency_ms": round(float(np.percentile(lat, 50)), 1),
+            "p99_latency_ms": round(float(np.percentile(lat, 99)), 1),
+            "latency_rate_per_s": latency_rate,
+            "latency_samples_sent": sent,
+            "latency_forecasts": len(lat_ms),
+            "num_servers": num_servers,
+            "backlog_samples": count,
+            "mean_sample_bytes": mean_bytes,
+        }
+
+
+if __name__ == "__main__":  # child-process entry for the Faust floor agent
+    if len(sys.argv) >= 5 and sys.argv[1] == "floor":
+        _floor_main(sys.argv[2], int(sys.argv[3]), sys.argv[4])
