@@ -25,7 +25,7 @@ logged and exported.
 Metrics (prometheus-client, one registry per producer so tests can build many):
 ``tapas_ingest_samples_sent_total``, ``tapas_ingest_samples_buffered_total`` (accepted
 while the broker was unreachable), ``tapas_ingest_samples_dropped_total``,
-``tapas_ingest_samples_invalid_total`` (readings flagged by the edge rules) and the
+``tapas_ingest_invalid_readings_total`` (readings flagged by the edge rules) and the
 gauge ``tapas_ingest_buffered_samples``.
 """
 
@@ -96,7 +96,7 @@ class IngestMetrics:
                                 registry=self.registry).labels(source)
         self.dropped = Counter("tapas_ingest_samples_dropped", "Samples refused because the buffer was full.",
                                labels, registry=self.registry).labels(source)
-        self.invalid = Counter("tapas_ingest_samples_invalid",
+        self.invalid = Counter("tapas_ingest_invalid_readings",
                                "Readings flagged invalid by the edge rules (published as null).", labels,
                                registry=self.registry).labels(source)
         self.buffered_now = Gauge("tapas_ingest_buffered_samples", "Samples accepted and not yet acknowledged.",

@@ -81,6 +81,6 @@ def test_counters_on_the_prometheus_endpoint(broker: Any) -> None:
         thread.join(5)
         producer.close(5)
     assert 'tapas_ingest_samples_sent_total{source="redfish"} 3.0' in body
-    assert 'tapas_ingest_samples_invalid_total{source="redfish"} 2.0' in body
+    assert 'tapas_ingest_invalid_readings_total{source="redfish"} 2.0' in body
     assert 'tapas_ingest_samples_dropped_total{source="redfish"} 0.0' in body
     assert 'tapas_ingest_buffered_samples{source="redfish"} 0.0' in body
