@@ -694,6 +694,15 @@ class Simulation:
         self.inst_freq = inst_f
         serving = self.inst_reload_until <= t
 
+        # ---- requests queued on an instance that stopped serving (reloading weights) go back to the router
+        if len(self.q_inst):
+            stuck = np.flatnonzero(~serving[self.q_inst])
+            if len(stuck):
+                moved = self._route(self.inst_endpoint[self.q_inst[stuck]], self.q_P[stuck], t, serving)
+                ok = moved >= 0
+                self.q_inst[stuck[ok]] = moved[ok]
+                self.metrics.rerouted_requests += int(ok.sum())
+
         # ---- arrivals and routing
         self._ensure_arrivals(t + ARRIVAL_LOOKAHEAD_S)
         lo = self.arr_ptr

@@ -102,6 +102,7 @@ class MetricsAccumulator:
         self.fast_switches = 0
         self.caps_applied = 0
         self.dropped_requests = 0
+        self.rerouted_requests = 0
         self.deadline_violation_s = 0.0
 
     def add_requests(self, met: B, tokens: F, qloss: F) -> None:
@@ -184,6 +185,7 @@ class MetricsAccumulator:
             "requests": float(self.requests),
             "rejected_placements": float(self.rejected_placements),
             "dropped_requests": float(self.dropped_requests),
+            "rerouted_requests": float(self.rerouted_requests),
             "power_deadline_violation_s": self.deadline_violation_s,
             "slow_switches": float(self.slow_switches),
             "fast_switches": float(self.fast_switches),
