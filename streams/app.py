@@ -71,7 +71,7 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         web_port=w.web_port, web_host="127.0.0.1", web_bind="127.0.0.1", datadir=str(w.data_dir),
         broker_session_timeout=w.session_timeout_s, broker_heartbeat_interval=w.heartbeat_interval_s,
         broker_max_poll_interval=w.max_poll_interval_s, broker_rebalance_timeout=w.rebalance_timeout_s,
-        consumer_auto_offset_reset="earliest", producer_linger_ms=10, broker_commit_interval=2.0,
+        consumer_auto_offset_reset="earliest", producer_linger_ms=30, producer_max_batch_size=256 * 1024, broker_commit_interval=2.0,
         broker_client_id=settings.kafka.client_id, stream_buffer_maxsize=8192,
     )
     ctx = ssl_context(settings.kafka)
