@@ -97,12 +97,14 @@ def check(raw: float | int | str | None, field: str, *, scale: float = 1.0, offs
         Checked(value=None, invalid=True)
         >>> check(None, "gpu_temp_c")
         Checked(value=None, invalid=False)
+        >>> check(10**400, "chassis_power_w"), check("text", "inlet_temp_c")
+        (Checked(value=None, invalid=True), Checked(value=None, invalid=True))
     """
     if raw is None:
         return ABSENT
     try:
         number = float(raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # text, a list, an int beyond float range (10**400)
         return Checked(None, True)
     if sentinel_check and is_sentinel(number):
         return Checked(None, True)

@@ -13,6 +13,13 @@ The intake sensor is found by ``PhysicalContext``, never by name (vendors call i
 "Inlet Temp", "Front Panel Intake", "Ambient"...). Discovery walks the chassis once
 and remembers the URIs, so each poll costs two GETs. The parsing functions take the
 JSON documents and are pure; the HTTP client is injected (:class:`RedfishGetter`).
+
+A BMC answering something other than a JSON object (a list, a string, a number) is
+refused during discovery with a :class:`SourceError` naming the URI; once the
+chassis is known, such an answer for the intake sensor or power resource flags that
+reading (``null`` plus its name in ``invalid_fields``). Malformed members inside a
+document (``Members``, ``Temperatures`` or ``PowerControl`` that are not lists,
+links that are not strings) are skipped like absent ones.
 """
 
 from __future__ import annotations
@@ -39,18 +46,51 @@ class RedfishGetter(Protocol):
     def get(self, path: str) -> Document | None: ...
 
 
+def _document(client: RedfishGetter, path: str) -> Document | None:
+    """GET ``path``: the JSON object, or None when the BMC has no such resource (404).
+
+    Raises:
+        SourceError: naming the URI when the answer is JSON but not an object.
+    """
+    doc: Any = client.get(path)
+    if doc is None or isinstance(doc, Mapping):
+        return doc
+    kind = {list: "array", str: "string", bool: "boolean"}.get(type(doc), "number" if isinstance(doc, int | float)
+                                                              else type(doc).__name__)
+    raise SourceError(f"redfish: {path} answered a JSON {kind} instead of an object "
+                      "(is this a Redfish service? check the BMC firmware)")
+
+
+def _poll(client: RedfishGetter, path: str) -> tuple[Document | None, bool]:
+    """GET ``path`` for a reading: ``(document or None, True)``, or ``(None, False)`` for a non-object answer."""
+    try:
+        return _document(client, path), True
+    except SourceError as exc:
+        log.warning("event=redfish_bad_document error=%s", exc)
+        return None, False
+
+
+BROKEN = Checked(None, True)
+
+
+def _list(doc: Document, name: str) -> list[Any]:
+    value = doc.get(name)
+    return value if isinstance(value, list) else []
+
+
+def _uri(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
 def _link(doc: Document, name: str) -> str | None:
     ref = doc.get(name)
-    if isinstance(ref, Mapping):
-        uri = ref.get("@odata.id")
-        return str(uri) if uri else None
-    return None
+    return _uri(ref.get("@odata.id")) if isinstance(ref, Mapping) else None
 
 
 def _members(doc: Document | None) -> list[str]:
     if not doc:
         return []
-    return [str(m["@odata.id"]) for m in doc.get("Members", []) if isinstance(m, Mapping) and "@odata.id" in m]
+    return [uri for m in _list(doc, "Members") if isinstance(m, Mapping) and (uri := _uri(m.get("@odata.id")))]
 
 
 def _enabled(doc: Document) -> bool:
@@ -80,11 +120,11 @@ def intake_from_sensor(doc: Document) -> Checked:
 
 def intake_from_thermal(doc: Document) -> tuple[Checked, str | None]:
     """The first enabled ``Intake`` entry of a legacy ``Thermal`` document, with its member URI."""
-    for entry in doc.get("Temperatures", []) or []:
+    for entry in _list(doc, "Temperatures"):
         if isinstance(entry, Mapping) and entry.get("PhysicalContext") == "Intake" and _enabled(entry):
             reading = entry.get("ReadingCelsius")
             checked = Checked(None, True) if reading is None else check(reading, "inlet_temp_c")
-            return checked, entry.get("@odata.id")
+            return checked, _uri(entry.get("@odata.id"))
     return Checked(None, False), None
 
 
@@ -98,8 +138,7 @@ def power_from_environment(doc: Document) -> Checked:
 
 def power_from_power(doc: Document) -> Checked:
     """Chassis input power from a legacy ``Power`` document (first ``PowerControl`` entry, W)."""
-    controls = doc.get("PowerControl") or []
-    for ctl in controls:
+    for ctl in _list(doc, "PowerControl"):
         if isinstance(ctl, Mapping) and "PowerConsumedWatts" in ctl:
             return check(ctl.get("PowerConsumedWatts"), "chassis_power_w")
     return Checked(None, False)
@@ -124,33 +163,34 @@ def discover(client: RedfishGetter, *, chassis_id: str | None = None) -> Chassis
     Raises:
         SourceError: when no chassis exposes an intake temperature in either schema.
     """
-    root = client.get("/redfish/v1/")
+    root = _document(client, "/redfish/v1/")
     if root is None:
         raise SourceError("redfish: /redfish/v1/ not found (is this a Redfish service?)")
-    chassis = _members(client.get(_link(root, "Chassis") or "/redfish/v1/Chassis"))
+    chassis = _members(_document(client, _link(root, "Chassis") or "/redfish/v1/Chassis"))
     if chassis_id is not None:
         chassis = [c for c in chassis if c.rstrip("/").rsplit("/", 1)[-1] == chassis_id]
         if not chassis:
             raise SourceError(f"redfish: chassis {chassis_id!r} not found; omit --chassis to pick the first")
     for uri in chassis:
-        doc = client.get(uri)
+        doc = _document(client, uri)
         if doc is None:
             continue
         sensor_uri = None
-        sensors = client.get(_link(doc, "Sensors") or "") if _link(doc, "Sensors") else None
+        sensors_uri = _link(doc, "Sensors")
+        sensors = _document(client, sensors_uri) if sensors_uri else None
         for member in _members(sensors):
-            sdoc = client.get(member)
+            sdoc, _ = _poll(client, member)  # one odd sensor among many is skipped, not fatal
             if sdoc is not None and is_intake_sensor(sdoc):
                 sensor_uri = member
                 break
         env_uri = _link(doc, "EnvironmentMetrics")
-        if env_uri is not None and client.get(env_uri) is None:
+        if env_uri is not None and _document(client, env_uri) is None:
             env_uri = None
         thermal_uri = _link(doc, "Thermal")
         power_uri = _link(doc, "Power")
         legacy_intake = False
         if thermal_uri:
-            tdoc = client.get(thermal_uri)
+            tdoc = _document(client, thermal_uri)
             legacy_intake = tdoc is not None and intake_from_thermal(tdoc)[1] is not None
             thermal_uri = thermal_uri if tdoc is not None else None
         if sensor_uri or legacy_intake:
@@ -166,22 +206,23 @@ def read_inlet(client: RedfishGetter, plan: ChassisPlan, *, server_id: str,
     inlet: Checked = Checked(None, False)
     sensor_id = None
     if plan.intake_sensor_uri:
-        sdoc = client.get(plan.intake_sensor_uri)
-        if sdoc is not None:
-            inlet, sensor_id = intake_from_sensor(sdoc), plan.intake_sensor_uri
+        sdoc, ok = _poll(client, plan.intake_sensor_uri)
+        if sdoc is not None or not ok:
+            inlet = intake_from_sensor(sdoc) if sdoc is not None else BROKEN
+            sensor_id = plan.intake_sensor_uri
     if sensor_id is None and plan.thermal_uri:
-        tdoc = client.get(plan.thermal_uri)
+        tdoc, ok = _poll(client, plan.thermal_uri)
         if tdoc is not None:
             inlet, sensor_id = intake_from_thermal(tdoc)
+        elif not ok:
+            inlet, sensor_id = BROKEN, plan.thermal_uri
     power: Checked = Checked(None, False)
     if plan.environment_uri:
-        edoc = client.get(plan.environment_uri)
-        if edoc is not None:
-            power = power_from_environment(edoc)
+        edoc, ok = _poll(client, plan.environment_uri)
+        power = power_from_environment(edoc) if edoc is not None else power if ok else BROKEN
     if power.value is None and not power.invalid and plan.power_uri:
-        pdoc = client.get(plan.power_uri)
-        if pdoc is not None:
-            power = power_from_power(pdoc)
+        pdoc, ok = _poll(client, plan.power_uri)
+        power = power_from_power(pdoc) if pdoc is not None else power if ok else BROKEN
     return InletSample(
         server_id=server_id, sampled_at=now(), source="redfish",
         inlet_temp_c=fc.take("inlet_temp_c", inlet), chassis_power_w=fc.take("chassis_power_w", power),

@@ -115,11 +115,43 @@ def parse_rpdu2(values: Values, *, pdu_id: str, sampled_at: datetime) -> PduPowe
                           energy_kwh=energy_kwh, phases=phases, invalid_fields=fc.invalid_fields)
 
 
+def _brief(value: Any) -> str:
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long to print
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _table_number(value: Any, *, default: int, oid: str, column: str, pdu_id: str) -> int:
+    """A phase or bank number of ``rPDULoadStatus`` (an SNMP INTEGER 0..2^31-1; absent: ``default``).
+
+    Raises:
+        SourceError: naming the PDU and the OID when the agent returns anything else (text,
+            a fraction, a negative or out-of-range number): the load row cannot be attributed.
+    """
+    if value is None:
+        return default
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and value.strip().isdecimal() and len(value.strip()) <= 10:
+        number = int(value.strip())
+    if number is None or not 0 <= number <= 0x7FFFFFFF:
+        raise SourceError(f"snmp PDU {pdu_id}: {column} ({oid}) is {_brief(value)}, not a number 0-2147483647; "
+                          "the load table cannot be attributed to a phase or bank (check the agent firmware)")
+    return number
+
+
 def parse_rpdu(values: Values, *, pdu_id: str, sampled_at: datetime) -> PduPowerSample:
     """A PDU sample from first-generation rPDU objects (device watts; phase and bank loads).
 
     Rows of ``rPDULoadStatus`` with bank number 0 are phase totals; the total current
-    is their sum.
+    is their sum. Load readings go through the edge rules (flagged when impossible);
+    a phase or bank number that is not an SNMP INTEGER index makes the table
+    unusable, so it raises :class:`SourceError` naming the PDU and OID.
     """
     fc = FieldChecker()
     power_w = fc.take("power_w", check(values.get(RPDU_DEVICE_POWER_W), "pdu_power_w"))
@@ -129,8 +161,11 @@ def parse_rpdu(values: Values, *, pdu_id: str, sampled_at: datetime) -> PduPower
     phases: list[PduPhaseReading] = []
     phase_currents: list[float | None] = []
     for idx, load in loads.items():
-        bank = int(bank_no.get(idx, 0) or 0)
-        name = f"bank{bank}" if bank else f"phase{int(phase_no.get(idx, idx) or idx)}"
+        bank = _table_number(bank_no.get(idx), default=0, oid=f"{RPDU_LOAD_BANK}.{idx}",
+                             column="rPDULoadStatusBankNumber", pdu_id=pdu_id)
+        phase = _table_number(phase_no.get(idx), default=idx, oid=f"{RPDU_LOAD_PHASE}.{idx}",
+                              column="rPDULoadStatusPhaseNumber", pdu_id=pdu_id)
+        name = f"bank{bank}" if bank else f"phase{phase or idx}"
         reading = _phase(name, load, None, power_scale=1.0, fc=fc)
         phases.append(reading)
         if not bank:

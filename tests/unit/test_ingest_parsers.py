@@ -108,3 +108,68 @@ def test_broken_intake_sensor_is_flagged(reading: Any) -> None:
 def test_no_intake_anywhere_is_a_clear_error() -> None:
     with pytest.raises(SourceError, match="PhysicalContext 'Intake'"):
         redfish.RedfishSource(DictClient(service(20, context="CPU")), server_id="s1").read()
+
+
+# --------------------------------------------------------------------------- former fuzz crashes (regressions)
+
+
+def test_check_flags_an_integer_beyond_float_range_instead_of_overflowing() -> None:
+    from ingest.validate import Checked, check
+
+    assert check(10**400, "chassis_power_w") == Checked(None, True)
+    assert check(-(10**400), "inlet_temp_c") == Checked(None, True)
+
+
+def test_rpdu2_huge_counter_is_flagged() -> None:
+    values = {f"{snmp.RPDU2_DEVICE_POWER}.1": 10**400, f"{snmp.RPDU2_PHASE_CURRENT}.1": 65}
+    s = snmp.parse_rpdu2(values, pdu_id="p", sampled_at=T0)
+    assert s.power_w is None and s.invalid_fields == ["power_w"] and s.current_a == 6.5
+
+
+@pytest.mark.parametrize("bank", ["text", 1.5, -1, 10**400, float("nan")])
+def test_rpdu_non_numeric_bank_number_is_a_source_error_naming_pdu_and_oid(bank: Any) -> None:
+    values = {snmp.RPDU_DEVICE_POWER_W: 1230, f"{snmp.RPDU_LOAD}.1": 66, f"{snmp.RPDU_LOAD_BANK}.1": bank}
+    with pytest.raises(SourceError, match=rf"snmp PDU p: rPDULoadStatusBankNumber \({snmp.RPDU_LOAD_BANK}\.1\)"):
+        snmp.parse_rpdu(values, pdu_id="p", sampled_at=T0)
+
+
+def test_rpdu_numeric_text_and_whole_float_bank_numbers_still_parse() -> None:
+    values = {snmp.RPDU_DEVICE_POWER_W: 1230, f"{snmp.RPDU_LOAD}.1": 66, f"{snmp.RPDU_LOAD_BANK}.1": "2",
+              f"{snmp.RPDU_LOAD}.2": 40, f"{snmp.RPDU_LOAD_BANK}.2": 0.0, f"{snmp.RPDU_LOAD_PHASE}.2": 3.0}
+    s = snmp.parse_rpdu(values, pdu_id="p", sampled_at=T0)
+    assert [p.name for p in s.phases] == ["bank2", "phase3"] and s.current_a == 4.0
+
+
+class ListClient:
+    """A BMC whose every resource is a JSON list."""
+
+    def get(self, path: str) -> Any:
+        return []
+
+
+def test_redfish_discovery_refuses_a_list_document_naming_the_uri() -> None:
+    with pytest.raises(SourceError, match=r"redfish: /redfish/v1/ answered a JSON array instead of an object"):
+        redfish.RedfishSource(ListClient(), server_id="s1").read()
+
+
+@pytest.mark.parametrize("answer", [[], "oops", 3])
+def test_redfish_poll_flags_readings_whose_documents_are_not_objects(answer: Any) -> None:
+    docs: dict[str, Any] = service(22.5)
+    client = DictClient(docs)
+    src = redfish.RedfishSource(client, server_id="s1", now=lambda: T0)
+    src.read()  # discovery on good documents
+    docs["/redfish/v1/Chassis/A/Sensors/T2"] = answer
+    docs["/redfish/v1/Chassis/A/EnvironmentMetrics"] = answer
+    (s,) = src.read()
+    assert s.inlet_temp_c is None and s.chassis_power_w is None
+    assert s.invalid_fields == ["inlet_temp_c", "chassis_power_w"]
+
+
+def test_redfish_malformed_members_are_skipped() -> None:
+    docs: dict[str, Any] = service(22.5)
+    docs["/redfish/v1/Chassis/A/Sensors"] = {"Members": [{"@odata.id": 7}, "x", {"@odata.id": "/redfish/v1/Chassis/A/Sensors/T2"}]}
+    docs["/redfish/v1/Chassis/A/EnvironmentMetrics"] = {"PowerWatts": {"Reading": 3120.5}, "PowerControl": 5}
+    (s,) = redfish.RedfishSource(DictClient(docs), server_id="s1", now=lambda: T0).read()
+    assert s.inlet_temp_c == 22.5 and s.invalid_fields == []
+    assert redfish.intake_from_thermal({"Temperatures": 5}) == (redfish.Checked(None, False), None)
+    assert redfish.power_from_power({"PowerControl": 5}) == redfish.Checked(None, False)
