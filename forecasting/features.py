@@ -230,7 +230,8 @@ def advance_state(params: ForecasterParams, state: ServerModelState, obs: Observ
 
 def burstiness(params: ForecasterParams, state: ServerModelState) -> float:
     """How bursty the server's power is, 0 (smooth VM load) to 1 (serving bursts)."""
-    return state.pjit_w / (state.pjit_w + params.jitter_scale_w)
+    j2 = state.pjit_w * state.pjit_w
+    return j2 / (j2 + params.jitter_scale_w * params.jitter_scale_w)
 
 
 def feature_vector(params: ForecasterParams, state: ServerModelState, obs: Observation) -> list[float]:

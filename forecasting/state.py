@@ -92,7 +92,8 @@ class ForecasterParams:
         tau_revert_s: how fast bursty power reverts from its recent level to its mean level.
         tau_inlet_slow_s: time constant of the inlet mean used for the inlet trend.
         tau_jitter_s: time constant of the power-jitter filter.
-        jitter_scale_w: per-GPU jitter at which a server counts as half bursty, half smooth.
+        jitter_scale_w: per-GPU jitter at which a server counts as half bursty, half smooth
+            (``g = j² / (j² + scale²)``: a sharp gate keeps smooth load clear of burst corrections).
         jitter_clip_w: largest per-sample change counted as jitter (one step is not burstiness).
         max_gap_s: a gap longer than this restarts the filters (learned parameters kept).
         horizons_s: horizons the correction and quantile tables are given at.
