@@ -398,35 +398,45 @@ def _fit_rows(
     row_pred: FloatArray,
     limit_row_w: FloatArray,
 ) -> IntArray:
-    """Move instances in rows over their limit to cooler options, cheapest cost per watt first."""
+    """Move instances in rows over their limit to cooler options, cheapest cost per watt first.
+
+    Each round gives every instance its best cooler move (least extra cost per watt saved), then
+    takes moves in that order until the row's excess is covered; at most K rounds.
+    """
     over_rows = np.flatnonzero(row_pred > limit_row_w)
     if over_rows.size == 0:
         return choice
     choice = choice.copy()
+    k_max = m.valid.shape[1]
     for r in over_rows:
         members = np.flatnonzero(row == r)
         if members.size == 0:
             continue
         excess = float(row_pred[r] - limit_row_w[r])
-        for _ in range(members.size * m.valid.shape[1]):
+        for _ in range(k_max):
             if excess <= 0:
                 break
             pc = m.power_w[members, choice[members]]
             cc = cost[members, choice[members]]
             saved = (pc[:, None] - m.power_w[members]) * gpus[members][:, None]
-            extra = cost[members] - cc[:, None]
+            extra = np.maximum(cost[members] - cc[:, None], 0.0)
             ok = allowed[members] & (saved > 1e-6)
             if not ok.any():
                 break
-            # Cost per watt, but prefer a move that clears the excess outright at the least cost.
             ratio = np.full(ok.shape, np.inf)
-            np.divide(np.maximum(extra, 0.0), np.maximum(np.minimum(saved, excess), 1e-9), out=ratio, where=ok)
-            flat = int(np.argmin(ratio))
-            a, k = divmod(flat, m.valid.shape[1])
-            j = members[a]
-            excess -= float(saved[a, k])
-            row_pred[r] -= float(saved[a, k])
-            choice[j] = k
+            np.divide(extra, np.maximum(np.minimum(saved, excess), 1e-9), out=ratio, where=ok)
+            best_k = np.argmin(ratio, axis=1)
+            a_idx = np.arange(members.size)
+            best_ratio = ratio[a_idx, best_k]
+            movable = np.flatnonzero(np.isfinite(best_ratio))
+            order = movable[np.argsort(best_ratio[movable], kind="stable")]
+            gain = saved[order, best_k[order]]
+            before = np.cumsum(gain) - gain
+            take = order[before < excess]
+            choice[members[take]] = best_k[take]
+            got = float(saved[take, best_k[take]].sum())
+            excess -= got
+            row_pred[r] -= got
     return choice
 
 
