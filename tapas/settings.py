@@ -116,8 +116,8 @@ class WorkerSettings(BaseModel):
                                  "bound) used for zone headroom in domain forecasts.")
     batch_max: int = Field(default=2000, ge=1, description="Most telemetry messages handled per Faust batch.")
     batch_within_s: float = Field(default=0.02, gt=0, description="Longest wait to fill a batch (bounds latency).")
-    session_timeout_s: float = Field(default=10.0, gt=0, description="Kafka consumer session timeout; short values "
-                                     "make group joins and failover fast on the embedded broker.")
+    session_timeout_s: float = Field(default=10.0, gt=0, description="Kafka consumer session timeout; the embedded "
+                                     "broker completes a group join after about half of it (10 s: ~5 s join).")
     heartbeat_interval_s: float = Field(default=1.0, gt=0, description="Kafka consumer heartbeat interval.")
     max_poll_interval_s: float = Field(default=60.0, gt=0, description="Kafka max poll interval: a worker slower "
                                        "than this between polls leaves the group (generous: a loaded host must not "
