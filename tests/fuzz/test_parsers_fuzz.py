@@ -41,12 +41,9 @@ FAST, FULL = 40, 500
 
 #: Crashes the fuzz run found in ingest/ (owner: INGEST). The fuzz tests of these parsers are xfailed
 #: (not strict: a run may miss them) until fixed; test_known_ingest_crash pins one minimal input per
-#: crash strictly, so each fix shows up as an XPASS failure asking for its entry to be removed.
-KNOWN_CRASHES = {
-    "replay_row": "ingest.sources.replay.row_messages: text/list/huge cells and num_gpus 0 or >64 raise "
-                  "ValueError/TypeError/OverflowError/ZeroDivisionError/pydantic ValidationError (raise SourceError "
-                  "naming the column, or flag the reading)",
-}
+#: crash, strictly xfailed while listed here (a fix shows up as an XPASS failure asking for its entry to
+#: be removed) and a plain regression test once fixed.
+KNOWN_CRASHES: dict[str, str] = {}  # all fixed (edge_check, redfish, snmp, replay_row); add new findings here
 
 
 def budgets(kind: str | None = None) -> Any:

@@ -173,3 +173,66 @@ def test_redfish_malformed_members_are_skipped() -> None:
     assert s.inlet_temp_c == 22.5 and s.invalid_fields == []
     assert redfish.intake_from_thermal({"Temperatures": 5}) == (redfish.Checked(None, False), None)
     assert redfish.power_from_power({"PowerControl": 5}) == redfish.Checked(None, False)
+
+
+def _replay_row(**cells: Any) -> dict[str, Any]:
+    return {"server_id": "s1", "at_s": 10.0, "hottest_gpu_temp_c": 66.0, "gpu_power_w": 2400.0,
+            "server_power_w": 4100.0, "inlet_temp_c": 24.0, "mean_gpu_util_pct": 70.0,
+            "prefill_tokens_per_s": 1500.0, "decode_tokens_per_s": 600.0, "batch_size": 12.0,
+            "frequency_cap_mhz": 1410.0, "config_id": "cfg", "num_gpus": 8, "slowdown_temp_c": 87.0,
+            "pdu_id": "pdu-1", **cells}
+
+
+@pytest.mark.parametrize("num_gpus", [0.5, 0, 65, "text", 2.5, float("inf"), 10**400])
+def test_replay_unusable_num_gpus_is_a_source_error_naming_the_column(num_gpus: Any) -> None:
+    from ingest.sources.replay import BadCell, row_messages
+
+    with pytest.raises(BadCell, match=r"replay: column 'num_gpus': .* is not a whole number of GPUs 1-64") as err:
+        row_messages(_replay_row(num_gpus=num_gpus), T0)
+    assert isinstance(err.value, SourceError) and err.value.column == "num_gpus"
+
+
+@pytest.mark.parametrize(("column", "value"), [("prefill_tokens_per_s", "text"), ("batch_size", -1),
+                                               ("decode_tokens_per_s", [1, 2]), ("batch_size", 10**400)])
+def test_replay_bad_workload_cell_drops_the_workload_with_a_note_and_keeps_the_readings(column: str,
+                                                                                       value: Any) -> None:
+    from ingest.sources.replay import row_messages
+
+    notes: list[str] = []
+    gpu, inlet = row_messages(_replay_row(**{column: value}), T0, notes)
+    assert gpu.workload is None and gpu.hottest_gpu_temp_c == 66.0 and gpu.gpu_power_w == pytest.approx(2400.0)
+    assert len(notes) == 1 and notes[0].startswith(f"column {column!r}:") and "workload context dropped" in notes[0]
+    assert inlet is not None and inlet.inlet_temp_c == 24.0
+
+
+@pytest.mark.parametrize("value", ["text", [1], 10**400, "1e999"])
+def test_replay_text_list_or_huge_readings_are_flagged(value: Any) -> None:
+    from ingest.sources.replay import pdu_messages, row_messages
+
+    row = _replay_row(gpu_power_w=value, inlet_temp_c=value, server_power_w=value)
+    gpu, inlet = row_messages(row, T0)
+    assert gpu.gpu_power_w is None and gpu.gpus[0].invalid_fields == ["power_usage_w"]
+    assert inlet is not None and inlet.invalid_fields == ["inlet_temp_c", "chassis_power_w"]
+    (pdu,) = pdu_messages([row], T0)
+    assert pdu.power_w is None and pdu.invalid_fields == ["power_w"]
+
+
+def test_replay_file_reports_and_counts_bad_rows_never_dropping_them_silently(tmp_path: Any) -> None:
+    import pandas as pd
+
+    from contracts import GpuSample
+    from ingest.sources.replay import ReplaySource
+
+    rows = [_replay_row(server_id="a"), _replay_row(server_id="b", num_gpus=0.5),
+            _replay_row(server_id="c", batch_size=-1), _replay_row(server_id="d", at_s=None)]
+    path = tmp_path / "rec.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    src = ReplaySource(path, speed=0, start_at=T0)
+    out = [m for r in src.rounds() for m in r]
+    gpus = [m for m in out if isinstance(m, GpuSample)]
+    assert [g.server_id for g in gpus] == ["a", "c"] and gpus[1].workload is None
+    assert src.rejected_rows == 2
+    assert len(src.notes) == 3
+    assert any(f"replay {path} row 2: column 'num_gpus': 0.5" in n and "row skipped" in n for n in src.notes)
+    assert any(f"replay {path} row 3: column 'batch_size'" in n for n in src.notes)
+    assert any(f"replay {path} row 4: column 'at_s'" in n and "row skipped" in n for n in src.notes)
