@@ -331,11 +331,10 @@ class BufferedProducer:
 
     # ------------------------------------------------------------------ delivering
 
-    def _send(self, rec: Record) -> bool:
+    def _send(self, kafka: KafkaSender, rec: Record) -> bool:
         """Hand one record to kafka-python; on an immediate error put it back and go degraded."""
-        assert self._kafka is not None
         try:
-            fut = self._kafka.send(rec.topic, value=rec.value, key=rec.key)
+            fut = kafka.send(rec.topic, value=rec.value, key=rec.key)
         except Exception as exc:  # noqa: BLE001 - KafkaTimeoutError, KafkaConnectionError, closed producer...
             if is_poison(exc):
                 self._drop_poison(rec, exc)
@@ -398,11 +397,12 @@ class BufferedProducer:
     def pump(self) -> None:
         """Make progress: connect if needed, settle finished sends, dispatch queued records."""
         now = self._clock()
-        if self._kafka is None:
+        kafka = self._kafka
+        if kafka is None:
             if now < self._retry_at:
                 return
             try:
-                self._kafka = self._connect()
+                kafka = self._kafka = self._connect()
             except (ValueError, TypeError):
                 raise  # a configuration mistake: retrying will not fix it
             except Exception as exc:  # noqa: BLE001 - NoBrokersAvailable, connection errors
@@ -414,7 +414,7 @@ class BufferedProducer:
         self._refill_from_spool()
         limit = 1 if self._degraded else self.max_in_flight
         while self._pending and len(self._inflight) < limit:
-            if not self._send(self._pending.popleft()):
+            if not self._send(kafka, self._pending.popleft()):
                 return
             if self._degraded:
                 # One probe per backoff period while the broker is unreachable.
