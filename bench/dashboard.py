@@ -162,8 +162,9 @@ def tick_payloads(app: Any, inputs: dict[str, Any], n: int) -> list[dict[str, An
                    for p in key.strip(".").split("...")]
         ins = [{**i, "value": n if i["id"] == "tick" else inputs.get(f"{i['id']}.{i['property']}")}
                for i in cb["inputs"]]
+        state = [{**st, "value": inputs.get(f"{st['id']}.{st['property']}")} for st in cb.get("state", [])]
         out.append({"output": key, "outputs": outputs, "inputs": ins, "changedPropIds": ["tick.n_intervals"],
-                    "state": []})
+                    "state": state})
     return out
 
 

@@ -112,11 +112,18 @@ class PageUpdater:
         sids = self.view.snapshot().layout.servers_by_rack.get(rack_id, [])
         return sids[y_index] if 0 <= y_index < len(sids) else None
 
-    def actions(self, kinds: list[str] | None, row_id: str | None) -> tuple[Any, ...]:
-        """The filtered actions log and the row filter's options."""
+    def actions(self, kinds: list[str] | None, row_id: str | None,
+                shown: int | None = None) -> tuple[Any, ...]:
+        """The filtered actions log, the row filter's options and the log length they show.
+
+        When ``shown`` equals the number of actions logged so far the table is left as it is
+        (``no_update``): re-rendering an unchanged log every refresh costs the browser time.
+        """
         snap = self.view.snapshot()
+        if shown is not None and shown == snap.num_actions:
+            return no_update, no_update, no_update
         options = [{"label": r, "value": r} for r in snap.layout.rows]
-        return layout.actions_table(snap.actions, kinds, row_id), options
+        return layout.actions_table(snap.actions, kinds, row_id), options, snap.num_actions
 
     def update_all(self, metric: str = "thermal", selected_rack: str | None = None,
                    selected_server: str | None = None, power_kind: str = "row") -> list[tuple[Any, ...]]:
@@ -166,11 +173,13 @@ def create_app(view: DashboardView, *, refresh_s: float = 1.5, username: str | N
         return updater.detail(metric, rack, server)
 
     @app.callback(
-        Output("actions-table", "children"), Output("filter-row", "options"),
+        Output("actions-table", "children"), Output("filter-row", "options"), Output("actions-shown", "data"),
         Input("tick", "n_intervals"), Input("filter-kind", "value"), Input("filter-row", "value"),
+        State("actions-shown", "data"),
     )
-    def _actions(_n: int, kinds: list[str] | None, row: str | None) -> tuple[Any, ...]:
-        return updater.actions(kinds, row)
+    def _actions(_n: int, kinds: list[str] | None, row: str | None, shown: int | None) -> tuple[Any, ...]:
+        # A filter change always re-renders; a tick only when new actions arrived.
+        return updater.actions(kinds, row, shown if dash.ctx.triggered_id == "tick" else None)
 
     @app.callback(Output("selected-rack", "data"), Output("selected-server", "data"),
                   Input("floor-map", "clickData"), State("selected-rack", "data"), prevent_initial_call=True)

@@ -162,6 +162,7 @@ def page(refresh_s: float) -> html.Div:
         ], className="grid"),
         dcc.Store(id="selected-rack"),
         dcc.Store(id="selected-server"),
+        dcc.Store(id="actions-shown"),
         dcc.Interval(id="tick", interval=int(refresh_s * 1000), n_intervals=0),
     ], style={"background": BG, "minHeight": "100vh"})
 

@@ -240,6 +240,8 @@ class ViewSnapshot:
     accuracy: list[HorizonAccuracy]
     num_messages: int
     num_rejected: int
+    #: Actions logged since start (the page re-renders the log only when it grows).
+    num_actions: int = 0
 
     @property
     def highlighted_racks(self) -> set[str]:
@@ -374,6 +376,7 @@ class DashboardView:
         self._data_clock: datetime | None = None
         self._num_messages = 0
         self._num_rejected = 0
+        self._num_actions = 0
 
     # ----------------------------------------------------------------- folding
     def apply(self, message: Contract, received_at: datetime | None = None) -> None:
@@ -399,6 +402,10 @@ class DashboardView:
                 self._apply_event(message)
             elif isinstance(message, ModelAnnouncement):
                 self._models[message.model_name] = message
+
+    def _log_action(self, entry: ActionEntry) -> None:
+        self._actions.append(entry)
+        self._num_actions += 1
 
     def reject(self) -> None:
         """Count a message that failed its contract (it is skipped, never shown)."""
@@ -483,7 +490,7 @@ class DashboardView:
                    else f"place {h.request_id}: no feasible server")
         headroom = (f"{top.thermal_headroom_c:.1f} °C, row {top.row_power_headroom_w / 1000:.1f} kW"
                     if top else "")
-        self._actions.append(ActionEntry(h.issued_at, "placement", top.server_id if top else h.request_id,
+        self._log_action(ActionEntry(h.issued_at, "placement", top.server_id if top else h.request_id,
                                          self._row_of_server(top.server_id if top else None), summary,
                                          h.reason, headroom))
 
@@ -507,7 +514,7 @@ class DashboardView:
         headroom = (f"{moved.thermal_headroom_c:.1f} °C" if moved.thermal_headroom_c is not None else "")
         if moved.power_headroom_w is not None:
             headroom += f"{', ' if headroom else ''}{moved.power_headroom_w:.0f} W"
-        self._actions.append(ActionEntry(w.issued_at, "routing", w.endpoint_id,
+        self._log_action(ActionEntry(w.issued_at, "routing", w.endpoint_id,
                                          self._row_of_server(moved.server_id), summary,
                                          w.reason or ("stale inputs: safe fallback" if w.stale_inputs else ""),
                                          headroom))
@@ -516,7 +523,7 @@ class DashboardView:
         unit = "°C" if c.trigger == "thermal" else "W" if c.trigger in ("power", "emergency") else ""
         headroom = f"{c.headroom:.1f} {unit}".strip() if c.headroom is not None else ""
         on = f" on {c.instance_id}" if c.instance_id else ""
-        self._actions.append(ActionEntry(c.issued_at, "reconfig", c.server_id, self._row_of_server(c.server_id),
+        self._log_action(ActionEntry(c.issued_at, "reconfig", c.server_id, self._row_of_server(c.server_id),
                                          f"{describe_command(c)}{on} [{c.mode}]", c.reason,
                                          f"{c.trigger} {headroom}".strip()))
 
@@ -540,7 +547,7 @@ class DashboardView:
             headroom = f"budget {e.budget_frac:.0%}"
         if e.supply_temp_rise_c is not None:
             headroom += f"{', ' if headroom else ''}supply +{e.supply_temp_rise_c:.1f} °C"
-        self._actions.append(ActionEntry(e.occurred_at, "event", f"{e.domain_kind} {e.domain_id}", row,
+        self._log_action(ActionEntry(e.occurred_at, "event", f"{e.domain_kind} {e.domain_id}", row,
                                          f"{e.severity}: {e.event_kind}", e.detail, headroom))
 
     # ----------------------------------------------------------------- reading
@@ -570,7 +577,7 @@ class DashboardView:
                 layout=self._layout_copy, servers=dict(self._servers), domains=dict(self._domains),
                 actions=list(self._actions), emergencies=list(self._emergencies.values()),
                 models=dict(self._models), forecast_model_version=self._forecast_version, accuracy=accuracy,
-                num_messages=self._num_messages, num_rejected=self._num_rejected,
+                num_messages=self._num_messages, num_rejected=self._num_rejected, num_actions=self._num_actions,
             )
 
     def domain_history(self, kinds: Iterable[str]) -> dict[tuple[str, str], list[DomainPoint]]:

@@ -7,7 +7,11 @@ install, when Chromium or its driver is missing (``.ci/run`` installs both).
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -21,6 +25,7 @@ import numpy as np
 import pytest
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+REPO = Path(__file__).resolve().parents[2]
 HAVE_BROWSER = Path(CHROMIUM).exists() and shutil.which("chromedriver") is not None
 
 
@@ -138,6 +143,69 @@ class PipelinePublisher:
         self.producer.close(5)
 
 
+class SimPipelineProcess:
+    """``tests.browser.sim_pipeline`` as a child process: simulator → stream-worker core → controller → topics.
+
+    A separate process, as in production, so the pipeline's CPU does not compete with the
+    page's callbacks for this process's GIL. Events it publishes are read back from its
+    JSON-lines log with the wall-clock time of publication.
+    """
+
+    def __init__(self, bootstrap: str, topics: Any, num_servers: int, *, trace_path: Path, workdir: Path,
+                 scenario: str, hours: float, backfill_s: int) -> None:
+        import dataclasses
+        import json
+
+        self.events_path = workdir / "sim-events.jsonl"
+        self.ready_path = workdir / "sim-ready"
+        self.args = [sys.executable, "-m", "tests.browser.sim_pipeline", "--bootstrap", bootstrap,
+                     "--topics", json.dumps(dataclasses.asdict(topics)), "--servers", str(num_servers),
+                     "--trace", str(trace_path), "--scenario", scenario, "--hours", str(hours),
+                     "--backfill-s", str(backfill_s), "--registry", str(workdir / "registry"),
+                     "--events", str(self.events_path), "--ready", str(self.ready_path)]
+        self.log_path = workdir / "sim-pipeline.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.last_published_at: datetime | None = None
+
+    def start(self, timeout_s: float = 90.0) -> SimPipelineProcess:
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                                         start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while not self.ready_path.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"sim pipeline did not start:\n{self.log_path.read_text()[-3000:]}")
+            time.sleep(0.2)
+        return self
+
+    @property
+    def events(self) -> list[tuple[float, Any]]:
+        """(wall-clock seconds when published, ControlEvent) for every simulator event so far."""
+        import json
+
+        from contracts import ControlEvent
+
+        if not self.events_path.exists():
+            return []
+        out = []
+        for line in self.events_path.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                out.append((float(rec["published_at_s"]), ControlEvent.model_validate(rec["event"])))
+        return out
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
 @dataclass
 class LiveDashboard:
     """A dashboard app wired to a live feed through the broker."""
@@ -145,13 +213,18 @@ class LiveDashboard:
     app: Any
     view: Any
     topology: Any
-    publisher: PipelinePublisher
+    publisher: Any
     consumer: Any
 
 
 @pytest.fixture
-def live_dashboard(broker: Any, topic_factory: Callable[..., str]) -> Iterator[Callable[..., LiveDashboard]]:
-    """Factory: ``live_dashboard(num_servers=40, stale_after_s=..., username=..., password=...)``."""
+def live_dashboard(broker: Any, topic_factory: Callable[..., str], data_dir: Path,
+                   tmp_path: Path) -> Iterator[Callable[..., LiveDashboard]]:
+    """Factory: ``live_dashboard(num_servers=40, stale_after_s=..., username=..., password=..., sim=...)``.
+
+    ``sim={"scenario": ..., "hours": ..., "backfill_s": ...}`` feeds the page from the simulator through the
+    stream worker's core; otherwise a synthetic publisher shaped like the pipeline's output is used.
+    """
     from dashboard.app import create_app
     from dashboard.view import DashboardTopics, DashboardView, FloorLayout, ViewConsumer
     from tapas.settings import KafkaSettings
@@ -160,14 +233,21 @@ def live_dashboard(broker: Any, topic_factory: Callable[..., str]) -> Iterator[C
     started: list[LiveDashboard] = []
 
     def make(num_servers: int = 40, *, stale_after_s: float = 10.0, refresh_s: float = 1.5,
-             username: str | None = None, password: str | None = None, backfill_s: int = 0) -> LiveDashboard:
+             username: str | None = None, password: str | None = None, backfill_s: int = 0,
+             sim: dict[str, Any] | None = None) -> LiveDashboard:
         tag = uuid.uuid4().hex[:6]
         topics = DashboardTopics(**{name: topic_factory(f"dash-{name}-{tag}", partitions=2)
                                     for name in DashboardTopics.__dataclass_fields__})
         topo = default_topology(num_servers)
         view = DashboardView(layout=FloorLayout.from_topology(topo), stale_after_s=stale_after_s)
         consumer = ViewConsumer(view, KafkaSettings(bootstrap_servers=broker.bootstrap), topics=topics).start()
-        publisher = PipelinePublisher(broker.bootstrap, topics, topo).start(backfill_s)
+        publisher: Any
+        if sim is not None:
+            trace = data_dir / "azure-llm-inference-2023" / "AzureLLMInferenceTrace_code.csv"
+            publisher = SimPipelineProcess(broker.bootstrap, topics, num_servers, trace_path=trace,
+                                           workdir=tmp_path, **sim).start()
+        else:
+            publisher = PipelinePublisher(broker.bootstrap, topics, topo).start(backfill_s)
         app = create_app(view, refresh_s=refresh_s, username=username, password=password)
         live = LiveDashboard(app, view, topo, publisher, consumer)
         started.append(live)
