@@ -63,6 +63,8 @@ class TapasKnobs:
     route_only_when_constrained: bool = True
     """Publish weights only while some instance's headroom binds; otherwise leave the load-aware router alone."""
     binding_thermal_headroom_c: float = 3.0
+    feedback_margin_frac: float = 0.04
+    """Row margin the IaaS-cap feedback keeps under the reduced budget (IaaS load swings between samples)."""
     emergency_slow_switches: bool = False
     """Reload weights into leaner layouts (e.g. TP4) while IaaS VMs are capped. Off: in the simulator it cut IaaS
     loss in a power failure to ~4 % but reloads under overload left queues that cost ~13 SLO points."""
@@ -239,7 +241,8 @@ class TapasPolicy:
             if plan.emergency.kind != "power" or not plan.caps or id(plan) in skip or id(plan) in seen:
                 continue
             seen.add(id(plan))
-            new = rebalance_iaas_caps(snapshot, plan, now_s=now, budget_w=snapshot.row_budget_w)
+            new = rebalance_iaas_caps(snapshot, plan, now_s=now, budget_w=snapshot.row_budget_w,
+                                      margin_frac=self.k.feedback_margin_frac)
             kept = {c.vm_id for c in new}
             lifted.extend(c.server_index for c in plan.caps if c.vm_id not in kept)
             caps.extend(new)
