@@ -14,7 +14,9 @@ three readers consume the same GPU samples:
 Then, with the same worker still running, samples are sent live at a fixed
 ``latency_rate_per_s`` server-samples/s stamped with the send time; latency is the
 forecast's Kafka timestamp (set when the worker publishes it) minus its
-``based_on_sample_at``. Rates exclude process start-up and group joins.
+``based_on_sample_at``. Rates exclude process start-up and group joins. The host's
+load average is reported beside the figures: on a shared host every rate moves
+with it, which is why the three readers run in the same call on the same messages.
 """
 
 from __future__ import annotations
@@ -268,6 +270,8 @@ def run(quick: bool = False) -> dict[str, Any]:
             "num_servers": num_servers,
             "backlog_samples": count,
             "mean_sample_bytes": mean_bytes,
+            "host_load_avg_1m": round(os.getloadavg()[0], 2),
+            "host_cpus": os.cpu_count() or 0,
         }
 
 
