@@ -588,7 +588,7 @@ class Simulation:
             row_power_w=self.row_power.copy(),
             row_power_hi_w=np.asarray(row_hi, dtype=np.float64).copy(),
             zone_ids=self.topo.zone_ids,
-            zone_capacity_w=self.zone_cap,
+            zone_capacity_w=self.zone_cap * self.scenario.cooling_capacity_frac(t, self.Z),
             zone_heat_w=self.zone_heat.copy(),
             zone_heat_hi_w=np.asarray(zone_hi, dtype=np.float64).copy(),
             instances=instances,
@@ -769,7 +769,7 @@ class Simulation:
 
         # ---- heat
         supply = self.zone_supply + sc.supply_rise_c(t, self.Z)
-        heat_frac = self.zone_heat / self.zone_cap
+        heat_frac = self.zone_heat / (self.zone_cap * sc.cooling_capacity_frac(t, self.Z))
         inlet_target = th.inlet_temp_c(supply[self.srv_zone], self.inlet_off, self.recirc_w, heat_frac[self.srv_zone])
         gpu_target = th.steady_gpu_temp_c(inlet_target[:, None] if not self.initialised else self.inlet[:, None],
                                           self.rth[:, None], gp, self.slot_off[None, :])

@@ -5,10 +5,11 @@ diurnal rise and fully warmed up) so every policy meets them in the same state.
 
 * ``normal``: diurnal load only.
 * ``load-spike``: demand × ``SPIKE_FACTOR`` (2) for ``SPIKE_S`` (10 min), with 30 s ramps.
-* ``cooling-failure``: the air handler of ``zone00`` fails; its supply temperature rises
-  by ``COOLING_RISE_C`` (8 °C: neighbouring handlers keep the aisle near the ASHRAE
-  allowable A1 limit of 32 °C rather than the recommended 27 °C) over a 120 s ramp, for
-  ``COOLING_S`` (20 min), then recovers over 120 s.
+* ``cooling-failure``: the air handler of ``zone00`` fails; neighbouring handlers carry
+  part of its aisle, so its supply temperature rises by ``COOLING_RISE_C`` (6 °C, to
+  27 °C: the top of ASHRAE's recommended range) and its cooling capacity drops to
+  ``COOLING_CAPACITY_FRAC`` (70 %) — more hot exhaust recirculates, worst at the top of
+  the racks — over a 120 s ramp, for ``COOLING_S`` (20 min), then recovers over 120 s.
 * ``power-failure``: available power drops to ``POWER_BUDGET_FRAC`` (75 %) of every
   row's budget for ``POWER_S`` (5 min) — the TAPAS paper's power emergency (one UPS lost).
 """
@@ -28,7 +29,8 @@ EVENT_START_FRAC = 0.4
 SPIKE_FACTOR = 2.0
 SPIKE_S = 600.0
 SPIKE_RAMP_S = 30.0
-COOLING_RISE_C = 8.0
+COOLING_RISE_C = 6.0
+COOLING_CAPACITY_FRAC = 0.7
 COOLING_S = 1200.0
 COOLING_RAMP_S = 120.0
 COOLING_ZONE = 0
@@ -76,10 +78,23 @@ class Scenario:
     def supply_rise_c(self, t_s: float, num_zones: int) -> F:
         """Supply-temperature rise of every zone at time ``t_s``."""
         out = np.zeros(num_zones)
-        if self.name == "cooling-failure" and num_zones > 0:
-            t0, t1 = self.event_window_s or (0.0, 0.0)
-            ramp = min(max((t_s - t0) / COOLING_RAMP_S, 0.0), 1.0) * min(max((t1 + COOLING_RAMP_S - t_s) / COOLING_RAMP_S, 0.0), 1.0)
-            out[COOLING_ZONE % num_zones] = COOLING_RISE_C * ramp
+        if num_zones > 0:
+            out[COOLING_ZONE % num_zones] = COOLING_RISE_C * self._cooling_ramp(t_s)
+        return out
+
+    def _cooling_ramp(self, t_s: float) -> float:
+        if self.name != "cooling-failure":
+            return 0.0
+        t0, t1 = self.event_window_s or (0.0, 0.0)
+        up = min(max((t_s - t0) / COOLING_RAMP_S, 0.0), 1.0)
+        down = min(max((t1 + COOLING_RAMP_S - t_s) / COOLING_RAMP_S, 0.0), 1.0)
+        return up * down
+
+    def cooling_capacity_frac(self, t_s: float, num_zones: int) -> F:
+        """Fraction of each zone's cooling capacity available at ``t_s``."""
+        out = np.ones(num_zones)
+        if num_zones > 0:
+            out[COOLING_ZONE % num_zones] = 1.0 - (1.0 - COOLING_CAPACITY_FRAC) * self._cooling_ramp(t_s)
         return out
 
     def budget_frac(self, t_s: float) -> float:
