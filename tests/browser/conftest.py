@@ -152,7 +152,7 @@ class SimPipelineProcess:
     """
 
     def __init__(self, bootstrap: str, topics: Any, num_servers: int, *, trace_path: Path, workdir: Path,
-                 scenario: str, hours: float, backfill_s: int) -> None:
+                 scenario: str, hours: float, backfill_s: int, layout: dict[str, Any] | None = None) -> None:
         import dataclasses
         import json
 
@@ -162,7 +162,8 @@ class SimPipelineProcess:
                      "--topics", json.dumps(dataclasses.asdict(topics)), "--servers", str(num_servers),
                      "--trace", str(trace_path), "--scenario", scenario, "--hours", str(hours),
                      "--backfill-s", str(backfill_s), "--registry", str(workdir / "registry"),
-                     "--events", str(self.events_path), "--ready", str(self.ready_path)]
+                     "--events", str(self.events_path), "--ready", str(self.ready_path),
+                     "--layout", json.dumps(layout or {})]
         self.log_path = workdir / "sim-pipeline.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.last_published_at: datetime | None = None
@@ -228,24 +229,24 @@ def live_dashboard(broker: Any, topic_factory: Callable[..., str], data_dir: Pat
     from dashboard.app import create_app
     from dashboard.view import DashboardTopics, DashboardView, FloorLayout, ViewConsumer
     from tapas.settings import KafkaSettings
-    from tapas.topology import default_topology
+    from tapas.topology import load_topology
 
     started: list[LiveDashboard] = []
 
     def make(num_servers: int = 40, *, stale_after_s: float = 10.0, refresh_s: float = 1.5,
              username: str | None = None, password: str | None = None, backfill_s: int = 0,
-             sim: dict[str, Any] | None = None) -> LiveDashboard:
+             sim: dict[str, Any] | None = None, layout: dict[str, Any] | None = None) -> LiveDashboard:
         tag = uuid.uuid4().hex[:6]
         topics = DashboardTopics(**{name: topic_factory(f"dash-{name}-{tag}", partitions=2)
                                     for name in DashboardTopics.__dataclass_fields__})
-        topo = default_topology(num_servers)
+        topo = load_topology(None, num_servers=num_servers, **(layout or {}))
         view = DashboardView(layout=FloorLayout.from_topology(topo), stale_after_s=stale_after_s)
         consumer = ViewConsumer(view, KafkaSettings(bootstrap_servers=broker.bootstrap), topics=topics).start()
         publisher: Any
         if sim is not None:
             trace = data_dir / "azure-llm-inference-2023" / "AzureLLMInferenceTrace_code.csv"
             publisher = SimPipelineProcess(broker.bootstrap, topics, num_servers, trace_path=trace,
-                                           workdir=tmp_path, **sim).start()
+                                           workdir=tmp_path, layout=layout, **sim).start()
         else:
             publisher = PipelinePublisher(broker.bootstrap, topics, topo).start(backfill_s)
         app = create_app(view, refresh_s=refresh_s, username=username, password=password)

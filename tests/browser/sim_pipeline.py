@@ -128,13 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--registry", type=Path, required=True)
     parser.add_argument("--events", type=Path, required=True)
     parser.add_argument("--ready", type=Path, required=True)
+    parser.add_argument("--layout", default="{}", help="JSON of tapas.topology layout overrides")
     args = parser.parse_args(argv)
 
     from dashboard.view import DashboardTopics
-    from tapas.topology import default_topology
+    from tapas.topology import load_topology
 
     topics = DashboardTopics(**json.loads(args.topics))
-    pipeline = SimPipeline(args.bootstrap, topics, default_topology(args.servers), trace_path=args.trace,
+    pipeline = SimPipeline(args.bootstrap, topics, load_topology(None, num_servers=args.servers, **json.loads(args.layout)), trace_path=args.trace,
                            scenario=args.scenario, hours=args.hours, backfill_s=args.backfill_s,
                            registry_dir=args.registry, events_path=args.events)
     stop = {"now": False}
