@@ -3,6 +3,8 @@
 The figure is the median of repeats of a baseline run of the default layout resized to
 1,000 servers (``normal`` scenario, the Azure code trace, 1 s ticks), timed after the
 setup (arrival and VM draws, initial placement), which is reported separately.
+``sim_seconds_per_cpu_second`` divides by the process's CPU time instead: on a shared
+machine it is the single-core figure, while the wall-clock one includes waiting for a core.
 """
 
 from __future__ import annotations
@@ -27,21 +29,26 @@ def run(quick: bool = False) -> dict[str, Any]:
     trace = load_trace(load_settings().resolved_trace_file)
     topo = default_topology(servers, oversubscription=1.5)
     rates: list[float] = []
+    cpu_rates: list[float] = []
     setups: list[float] = []
     for r in range(repeats):
         t0 = time.perf_counter()
         sim = Simulation(topo, "normal", "baseline", hours=ticks / 3600.0, seed=r, trace=trace)
         t1 = time.perf_counter()
+        c1 = time.process_time()
         while not sim.finished:
             sim.step()
         t2 = time.perf_counter()
+        c2 = time.process_time()
         setups.append(t1 - t0)
         rates.append(ticks * sim.dt / (t2 - t1))
+        cpu_rates.append(ticks * sim.dt / max(c2 - c1, 1e-9))
     rate = statistics.median(rates)
     return {
         "servers": servers,
         "simulated_s": ticks,
         "sim_seconds_per_wall_second": rate,
+        "sim_seconds_per_cpu_second": statistics.median(cpu_rates),
         "target_sim_seconds_per_wall_second": TARGET,
         "ratio": rate / TARGET,
         "setup_s": statistics.median(setups),
