@@ -145,6 +145,7 @@ def train(
     version: str = typer.Option(None, "--version", help="Version name (default: v<UTC timestamp>)."),
     promote_it: bool = typer.Option(False, "--promote", help="Promote and announce the new version."),
     registry_dir: Path = typer.Option(None, "--registry-dir", help="Registry (default: TAPAS_REGISTRY_DIR)."),
+    no_evaluate: bool = typer.Option(False, "--no-evaluate", help="Skip the rolling-origin figures in the metadata."),
 ) -> None:
     """Train a forecaster version on history and write it to the registry with its metadata."""
     from forecasting.workflow import train_version
@@ -154,7 +155,7 @@ def train(
     reg = registry_dir or settings.registry_dir
     df, source = _history(history, simulate, from_store, last_hours, servers, hours, seed, scenario)
     with _progress(len(df), "folding history through the online model") as advance:
-        mv = train_version(df, reg, version=version, source=source, progress=advance)
+        mv = train_version(df, reg, version=version, source=source, evaluate=not no_evaluate, progress=advance)
     console.print(f"trained {mv.version} → {mv.path} (sha256 {mv.sha256[:12]}…)")
     for k, v in sorted(mv.metrics.items()):
         console.print(f"  {k}: {v:.4g}")

