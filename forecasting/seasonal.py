@@ -95,6 +95,35 @@ def backtest_aggregates(table: pd.DataFrame, *, step_s: float, horizons_s: Seque
                        "num_origins": len(err[s])} for h, s in zip(horizons_s, steps, strict=True)}
 
 
+def forecast_aggregates(df: pd.DataFrame, *, step_s: float = 30.0,
+                        horizons_s: Sequence[float] = (300.0, 600.0, 900.0),
+                        season_steps: int | None = None) -> pd.DataFrame:
+    """Forecast inlet per cooling zone and load per service from the end of a history.
+
+    Returns one row per aggregate and horizon: ``kind`` (``inlet_per_zone_c`` or
+    ``load_per_service_tokens_per_s``), ``group``, ``horizon_s``, ``last`` (the
+    latest value) and ``forecast``.
+    """
+    rows: list[dict[str, Any]] = []
+    steps = [max(1, round(h / step_s)) for h in horizons_s]
+    tables: list[tuple[str, pd.DataFrame]] = []
+    if "zone_id" in df.columns and "inlet_temp_c" in df.columns:
+        tables.append(("inlet_per_zone_c", regular_series(df, "inlet_temp_c", "zone_id", step_s=step_s)))
+    service = "service_id" if "service_id" in df.columns else "config_id" if "config_id" in df.columns else None
+    if service is not None:
+        d = df.assign(tokens_per_s=df["prefill_tokens_per_s"].fillna(0) + df["decode_tokens_per_s"].fillna(0))
+        tables.append(("load_per_service_tokens_per_s",
+                       regular_series(d, "tokens_per_s", service, step_s=step_s, how="sum")))
+    for kind, table in tables:
+        for col in table.columns:
+            y = table[col].bfill().to_numpy(dtype=float)
+            pred = forecast_ets(y, max(steps), season_steps=season_steps)
+            for h, k in zip(horizons_s, steps, strict=True):
+                rows.append({"kind": kind, "group": str(col), "horizon_s": float(h), "last": float(y[-1]),
+                             "forecast": float(pred[k - 1])})
+    return pd.DataFrame(rows, columns=["kind", "group", "horizon_s", "last", "forecast"])
+
+
 def seasonal_backtest(df: pd.DataFrame, *, step_s: float = 30.0, num_origins: int = 8) -> dict[str, Any]:
     """Inlet per cooling zone (mean) and load per service (sum of tokens/s) backtests, when columns allow.
 

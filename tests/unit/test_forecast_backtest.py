@@ -86,3 +86,15 @@ def test_seasonal_ets_beats_persistence_on_a_drifting_inlet() -> None:
     table = pd.DataFrame({"z1": 22 + 2 * np.sin(2 * np.pi * t / 7200) + 0.05 * rng.standard_normal(240)})
     out = backtest_aggregates(table, step_s=30.0, num_origins=6)
     assert out["300"]["mae"] < 0.7 * out["300"]["mae_persistence"]
+
+
+def test_forecast_aggregates_per_zone_and_service(history: pd.DataFrame) -> None:
+    """Every cooling zone and service gets a finite forecast at each horizon."""
+    from forecasting.seasonal import forecast_aggregates
+
+    out = forecast_aggregates(history, horizons_s=(300.0, 900.0))
+    zones = set(history["zone_id"])
+    inlet = out[out.kind == "inlet_per_zone_c"]
+    assert set(inlet.group) == zones and len(inlet) == 2 * len(zones)
+    assert np.isfinite(out.forecast).all()
+    assert (inlet.forecast - inlet["last"]).abs().max() < 5.0  # minutes ahead, inlet does not jump
