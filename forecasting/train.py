@@ -2,7 +2,8 @@
 
 The global model is linear in the shared features (scikit-learn ``Ridge``, or a
 least-absolute-deviation fit by reweighted ridge, whichever validates better; one
-per horizon and target) on top of the physics forecast, so the stream worker evaluates
+per horizon, target and load type: smooth VM load and bursty serving load are
+fitted apart) on top of the physics forecast, so the stream worker evaluates
 it with a dot product per horizon. The per-server online part (RLS on the thermal
 offset/resistance and the load→power map) runs inside the features. Interval
 bounds, per bin of burstiness (smooth VM load ... serving bursts), are the 5th/95th
@@ -82,24 +83,40 @@ FITTERS: dict[str, Callable[[F, F, float], F]] = {"ridge": _ridge, "least_absolu
 
 
 def _validated(x: F, r: F, early: npt.NDArray[np.bool_], burst: F, shrinkage: float,
-               level: tuple[float, float]) -> tuple[list[float], list[float], str]:
-    """Coefficients (all rows), interval quantiles (late rows) and the chosen fitter, for one target/horizon.
+                      level: tuple[float, float]) -> tuple[list[float], list[float], str]:
+    """Coefficients (all rows), interval quantiles (late rows) and the chosen fitters, for one target/horizon.
 
-    Each fitter in ``FITTERS`` is fitted on the early rows and scored by mean absolute
-    error on the late rows, beside no correction at all (the physics forecast);
-    the best is refit on every row. Quantiles come from the late-row residuals of
-    the early fit, so they are out of sample.
+    The smooth and the bursty halves of the features are fitted apart, each only on
+    the rows of its own load type, so the large errors of serving bursts do not
+    steer the corrections of smooth VM load. For each half every fitter in
+    ``FITTERS`` is fitted on the early rows and scored by mean absolute error on the
+    late rows, beside no correction (the physics forecast); the best is refit on all
+    rows of its type. Quantiles come from the late-row residuals of the early fits,
+    so they are out of sample.
     """
+    m = x.shape[1] // 2
     late = ~early
-    best_name, best_mae, resid = "none", float(np.mean(np.abs(r[late]))), r[late]
-    for name, fit in FITTERS.items():
-        coef = fit(x[early], r[early], shrinkage)
-        corrected = r[late] - x[late] @ coef
-        mae = float(np.mean(np.abs(corrected)))
-        if mae < best_mae:
-            best_name, best_mae, resid = name, mae, corrected
-    final = FITTERS[best_name](x, r, shrinkage).tolist() if best_name != "none" else [0.0] * x.shape[1]
-    return final, _regime_quantiles(resid, burst[late], level), best_name
+    coef_early = np.zeros(x.shape[1])
+    coef_final = np.zeros(x.shape[1])
+    names = []
+    for block, rows in ((slice(0, m), burst < 0.5), (slice(m, 2 * m), burst >= 0.5)):
+        fit_rows, val_rows = early & rows, late & rows
+        if fit_rows.sum() < 2 * m or val_rows.sum() < 20:
+            names.append("none")
+            continue
+        xb = x[:, block]
+        best_name, best_mae = "none", float(np.mean(np.abs(r[val_rows])))
+        for name, fit in FITTERS.items():
+            c = fit(xb[fit_rows], r[fit_rows], shrinkage)
+            mae = float(np.mean(np.abs(r[val_rows] - xb[val_rows] @ c)))
+            if mae < best_mae:
+                best_name, best_mae = name, mae
+                coef_early[block] = c
+        if best_name != "none":
+            coef_final[block] = FITTERS[best_name](xb[rows], r[rows], shrinkage)
+        names.append(best_name)
+    resid = r[late] - x[late] @ coef_early
+    return coef_final.tolist(), _regime_quantiles(resid, burst[late], level), "/".join(names)
 
 
 def fit_corrections(folded: FoldedHistory, base: ForecasterParams, *, version: str,
