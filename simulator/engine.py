@@ -487,10 +487,10 @@ class Simulation:
                               started_at_s=win[0], ends_at_s=win[1], budget_frac=sc.budget_frac(t))
                     for r in range(self.R)]
         if sc.name == "cooling-failure":
-            from simulator.scenarios import COOLING_RISE_C, COOLING_ZONE
+            from simulator.scenarios import COOLING_RISE_C, failed_zone
 
             return [Emergency(event_id="cooling-failure", kind="cooling", domain_kind="zone",
-                              domain_index=COOLING_ZONE % max(self.Z, 1), started_at_s=win[0], ends_at_s=win[1],
+                              domain_index=failed_zone(self.Z), started_at_s=win[0], ends_at_s=win[1],
                               supply_temp_rise_c=COOLING_RISE_C)]
         return []
 

@@ -177,11 +177,11 @@ class TelemetryFeed:
                                         occurred_at=at, ends_at=ends, budget_frac=sim.scenario.budget_frac(t),
                                         detail="simulated UPS loss: rows limited to a fraction of their budget"))
             elif sim.scenario.name == "cooling-failure":
-                from simulator.scenarios import COOLING_RISE_C, COOLING_ZONE
+                from simulator.scenarios import COOLING_RISE_C, failed_zone
 
                 out.append(ControlEvent(event_id=f"sim-{k}-cooling", event_kind="cooling_failure", severity="critical",
                                         occurred_at=at, ends_at=ends, domain_kind="zone",
-                                        domain_id=self.topology.zone_ids[COOLING_ZONE % len(self.topology.zones)],
+                                        domain_id=self.topology.zone_ids[failed_zone(len(self.topology.zones))],
                                         supply_temp_rise_c=COOLING_RISE_C, detail="simulated air-handler failure"))
         new = sim.events[self._events_seen:]
         self._events_seen = len(sim.events)

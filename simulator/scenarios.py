@@ -5,7 +5,8 @@ diurnal rise and fully warmed up) so every policy meets them in the same state.
 
 * ``normal``: diurnal load only.
 * ``load-spike``: demand × ``SPIKE_FACTOR`` (2) for ``SPIKE_S`` (10 min), with 30 s ramps.
-* ``cooling-failure``: the air handler of ``zone00`` fails; neighbouring handlers carry
+* ``cooling-failure``: the air handler of the middle zone (``zone01`` of the default
+  cluster) fails; neighbouring handlers carry
   part of its aisle, so its supply temperature rises by ``COOLING_RISE_C`` (6 °C, to
   27 °C: the top of ASHRAE's recommended range) and its cooling capacity drops to
   ``COOLING_CAPACITY_FRAC`` (70 %) — more hot exhaust recirculates, worst at the top of
@@ -33,7 +34,8 @@ COOLING_RISE_C = 6.0
 COOLING_CAPACITY_FRAC = 0.7
 COOLING_S = 1200.0
 COOLING_RAMP_S = 120.0
-COOLING_ZONE = 0
+#: Which air handler fails: ``None`` = the middle zone (``num_zones // 2``), fixed for every policy.
+COOLING_ZONE: int | None = None
 POWER_BUDGET_FRAC = 0.75
 POWER_S = 300.0
 
@@ -79,7 +81,7 @@ class Scenario:
         """Supply-temperature rise of every zone at time ``t_s``."""
         out = np.zeros(num_zones)
         if num_zones > 0:
-            out[COOLING_ZONE % num_zones] = COOLING_RISE_C * self._cooling_ramp(t_s)
+            out[failed_zone(num_zones)] = COOLING_RISE_C * self._cooling_ramp(t_s)
         return out
 
     def _cooling_ramp(self, t_s: float) -> float:
@@ -94,7 +96,7 @@ class Scenario:
         """Fraction of each zone's cooling capacity available at ``t_s``."""
         out = np.ones(num_zones)
         if num_zones > 0:
-            out[COOLING_ZONE % num_zones] = 1.0 - (1.0 - COOLING_CAPACITY_FRAC) * self._cooling_ramp(t_s)
+            out[failed_zone(num_zones)] = 1.0 - (1.0 - COOLING_CAPACITY_FRAC) * self._cooling_ramp(t_s)
         return out
 
     def budget_frac(self, t_s: float) -> float:
@@ -104,6 +106,11 @@ class Scenario:
             if t0 <= t_s < t1:
                 return POWER_BUDGET_FRAC
         return 1.0
+
+
+def failed_zone(num_zones: int) -> int:
+    """Index of the zone whose air handler fails in ``cooling-failure``."""
+    return (num_zones // 2 if COOLING_ZONE is None else COOLING_ZONE) % max(num_zones, 1)
 
 
 def make_scenario(name: str, *, duration_s: float, seed: int) -> Scenario:
