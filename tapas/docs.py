@@ -1,0 +1,40 @@
+"""Generated README tables (topics, CLI, settings), so the README cannot drift from the code.
+
+``python -m tapas.docs`` prints the three blocks; ``tests/unit/test_readme.py`` fails when
+the README does not contain them verbatim.
+"""
+
+from __future__ import annotations
+
+import typer.main
+
+from contracts.topics import markdown_table
+from tapas.settings import settings_table
+
+
+def cli_table() -> str:
+    """One row per `tapas` command (groups with their own callback included), from the typer app."""
+    from tapas.cli import app
+
+    rows = ["| command | what it does |", "|---|---|"]
+
+    def walk(cmd: object, path: list[str]) -> None:
+        subs = getattr(cmd, "commands", None)
+        if path and (not subs or getattr(cmd, "invoke_without_command", False)):
+            text = (getattr(cmd, "help", None) or "").strip().splitlines()
+            rows.append(f"| `tapas {' '.join(path)}` | {text[0] if text else ''} |")
+        for name, sub in sorted((subs or {}).items()):
+            walk(sub, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return "\n".join(rows)
+
+
+def readme_blocks() -> dict[str, str]:
+    """The generated blocks by name."""
+    return {"topics": markdown_table(), "cli": cli_table(), "settings": settings_table()}
+
+
+if __name__ == "__main__":
+    for name, block in readme_blocks().items():
+        print(f"<!-- {name} -->\n{block}\n")
