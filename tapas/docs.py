@@ -1,10 +1,13 @@
 """Generated README tables (topics, CLI, settings), so the README cannot drift from the code.
 
-``python -m tapas.docs`` prints the three blocks; ``tests/unit/test_readme.py`` fails when
+``python -m tapas.docs`` prints the three blocks, ``python -m tapas.docs --write README.md`` refreshes them; ``tests/unit/test_readme.py`` fails when
 the README does not contain them verbatim.
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import typer.main
 
@@ -35,6 +38,19 @@ def readme_blocks() -> dict[str, str]:
     return {"topics": markdown_table(), "cli": cli_table(), "settings": settings_table()}
 
 
-if __name__ == "__main__":
+def rewrite_readme(path: Path) -> None:
+    """Replace each ``<!-- name --> ... <!-- /name -->`` block of the README with its generated table."""
+    text = path.read_text()
     for name, block in readme_blocks().items():
-        print(f"<!-- {name} -->\n{block}\n")
+        start, end = f"<!-- {name} -->\n", f"\n<!-- /{name} -->"
+        head, rest = text.split(start, 1)
+        text = head + start + block + end + rest.split(end, 1)[1]
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--write":
+        rewrite_readme(Path(sys.argv[2]))
+    else:
+        for name, block in readme_blocks().items():
+            print(f"<!-- {name} -->\n{block}\n")
