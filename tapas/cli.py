@@ -47,6 +47,9 @@ for _name in COMMAND_MODULES:
 def main() -> None:
     """Entry point: run the app, turning TapasError into a one-line message and exit code 2."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # The Kafka clients narrate every connection at INFO; keep their warnings and errors only.
+    for noisy in ("kafka", "aiokafka"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         app()
     except TapasError as exc:
