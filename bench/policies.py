@@ -2,7 +2,7 @@
 
 Figures are flat: ``{scenario}.{policy}.{metric}`` for the headline metrics, and
 ``{scenario}.{metric}_ratio`` = tapas / baseline (below 1 is better for throttling,
-temperature and row power; above 1 for SLO attainment). One seeded run per cell: the
+temperature and row power; above 1 for SLO attainment; null when baseline is 0). One seeded run per cell: the
 simulator is deterministic, so repeats would only repeat the same numbers.
 """
 
@@ -45,5 +45,5 @@ def run(quick: bool = False) -> dict[str, Any]:
         if "baseline" in got and "tapas" in got:
             for k in RATIO_KEYS:
                 b, t = got["baseline"][k], got["tapas"][k]
-                out[f"{sc}.{k}_ratio"] = t / b if b and math.isfinite(b) and b != 0 else float("nan")
+                out[f"{sc}.{k}_ratio"] = t / b if b and math.isfinite(b) and b != 0 else None
     return out
