@@ -29,7 +29,13 @@ def worker(
         settings = settings.model_copy(update={"worker": settings.worker.model_copy(update={"web_port": web_port})})
     topo = load_topology(settings.cluster_file)
     view = TopologyView.from_topology(topo, inlet_limit_c=settings.worker.inlet_limit_c)
-    store = None if (no_store or not settings.worker.store_enabled) else open_store(settings.store)
+    store = None
+    if not no_store and settings.worker.store_enabled:
+        from streams.store.buffered import buffered
+
+        # outages of the store are buffered and retried; the worker keeps forecasting
+        store = buffered(open_store(settings.store), max_buffered_points=settings.store.max_buffered_points,
+                         batch_size=settings.store.batch_size)
     wa = WorkerApp(settings, view=view, forecaster=load_forecaster(settings.registry_dir), store=store)
     try:
         faust.Worker(wa.app, loglevel=loglevel, quiet=True).execute_from_commandline()
