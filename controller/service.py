@@ -162,7 +162,7 @@ class Controller:
         self.margins = margins or PlacementMargins()
         self.reconfig_params = reconfig_params or CoreReconfigParams(
             stale_after_s=settings.stale_after_s, command_ttl_s=settings.command_ttl_s,
-            fast_interval_s=settings.reconfig_period_s)
+            fast_interval_s=settings.reconfig_period_s, min_frequency_mhz=settings.min_frequency_mhz)
         self.stale = False
         self.stale_since: datetime | None = None
         self.previous_routing: dict[str, RoutingDecision] = {}
@@ -482,7 +482,8 @@ class Controller:
         from controller.core import emergency as core_emergency
 
         snap = self.snapshot(now)
-        plan = core_emergency.plan_emergency(snap, self.catalogue, active.emergency, now_s=snap.now_s)
+        plan = core_emergency.plan_emergency(snap, self.catalogue, active.emergency, now_s=snap.now_s,
+                                             min_frequency_mhz=self.settings.min_frequency_mhz)
         active.plan = plan
         out = self._issue_changes(plan.changes, now)
         for cap in plan.caps:

@@ -75,11 +75,19 @@ def plan_emergency(
     *,
     now_s: float,
     params: ReconfigParams | None = None,
+    min_frequency_mhz: float | None = None,
 ) -> EmergencyPlan:
-    """Plan the response to ``emergency``: SaaS fast knobs first, IaaS power limits for the rest."""
+    """Plan the response to ``emergency``: SaaS fast knobs first, IaaS power limits for the rest.
+
+    ``min_frequency_mhz`` (the operator's safety floor) overrides ``params.min_frequency_mhz``
+    so that no planned SaaS configuration has a frequency cap the live safety gate would refuse.
+    """
+    p = params or EMERGENCY_RECONFIG
+    if min_frequency_mhz is not None:
+        p = replace(p, min_frequency_mhz=min_frequency_mhz)
     if emergency.kind == "power":
-        return _plan_power(snapshot, catalogue, emergency, now_s=now_s, params=params or EMERGENCY_RECONFIG)
-    return _plan_cooling(snapshot, catalogue, emergency, now_s=now_s, params=params or EMERGENCY_RECONFIG)
+        return _plan_power(snapshot, catalogue, emergency, now_s=now_s, params=p)
+    return _plan_cooling(snapshot, catalogue, emergency, now_s=now_s, params=p)
 
 
 def _until(emergency: Emergency, now_s: float) -> float:

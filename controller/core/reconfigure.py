@@ -268,6 +268,9 @@ def plan_reconfiguration(
     escape = cur_thermal_ok[:, None] & thermal_ok & (overload[rows_n, cur] > 0)[:, None] & (not stale) & p.raise_for_load
     allowed &= ~hotter | relax_ok | escape
     allowed &= m.quality >= (m.quality[rows_n, cur] - p.max_quality_drop)[:, None]
+    # The operator's frequency floor (the live safety gate refuses anything below it): never propose such an option.
+    below_floor = m.frequency_mhz < p.min_frequency_mhz - 1e-9
+    allowed &= ~below_floor
     allowed[rows_n, cur] = True
     feasible = allowed & thermal_ok
     c = np.where(feasible, cost, INFEASIBLE)
@@ -288,7 +291,7 @@ def plan_reconfiguration(
     choice = _fit_rows(m, choice, allowed, cost, gpus, row, row_pred, limit_row_w)
 
     # ---- endpoint capacity
-    boost_ok = m.valid & thermal_ok & ~slow & (not stale) & p.raise_for_load
+    boost_ok = m.valid & thermal_ok & ~slow & (not stale) & p.raise_for_load & ~below_floor
     choice = _fit_capacity(snapshot, m, choice, boost_ok, cost, gpus, row, limit_row_w, cur_power, p)
 
     # ---- emit changes

@@ -307,6 +307,8 @@ class ReconfigParams:
     """Cost of running a weight layout other than the endpoint default (pulls emergency layouts back)."""
     max_quality_drop: float = 1.0
     """Options more than this below the current quality score are not considered (guards model-variant swaps)."""
+    min_frequency_mhz: float = 0.0
+    """Operator's safety floor for any frequency cap: options below it are never proposed (0 = no floor)."""
 
 
 @dataclass(frozen=True)
