@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -91,8 +92,22 @@ def test_hot_instance_gets_a_command_with_id_expiry_reason_and_mode_follows_swit
     assert not w.advisory
 
 
-def test_commands_outside_safety_bounds_are_refused_and_reported() -> None:
+def test_core_respects_the_frequency_floor() -> None:
+    """The service hands settings.min_frequency_mhz to the core: nothing is planned below it, nothing refused."""
     c = make(min_frequency_mhz=1300.0)
+    feed(c, T0)
+    c.tick(T0)
+    t1 = T0 + timedelta(seconds=6)
+    feed(c, t1, hot=0)
+    out = c.tick(t1)  # the same hot tick that, without the floor in the core, gets refused (next test)
+    assert not [m for m in of(out, ReconfigCommand) if (m.params.frequency_cap_mhz or 2000) < 1300]
+    assert not [e for e in of(out, ControlEvent) if e.event_kind == "safety_refused"]
+
+
+def test_commands_outside_safety_bounds_are_refused_and_reported() -> None:
+    """Defence in depth: a core configured without the floor is still stopped by the safety gate."""
+    c = make(min_frequency_mhz=1300.0)
+    c.reconfig_params = replace(c.reconfig_params, min_frequency_mhz=0.0)
     feed(c, T0)
     c.tick(T0)
     t1 = T0 + timedelta(seconds=6)
