@@ -20,11 +20,15 @@ later.
 
 from __future__ import annotations
 
+import weakref
+from dataclasses import dataclass
+
 import numpy as np
 
 from controller.core.headroom import thermal_offset_c
 from controller.core.snapshot import (
     FloatArray,
+    IntArray,
     PlacementCandidate,
     PlacementDecision,
     PlacementMargins,
@@ -34,6 +38,77 @@ from controller.core.snapshot import (
 
 TIE_BAND_FRAC = 0.01
 """Headroom differences below this share count as ties (broken by keeping whole servers free)."""
+
+_CACHE_SIZE = 4
+"""Snapshots whose per-server precomputation is kept (the live service and the simulator use one at a time)."""
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """Per-snapshot, per-(kind, margins) arrays that do not depend on the VM: computed once, reused per request.
+
+    Placement requests arrive many per snapshot (the service answers each against the latest
+    one; the simulator places a batch per tick), so everything that depends only on the
+    snapshot and the margins is computed on the first request and reused; a request then
+    costs a few operations over the servers with enough free GPUs.
+    """
+
+    base_temp_c: FloatArray
+    """inlet_hi + per-server offset: the VM's hottest GPU is this + R × p."""
+    temp_hi_c: FloatArray
+    thermal_limit_c: FloatArray
+    inv_thermal_span: FloatArray
+    row_room_w: FloatArray
+    """Row limit minus forecast-high row power, per server (before the VM)."""
+    inv_row_limit: FloatArray
+    zone_room_w: FloatArray
+    inv_zone_limit: FloatArray
+    r_th: FloatArray
+    idle_w: FloatArray
+    tdp_w: FloatArray
+    free_gpus: FloatArray
+    inv_num_gpus: FloatArray
+
+
+_prepared: dict[int, tuple[weakref.ref[Snapshot], dict[tuple[bool, PlacementMargins], _Prepared], dict[int, IntArray]]] = {}
+
+
+def _entry(snapshot: Snapshot) -> tuple[dict[tuple[bool, PlacementMargins], _Prepared], dict[int, IntArray]]:
+    key = id(snapshot)
+    hit = _prepared.get(key)
+    if hit is not None and hit[0]() is snapshot:
+        return hit[1], hit[2]
+    if len(_prepared) >= _CACHE_SIZE:
+        _prepared.pop(next(iter(_prepared)))
+    entry: tuple[dict[tuple[bool, PlacementMargins], _Prepared], dict[int, IntArray]] = ({}, {})
+    _prepared[key] = (weakref.ref(snapshot), *entry)
+    return entry
+
+
+def _prepare(snapshot: Snapshot, iaas: bool, m: PlacementMargins) -> _Prepared:
+    thermal_margin_c = m.iaas_thermal_margin_c if iaas else m.saas_thermal_margin_c
+    power_margin = m.iaas_power_margin_frac if iaas else m.saas_power_margin_frac
+    zone_margin = m.iaas_zone_margin_frac if iaas else m.saas_zone_margin_frac
+    row = snapshot.server_row
+    zone = snapshot.server_zone
+    row_limit_w = snapshot.row_budget_w * (1.0 - power_margin)
+    zone_limit_w = snapshot.zone_capacity_w * (1.0 - zone_margin)
+    thermal_limit_c = (snapshot.slowdown_temp_c - thermal_margin_c).astype(np.float64)
+    return _Prepared(
+        base_temp_c=(snapshot.inlet_hi_c + thermal_offset_c(snapshot)).astype(np.float64),
+        temp_hi_c=snapshot.gpu_temp_hi_c.astype(np.float64),
+        thermal_limit_c=thermal_limit_c,
+        inv_thermal_span=1.0 / np.maximum(thermal_limit_c - snapshot.inlet_hi_c, 1.0),
+        row_room_w=(row_limit_w - snapshot.row_power_hi_w)[row].astype(np.float64),
+        inv_row_limit=(1.0 / np.maximum(row_limit_w, 1.0))[row],
+        zone_room_w=(zone_limit_w - snapshot.zone_heat_hi_w)[zone].astype(np.float64),
+        inv_zone_limit=(1.0 / np.maximum(zone_limit_w, 1.0))[zone],
+        r_th=snapshot.thermal_resistance_c_per_w.astype(np.float64),
+        idle_w=snapshot.gpu_idle_power_w.astype(np.float64),
+        tdp_w=snapshot.gpu_tdp_w.astype(np.float64),
+        free_gpus=snapshot.free_gpus.astype(np.float64),
+        inv_num_gpus=1.0 / np.maximum(snapshot.num_gpus, 1).astype(np.float64),
+    )
 
 
 def predicted_vm_gpu_power_w(snapshot: Snapshot, request: PlacementRequest) -> FloatArray:
@@ -52,6 +127,9 @@ def rank_servers(
 ) -> PlacementDecision:
     """Rank servers for one VM request; every candidate keeps the limits it reports headroom against.
 
+    The VM-independent arrays are computed once per snapshot (snapshots are immutable) and the
+    per-request work runs only over the servers with enough free GPUs; top-k by argpartition.
+
     Args:
         snapshot: cluster state and forecasts.
         request: the VM to place.
@@ -66,74 +144,74 @@ def rank_servers(
     thermal_margin_c = m.iaas_thermal_margin_c if iaas else m.saas_thermal_margin_c
     power_margin = m.iaas_power_margin_frac if iaas else m.saas_power_margin_frac
     zone_margin = m.iaas_zone_margin_frac if iaas else m.saas_zone_margin_frac
+    by_margins, fit_index = _entry(snapshot)
+    pre = by_margins.get((iaas, m))
+    if pre is None:
+        pre = by_margins[(iaas, m)] = _prepare(snapshot, iaas, m)
 
     n = request.num_gpus
-    p_vm = predicted_vm_gpu_power_w(snapshot, request)
-    added_w = n * np.maximum(p_vm - snapshot.gpu_idle_power_w, 0.0)
+    fit = fit_index.get(n)
+    if fit is None:
+        fit = fit_index[n] = np.flatnonzero(snapshot.free_gpus >= n).astype(np.int64)
+    # Everything below is over the servers that have room (``fit``), not all servers.
+    if request.gpu_power_w is not None:
+        p_vm: FloatArray | float = float(request.gpu_power_w)
+    else:
+        p_vm = pre.tdp_w[fit]
+    added_w = n * np.maximum(p_vm - pre.idle_w[fit], 0.0)
+    peak_temp_c = np.maximum(pre.temp_hi_c[fit], pre.base_temp_c[fit] + pre.r_th[fit] * p_vm)
+    thermal_headroom_c = pre.thermal_limit_c[fit] - peak_temp_c
+    row_headroom_w = pre.row_room_w[fit] - added_w
+    zone_headroom_w = pre.zone_room_w[fit] - added_w
 
-    vm_temp_c = snapshot.inlet_hi_c + thermal_offset_c(snapshot) + snapshot.thermal_resistance_c_per_w * p_vm
-    peak_temp_c = np.maximum(snapshot.gpu_temp_hi_c, vm_temp_c)
-    thermal_limit_c = snapshot.slowdown_temp_c - thermal_margin_c
-    thermal_headroom_c = thermal_limit_c - peak_temp_c
-
-    row = snapshot.server_row
-    row_limit_w = snapshot.row_budget_w * (1.0 - power_margin)
-    row_headroom_w = row_limit_w[row] - (snapshot.row_power_hi_w[row] + added_w)
-
-    zone = snapshot.server_zone
-    zone_limit_w = snapshot.zone_capacity_w * (1.0 - zone_margin)
-    zone_headroom_w = zone_limit_w[zone] - (snapshot.zone_heat_hi_w[zone] + added_w)
-
-    fits = snapshot.free_gpus >= n
     ok_thermal = thermal_headroom_c >= 0.0
     ok_power = row_headroom_w >= 0.0
     ok_zone = zone_headroom_w >= 0.0
-    feasible = fits & ok_thermal & ok_power & ok_zone
+    feasible = ok_thermal & ok_power & ok_zone
+    sel = np.flatnonzero(feasible)
+    idx = fit[sel]
 
-    thermal_span_c = np.maximum(thermal_limit_c - snapshot.inlet_hi_c, 1.0)
-    norm = np.minimum(
-        np.minimum(thermal_headroom_c / thermal_span_c, row_headroom_w / np.maximum(row_limit_w[row], 1.0)),
-        zone_headroom_w / np.maximum(zone_limit_w[zone], 1.0),
-    )
-    left_frac = (snapshot.free_gpus - n) / np.maximum(snapshot.num_gpus, 1)
-    thermal_norm = thermal_headroom_c / thermal_span_c
+    row_norm = row_headroom_w[sel] * pre.inv_row_limit[idx]
+    zone_norm = zone_headroom_w[sel] * pre.inv_zone_limit[idx]
+    thermal_norm = thermal_headroom_c[sel] * pre.inv_thermal_span[idx]
     if iaas:
-        primary = norm
-        secondary = np.clip(left_frac, 0.0, 1.0)
+        primary = np.minimum(np.minimum(thermal_norm, row_norm), zone_norm)
+        secondary = np.clip((pre.free_gpus[idx] - n) * pre.inv_num_gpus[idx], 0.0, 1.0)
     else:
         # SaaS: balance power and cooling, but leave the thermally safest spots to opaque IaaS VMs.
-        primary = np.minimum(row_headroom_w / np.maximum(row_limit_w[row], 1.0), zone_headroom_w / np.maximum(zone_limit_w[zone], 1.0))
+        primary = np.minimum(row_norm, zone_norm)
         secondary = np.clip(thermal_norm, 0.0, 1.0)
     score = np.floor(primary / TIE_BAND_FRAC) * TIE_BAND_FRAC - 0.5 * TIE_BAND_FRAC * secondary
 
-    idx = np.flatnonzero(feasible)
     k = min(m.max_candidates, idx.size)
     if k > 0:
-        sub = score[idx]
-        top = idx[np.argpartition(-sub, k - 1)[:k]] if idx.size > k else idx
+        part = np.argpartition(-score, k - 1)[:k] if idx.size > k else np.arange(idx.size)
         # Stable order: score descending, then server position, so equal inputs give equal hints.
-        top = top[np.lexsort((top, -score[top]))]
+        top_local = part[np.lexsort((idx[part], -score[part]))]
     else:
-        top = idx
+        top_local = np.zeros(0, dtype=np.int64)
+    at = sel[top_local]
     candidates = tuple(
         PlacementCandidate(
-            server_index=int(s),
-            server_id=snapshot.server_ids[s],
+            server_index=int(idx[j]),
+            server_id=snapshot.server_ids[int(idx[j])],
             rank=r + 1,
-            score=float(score[s]),
-            predicted_peak_gpu_temp_c=float(peak_temp_c[s]),
-            thermal_headroom_c=float(thermal_headroom_c[s]),
-            row_power_headroom_w=float(row_headroom_w[s]),
-            zone_heat_headroom_w=float(zone_headroom_w[s]),
-            free_gpus=int(snapshot.free_gpus[s]),
+            score=float(score[j]),
+            predicted_peak_gpu_temp_c=float(peak_temp_c[a]),
+            thermal_headroom_c=float(thermal_headroom_c[a]),
+            row_power_headroom_w=float(row_headroom_w[a]),
+            zone_heat_headroom_w=float(zone_headroom_w[a]),
+            free_gpus=int(snapshot.free_gpus[idx[j]]),
         )
-        for r, s in enumerate(top)
+        for r, (j, a) in enumerate(zip(top_local.tolist(), at.tolist(), strict=True))
     )
-    num_fit = int(fits.sum())
+    num_fit = int(fit.size)
+    n_thermal = int(fit.size - np.count_nonzero(ok_thermal))
+    n_power = int(np.count_nonzero(ok_thermal & ~ok_power))
+    n_zone = int(np.count_nonzero(ok_thermal & ok_power & ~ok_zone))
     rejected = (
         f"{snapshot.num_servers - num_fit} without {n} free GPUs, "
-        f"{int((fits & ~ok_thermal).sum())} thermal, {int((fits & ok_thermal & ~ok_power).sum())} row power, "
-        f"{int((fits & ok_thermal & ok_power & ~ok_zone).sum())} zone heat"
+        f"{n_thermal} thermal, {n_power} row power, {n_zone} zone heat"
     )
     order = (
         "most headroom first, ties to the fullest server" if iaas
