@@ -170,6 +170,7 @@ class WorkerApp:
             worker_id=self.worker_id, store_enabled=store is not None)
         self.store = store
         self._points: list[Point] = []
+        self._partition_cache: dict[tuple[str, int], dict[bytes, int]] = {}
         self.app = faust.App(w.app_id, **faust_settings(settings))
         app = self.app
 
@@ -242,9 +243,15 @@ class WorkerApp:
         """
         aio = self.app.producer._ensure_producer()  # type: ignore[attr-defined]  # noqa: SLF001 - no batch API
         await aio.client._wait_on_metadata(topic)  # noqa: SLF001
+        # murmur2 is pure Python in aiokafka (~10 us a key); server keys repeat every tick, so remember
+        # each key's partition for as long as the topic's partition count stays the same.
+        num_parts = len(aio.client.cluster.partitions_for_topic(topic) or ())
+        parts = self._partition_cache.setdefault((topic, num_parts), {})
         batches: dict[int, Any] = {}
         for key, value in messages:
-            part = aio._partition(topic, None, None, None, key, value)  # noqa: SLF001
+            part = parts.get(key)
+            if part is None:
+                part = parts[key] = aio._partition(topic, None, None, None, key, value)  # noqa: SLF001
             batch = batches.get(part)
             if batch is None:
                 batch = batches[part] = aio.create_batch()

@@ -163,6 +163,7 @@ class StreamProcessor:
         self.num_late = 0
         #: Slots changed since the last :meth:`take_dirty_states` (written to the changelog before each commit).
         self.dirty: set[int] = set()
+        self._row_power_cache: dict[tuple[str, float], float | None] = {}
 
     # ------------------------------------------------------------------ state
     def _ensure(self, server_id: str) -> int:
@@ -214,6 +215,7 @@ class StreamProcessor:
         out = BatchOutput()
         received = datetime.now(UTC)
         changed: set[int] = set()
+        self._row_power_cache.clear()  # PDU readings may have changed since the last batch
         for rec in records:
             try:
                 sample = decode(GpuSample, rec.value)
@@ -330,6 +332,14 @@ class StreamProcessor:
     def _row_power(self, row_id: str | None, at_s: float) -> float | None:
         if row_id is None:
             return None
+        key = (row_id, at_s)  # a tick's samples share at_s: one sum per row per tick, not per server
+        if key in self._row_power_cache:
+            return self._row_power_cache[key]
+        got = self._row_power_uncached(row_id, at_s)
+        self._row_power_cache[key] = got
+        return got
+
+    def _row_power_uncached(self, row_id: str, at_s: float) -> float | None:
         pdus = self.view.limits.pdus_of["row"].get(row_id, ())
         vals = [self._fresh_pdu(p, at_s) for p in pdus]
         if not pdus or any(v is None for v in vals):
