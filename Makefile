@@ -27,7 +27,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy contracts controller simulator forecasting streams ingest dashboard tapas bench
 
 test: lint typecheck
-	$(BIN)/python -m pytest -m "not fault and not fuzz and not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not fuzz and not slow" $(PYTEST_ARGS)
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -q

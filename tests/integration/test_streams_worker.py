@@ -236,6 +236,7 @@ def _my_states(page: dict[str, Any], ids: set[str]) -> dict[str, bytes]:
     return {k: base64.b64decode(v) for k, v in page["states"].items() if k in ids}
 
 
+@pytest.mark.fault
 def test_state_is_restored_bit_for_bit_after_sigkill(
         broker: Any, worker: WorkerProcess, producer: KafkaProducer, fleet: SyntheticTelemetry) -> None:
     ids = set(fleet.server_ids)
@@ -250,6 +251,7 @@ def test_state_is_restored_bit_for_bit_after_sigkill(
     assert {int(counts.arr["num_samples"][counts.load_slot(k, v)]) for k, v in before.items()} == {1 + 4 + 3}
 
     worker.kill()
+    killed_at = time.monotonic()
     worker.start()
     deadline = time.monotonic() + 90
     after: dict[str, bytes] = {}
@@ -257,6 +259,8 @@ def test_state_is_restored_bit_for_bit_after_sigkill(
         after = _my_states(worker.state(), ids)
         time.sleep(0.5)
     assert set(after) == ids, worker.log_tail()
+    print(f"worker SIGKILL: servers={len(ids)} states_restored={sum(after[k] == before[k] for k in ids)} "
+          f"state_recovery_s={time.monotonic() - killed_at:.1f}")
     assert after == before, f"restored state differs from the state before SIGKILL: {_diff(before, after)}"
 
     # The restarted worker continues exactly where an uninterrupted one would be.
