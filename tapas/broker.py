@@ -81,6 +81,20 @@ def create_topics(bootstrap: str, *, partitions_override: int | None = None) -> 
         admin.close()
 
 
+def stop_process_group(proc: subprocess.Popen[bytes] | None, timeout_s: float = 5.0) -> None:
+    """SIGTERM a child started with ``start_new_session=True`` and its group; SIGKILL after ``timeout_s``."""
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout_s)
+
+
 class EmbeddedBroker:
     """A Tansu broker child process on loopback, in memory.
 
@@ -126,16 +140,7 @@ class EmbeddedBroker:
     def stop(self, timeout_s: float = 5.0) -> None:
         """Terminate the broker's process group; kill it if it does not exit in time."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout_s)
+        stop_process_group(proc, timeout_s)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()

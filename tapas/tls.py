@@ -22,7 +22,6 @@ import ipaddress
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -34,7 +33,7 @@ from typing import Any
 
 from contracts.errors import ConfigError
 from contracts.topics import TOPICS
-from tapas.broker import free_port, tansu_binary
+from tapas.broker import free_port, stop_process_group, tansu_binary
 from tapas.settings import KafkaSettings, kafka_python_kwargs
 
 log = logging.getLogger(__name__)
@@ -147,19 +146,6 @@ def wait_for_port(host: str, port: int, timeout_s: float, proc: subprocess.Popen
     raise ConfigError(f"nothing listening on {host}:{port} after {timeout_s:.0f} s")
 
 
-def _stop_group(proc: subprocess.Popen[bytes] | None, timeout_s: float = 5.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout_s)
-
-
 class StunnelTerminator:
     """A stunnel server process: TLS on ``accept`` port, plain TCP to ``connect`` port.
 
@@ -211,7 +197,7 @@ class StunnelTerminator:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        _stop_group(proc)
+        stop_process_group(proc)
 
     def __enter__(self) -> StunnelTerminator:
         return self.start()
@@ -319,7 +305,7 @@ class TlsEmbeddedBroker:
         """Stop stunnel, then Tansu (each by its own process group)."""
         self.stunnel.stop()
         proc, self.proc = self.proc, None
-        _stop_group(proc)
+        stop_process_group(proc)
 
     def __enter__(self) -> TlsEmbeddedBroker:
         return self.start()
