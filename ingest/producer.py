@@ -7,16 +7,25 @@ broker that restarted with an empty log. So this layer owns delivery:
 * ``publish`` *accepts* a record into a bounded FIFO (memory, then an optional
   on-disk spool) or refuses it and counts it as dropped — accepted records are the
   ones the collector may forget about;
-* records are handed to kafka-python (batching, lz4/gzip compression, ``retries=0``)
-  oldest first, one *window* at a time: everything queued goes out together and the
-  next window waits until each record of this one is acknowledged or failed. Without
-  that, a newer batch still in flight when the broker comes back would land before
-  an older one that had already expired (seen in the restart test). Failed sends go
-  back to the head of the FIFO, and while the broker is unreachable the window is a
-  single probe record, retried with exponential backoff;
-* a record counts as ``sent`` only when the broker acknowledged it, so each accepted
-  record is delivered once (a duplicate needs an acknowledgement lost after a write,
-  which this design does not retry blindly: kafka-python's own retries are off).
+* records are handed to kafka-python (batching, lz4/gzip compression) oldest first,
+  one *window* at a time: everything queued goes out together and the next window
+  waits until each record of this one is acknowledged or failed;
+* kafka-python itself retries a window across an outage, with one request in flight
+  per connection and a long delivery timeout. That is what keeps each key's records
+  in order: with ``retries=0`` a batch that failed while a newer batch of the same
+  partition was still queued let the newer one land first once the broker was back
+  (seen in CI: ticks 54-60 of a server before its ticks 31-53). A retried batch goes
+  back to the head of its partition and the partition stays muted until it is
+  written, so nothing newer can overtake it;
+* a window that stays unacknowledged longer than the stall timeout marks the broker
+  unreachable (for the metrics and ``broker_reachable``); a send that fails at once
+  (no metadata, kafka-python's buffer full) goes back to the head of the FIFO and is
+  retried with exponential backoff, one probe record at a time; a record that finally
+  fails (delivery timeout) is requeued at the head once every older send settled;
+* a record counts as ``sent`` only when the broker acknowledged it. A duplicate needs
+  an acknowledgement lost after the broker wrote the batch, which makes delivery
+  at-least-once in that one case (idempotence is off because an idempotent producer
+  id does not survive a broker that restarted with an empty log).
 
 Overflow refuses the *newest* record rather than evicting an accepted one: the
 promise "accepted means delivered" holds within capacity, and the drop is counted,
@@ -251,6 +260,7 @@ class BufferedProducer:
         spool: optional on-disk overflow; while it holds records, new ones queue behind them.
         max_in_flight: records handed to kafka-python and not yet acknowledged.
         retry_backoff_s / max_retry_backoff_s: exponential wait between probes of a dead broker.
+        stall_timeout_s: a window unacknowledged this long marks the broker unreachable.
         clock: monotonic seconds (injected for tests).
 
     Examples:
@@ -261,8 +271,8 @@ class BufferedProducer:
 
     def __init__(self, connect: Callable[[], KafkaSender], *, source: str, max_buffered: int = 100_000,
                  spool: DiskSpool | None = None, max_in_flight: int = 50_000, retry_backoff_s: float = 0.5,
-                 max_retry_backoff_s: float = 10.0, metrics: IngestMetrics | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 max_retry_backoff_s: float = 10.0, stall_timeout_s: float = 5.0,
+                 metrics: IngestMetrics | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self._connect = connect
         self.source = source
         self.max_buffered = max_buffered
@@ -270,6 +280,7 @@ class BufferedProducer:
         self.max_in_flight = max_in_flight
         self.retry_backoff_s = retry_backoff_s
         self.max_retry_backoff_s = max_retry_backoff_s
+        self.stall_timeout_s = stall_timeout_s
         self.metrics = metrics or IngestMetrics(source)
         self._clock = clock
         self._kafka: KafkaSender | None = None
@@ -280,6 +291,7 @@ class BufferedProducer:
         self._degraded = False
         self._backoff_s = retry_backoff_s
         self._retry_at = 0.0
+        self._window_sent_at = 0.0
         self._last_drop_log = -1e9
         self.num_sent = 0
         self.num_dropped = 0
@@ -365,6 +377,8 @@ class BufferedProducer:
         """Settle acknowledged and failed sends at the head of the in-flight queue."""
         inflight = self._inflight
         if not (inflight and inflight[0][1].is_done) and not (self._failed and not inflight):
+            if inflight and not self._degraded and self._clock() - self._window_sent_at > self.stall_timeout_s:
+                self._enter_degraded(TimeoutError(f"no acknowledgement in {self.stall_timeout_s:g} s"))
             return
         while inflight and inflight[0][1].is_done:
             rec, fut = inflight.popleft()
@@ -412,6 +426,7 @@ class BufferedProducer:
         if self._inflight or self._failed or (self._degraded and now < self._retry_at):
             return  # one window at a time: a newer record must not land before an older one that fails
         self._refill_from_spool()
+        self._window_sent_at = now
         limit = 1 if self._degraded else self.max_in_flight
         while self._pending and len(self._inflight) < limit:
             if not self._send(kafka, self._pending.popleft()):
@@ -509,8 +524,10 @@ def key_caching_partitioner() -> Any:
 def kafka_producer_config(settings: Any) -> dict[str, Any]:
     """kafka-python producer keyword arguments from :class:`tapas.settings.Settings`.
 
-    Retries and idempotence are off on purpose: :class:`BufferedProducer` retries
-    itself, across broker restarts that an idempotent producer id would not survive.
+    kafka-python retries in order (one request in flight per connection, so a retried
+    batch cannot be overtaken by a newer one of its partition) until the delivery
+    timeout; idempotence is off because its producer id does not survive a broker that
+    restarted with an empty log. See :class:`BufferedProducer` for the whole contract.
     """
     from tapas.settings import kafka_python_kwargs
 
@@ -520,13 +537,14 @@ def kafka_producer_config(settings: Any) -> dict[str, Any]:
         **kafka_python_kwargs(settings.kafka),
         "client_id": f"{settings.kafka.client_id}-ingest",
         "acks": 1,
-        "retries": 0,
         "enable_idempotence": False,
+        "max_in_flight_requests_per_connection": 1,
+        "retry_backoff_ms": int(ing.retry_backoff_s * 1000),
+        "delivery_timeout_ms": max(ing.delivery_timeout_ms, ing.request_timeout_ms + ing.linger_ms),
         "compression_type": compression,
         "linger_ms": ing.linger_ms,
         "batch_size": ing.batch_size_bytes,
         "request_timeout_ms": ing.request_timeout_ms,
-        "delivery_timeout_ms": ing.request_timeout_ms + ing.linger_ms,
         # send() blocks this long when it has no metadata (broker never reached): keep the collector loop moving.
         "max_block_ms": min(ing.request_timeout_ms, 500),
         "reconnect_backoff_max_ms": int(ing.max_retry_backoff_s * 1000),
@@ -559,7 +577,7 @@ def build_producer(settings: Any, *, source: str, registry: CollectorRegistry | 
     return BufferedProducer(kafka_connector(settings, **overrides), source=source,
                             max_buffered=ing.max_buffered_samples, spool=spool,
                             retry_backoff_s=ing.retry_backoff_s, max_retry_backoff_s=ing.max_retry_backoff_s,
-                            metrics=IngestMetrics(source, registry))
+                            stall_timeout_s=ing.request_timeout_ms / 1000, metrics=IngestMetrics(source, registry))
 
 
 def publish_all(producer: BufferedProducer, messages: Iterable[Contract]) -> int:

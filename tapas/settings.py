@@ -145,7 +145,10 @@ class IngestSettings(BaseModel):
     )
     spool_dir: Path | None = Field(default=None, description="Optional on-disk buffer directory; unset = memory only.")
     max_spool_bytes: int = Field(default=1_073_741_824, ge=0, description="Size cap of the on-disk buffer.")
-    request_timeout_ms: int = Field(default=5000, ge=100, description="Kafka request timeout before a retry.")
+    request_timeout_ms: int = Field(default=5000, ge=100, description="Kafka request timeout before a retry; a "
+                                    "window unacknowledged this long marks the broker unreachable.")
+    delivery_timeout_ms: int = Field(default=3_600_000, ge=1000, description="How long kafka-python retries a "
+                                     "record in order before handing it back to the collector's buffer.")
     retry_backoff_s: float = Field(default=0.5, gt=0, description="First wait before retrying an unreachable broker.")
     max_retry_backoff_s: float = Field(default=10.0, gt=0, description="Cap of the exponential retry wait.")
     metrics_port: int = Field(default=0, ge=0, le=65535, description="Prometheus counters port (0 = off).")
