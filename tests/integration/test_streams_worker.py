@@ -8,86 +8,26 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
 from contracts.messages import DeadLetter, GpuSample, ServerForecast, decode
 from streams.app import load_forecaster
 from streams.processor import RawRecord, StreamProcessor, TopologyView
 from streams.state import ServerStates
 from streams.telemetry_factory import SyntheticTelemetry
-from tapas.broker import free_port
+from tests.streams_helpers import WorkerProcess, collect, end_consumer
 
 pytestmark = pytest.mark.integration
 
 NUM_SERVERS = 36
 HORIZONS = [10.0, 60.0, 300.0]
-
-
-class WorkerProcess:
-    """``tapas worker`` as a child process with its own app id, web port and folders."""
-
-    def __init__(self, bootstrap: str, workdir: Path) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self.env = dict(os.environ, TAPAS_KAFKA__BOOTSTRAP_SERVERS=bootstrap,
-                        TAPAS_WORKER__APP_ID=f"test-worker-{uuid.uuid4().hex[:8]}",
-                        TAPAS_WORKER__DATA_DIR=str(workdir / "faust"), TAPAS_STORE__PATH=str(workdir / "h.sqlite"),
-                        TAPAS_REGISTRY_DIR=str(workdir / "registry"))
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        self.starts += 1
-        log = open(self.workdir / f"worker-{self.starts}.log", "wb")  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen([sys.executable, "-m", "tapas.cli", "worker", "--web-port", str(self.port),
-                                      "--loglevel", "INFO"], env=self.env, cwd=self.workdir,
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-
-    def state(self, timeout_s: float = 60.0) -> dict[str, Any]:
-        """The worker's state page (waits until its web server answers)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            assert self.proc is not None and self.proc.poll() is None, self.log_tail()
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/tapas/state/", timeout=5) as r:
-                    return json.loads(r.read())  # type: ignore[no-any-return]
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.3)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def log_tail(self) -> str:
-        logs = sorted(self.workdir.glob("worker-*.log"))
-        return logs[-1].read_text(errors="replace")[-3000:] if logs else ""
 
 
 @pytest.fixture(scope="module")
@@ -107,27 +47,6 @@ def producer(broker: Any) -> Iterator[KafkaProducer]:
         yield p
     finally:
         p.close()
-
-
-def _consumer(bootstrap: str, topic: str) -> KafkaConsumer:
-    """A group-less consumer positioned at the current end of ``topic``."""
-    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
-    c.assign(tps)
-    c.seek_to_end()
-    for tp in tps:
-        c.position(tp)
-    return c
-
-
-def _collect(c: KafkaConsumer, want: Any, timeout_s: float) -> list[Any]:
-    """Poll until ``want(messages)`` is true or the timeout passes; returns every message seen."""
-    seen: list[Any] = []
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not want(seen):
-        for msgs in c.poll(timeout_ms=300).values():
-            seen.extend(msgs)
-    return seen
 
 
 @pytest.fixture(scope="module")
@@ -154,8 +73,8 @@ def _send_ticks(producer: KafkaProducer, fleet: SyntheticTelemetry, ticks: int, 
 
 def test_forecasts_for_every_server_and_dead_letters_for_every_malformed_message(
         broker: Any, worker: WorkerProcess, producer: KafkaProducer, fleet: SyntheticTelemetry) -> None:
-    fc = _consumer(broker.bootstrap, "tapas.forecasts.server")
-    dl = _consumer(broker.bootstrap, "tapas.deadletter")
+    fc = end_consumer(broker.bootstrap, "tapas.forecasts.server")
+    dl = end_consumer(broker.bootstrap, "tapas.deadletter")
     good = json.loads(_send_ticks(producer, fleet, 1)[0].to_bytes())
     kelvin = json.loads(json.dumps(good))
     kelvin["gpus"][0]["gpu_temp_c"] = 345.2
@@ -181,7 +100,7 @@ def test_forecasts_for_every_server_and_dead_letters_for_every_malformed_message
     def all_current(msgs: list[Any]) -> bool:
         return {m.key.decode() for m in msgs if decode(ServerForecast, m.value).based_on_sample_at == newest} >= ids
 
-    got = _collect(fc, all_current, timeout_s=90)
+    got = collect(fc, all_current, timeout_s=90)
     took_s = time.monotonic() - started
     mine = [decode(ServerForecast, m.value) for m in got if m.key.decode() in ids]
     assert {f.server_id for f in mine if f.based_on_sample_at == newest} == ids, worker.log_tail()
@@ -191,7 +110,7 @@ def test_forecasts_for_every_server_and_dead_letters_for_every_malformed_message
         assert 20.0 < f.gpu_temp_c < 95.0
     print(f"forecasts for all {len(ids)} servers {took_s:.1f} s after sending (worker startup included)")
 
-    letters = _collect(dl, lambda ms: {m.key.decode() for m in ms} >= set(malformed), timeout_s=30)
+    letters = collect(dl, lambda ms: {m.key.decode() for m in ms} >= set(malformed), timeout_s=30)
     by_key = {m.key.decode(): decode(DeadLetter, m.value) for m in letters if m.key.decode() in malformed}
     assert set(by_key) == set(malformed)
     for key, (topic, raw) in malformed.items():
@@ -240,10 +159,10 @@ def _my_states(page: dict[str, Any], ids: set[str]) -> dict[str, bytes]:
 def test_state_is_restored_bit_for_bit_after_sigkill(
         broker: Any, worker: WorkerProcess, producer: KafkaProducer, fleet: SyntheticTelemetry) -> None:
     ids = set(fleet.server_ids)
-    fc = _consumer(broker.bootstrap, "tapas.forecasts.server")
+    fc = end_consumer(broker.bootstrap, "tapas.forecasts.server")
     sent = _send_ticks(producer, fleet, 3)
     newest = max(s.sampled_at for s in sent)
-    _collect(fc, lambda ms: {m.key.decode() for m in ms
+    collect(fc, lambda ms: {m.key.decode() for m in ms
                              if decode(ServerForecast, m.value).based_on_sample_at == newest} >= ids, timeout_s=60)
     before = _my_states(worker.state(), ids)
     assert set(before) == ids
@@ -270,7 +189,7 @@ def test_state_is_restored_bit_for_bit_after_sigkill(
         reference.restore(k, v)
     more = _send_ticks(producer, fleet, 1, inlets_too=False)  # GPU only: the reference sees exactly the same input
     newest = max(s.sampled_at for s in more)
-    _collect(fc, lambda ms: {m.key.decode() for m in ms
+    collect(fc, lambda ms: {m.key.decode() for m in ms
                              if decode(ServerForecast, m.value).based_on_sample_at == newest} >= ids, timeout_s=90)
     reference.handle_gpu([RawRecord(g.server_id.encode(), g.to_bytes(), "tapas.telemetry.gpu") for g in more])
     expected = reference.take_dirty_states()
@@ -292,7 +211,7 @@ def test_promoted_model_version_is_picked_up_without_restart(
     save_version(registry, replace(ForecasterParams(), version=version, tau_thermal_s=45.0), {"metrics": {}})
     record = promote(registry, version)
     pid_before = worker.proc.pid if worker.proc else None
-    fc = _consumer(broker.bootstrap, "tapas.forecasts.server")
+    fc = end_consumer(broker.bootstrap, "tapas.forecasts.server")
     producer.send("tapas.models", key=record["model_name"].encode(), value=ModelAnnouncement(
         model_name=record["model_name"], version=version, promoted_at=datetime.now(UTC),
         artifact_path=record["artifact_path"], sha256=record["sha256"]).to_bytes())
@@ -302,7 +221,7 @@ def test_promoted_model_version_is_picked_up_without_restart(
     switched: set[str] = set()
     while time.monotonic() < deadline and switched != ids:
         _send_ticks(producer, fleet, 1)
-        for m in _collect(fc, lambda ms: False, timeout_s=1.0):
+        for m in collect(fc, lambda ms: False, timeout_s=1.0):
             f = decode(ServerForecast, m.value)
             if f.server_id in ids and f.model_version == version:
                 switched.add(f.server_id)
