@@ -18,11 +18,13 @@ the two drift. Rules shared by every message:
 
 from __future__ import annotations
 
-import math
+import inspect
+from dataclasses import dataclass
 from datetime import datetime
 from enum import IntFlag
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
 
+import annotated_types
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -60,14 +62,36 @@ THERMAL_REASONS = ClockEventReason.SW_THERMAL_SLOWDOWN | ClockEventReason.HW_THE
 POWER_REASONS = ClockEventReason.SW_POWER_CAP | ClockEventReason.HW_POWER_BRAKE_SLOWDOWN
 
 
-def _check_range(field: str, value: float | None, lo: float, hi: float, hint: str) -> None:
-    """Reject non-finite or physically impossible values with the field and a unit hint."""
-    if value is None:
-        return
-    if not math.isfinite(value):
-        raise ValueError(f"{field} must be finite (got {value}); flag it in invalid_fields instead")
-    if not lo <= value <= hi:
-        raise ValueError(f"{field}={value} outside [{lo}, {hi}] ({hint})")
+@dataclass(frozen=True)
+class PhysicalRange:
+    """The physically possible range of a reading and the unit mistake a value outside it suggests.
+
+    The bounds are enforced by pydantic's compiled validator (``ge``/``le`` in the
+    field's metadata; they also appear in the exported JSON Schema), which is what
+    keeps decoding fast enough for the stream workers; this record only supplies the
+    hint that :func:`decode` puts into the error message.
+    """
+
+    lo: float
+    hi: float
+    hint: str
+
+
+# Aliases rather than calls in annotations, so type checkers see ``float | None``.
+Celsius = Annotated[float | None, annotated_types.Interval(ge=-40.0, le=150.0), PhysicalRange(-40.0, 150.0, "°C expected; Kelvin or °F?")]
+GpuWatts = Annotated[float | None, annotated_types.Interval(ge=0.0, le=2000.0), PhysicalRange(0.0, 2000.0, "W expected; milliwatts?")]
+SmClockMhz = Annotated[float | None, annotated_types.Interval(ge=0.0, le=5000.0), PhysicalRange(0.0, 5000.0, "MHz expected")]
+MemClockMhz = Annotated[float | None, annotated_types.Interval(ge=0.0, le=20000.0), PhysicalRange(0.0, 20000.0, "MHz expected")]
+Percent = Annotated[float | None, annotated_types.Interval(ge=0.0, le=100.0), PhysicalRange(0.0, 100.0, "percent 0-100 expected")]
+Mebibytes = Annotated[float | None, annotated_types.Interval(ge=0.0, le=1.0e7), PhysicalRange(0.0, 1.0e7, "MiB expected")]
+Millijoules = Annotated[float | None, annotated_types.Interval(ge=0.0, le=1.0e19), PhysicalRange(0.0, 1.0e19, "mJ expected")]
+SlowdownCelsius = Annotated[float | None, annotated_types.Interval(ge=40.0, le=150.0), PhysicalRange(40.0, 150.0, "°C expected")]
+InletCelsius = Annotated[float | None, annotated_types.Interval(ge=-20.0, le=80.0), PhysicalRange(-20.0, 80.0, "°C expected; Kelvin or °F?")]
+ChassisWatts = Annotated[float | None, annotated_types.Interval(ge=0.0, le=100_000.0), PhysicalRange(0.0, 100_000.0, "W expected")]
+PhaseAmps = Annotated[float | None, annotated_types.Interval(ge=0.0, le=1000.0), PhysicalRange(0.0, 1000.0, "A expected")]
+PhaseWatts = Annotated[float | None, annotated_types.Interval(ge=0.0, le=1_000_000.0), PhysicalRange(0.0, 1_000_000.0, "W expected")]
+PduWatts = Annotated[float | None, annotated_types.Interval(ge=0.0, le=5_000_000.0), PhysicalRange(0.0, 5_000_000.0, "W expected")]
+PduAmps = Annotated[float | None, annotated_types.Interval(ge=0.0, le=10_000.0), PhysicalRange(0.0, 10_000.0, "A expected")]
 
 
 class Contract(BaseModel):
@@ -111,40 +135,26 @@ class GpuReading(BaseModel):
 
     gpu_index: int = Field(ge=0, le=63, description="Index of the GPU in its server (NVML index).")
     uuid: str | None = Field(default=None, description="NVML GPU UUID, when known.")
-    gpu_temp_c: float | None = Field(description="GPU die temperature, °C (DCGM_FI_DEV_GPU_TEMP).")
-    memory_temp_c: float | None = Field(default=None, description="HBM temperature, °C (DCGM_FI_DEV_MEMORY_TEMP).")
-    power_usage_w: float | None = Field(description="Power draw, W (DCGM_FI_DEV_POWER_USAGE).")
-    power_limit_w: float | None = Field(default=None, description="Enforced power limit, W (DCGM_FI_DEV_ENFORCED_POWER_LIMIT).")
-    sm_clock_mhz: float | None = Field(default=None, description="SM clock, MHz (DCGM_FI_DEV_SM_CLOCK).")
-    mem_clock_mhz: float | None = Field(default=None, description="Memory clock, MHz (DCGM_FI_DEV_MEM_CLOCK).")
-    gpu_util_pct: float | None = Field(default=None, description="GPU utilisation 0-100 % (DCGM_FI_DEV_GPU_UTIL).")
-    fb_used_mib: float | None = Field(default=None, description="Frame buffer used, MiB (DCGM_FI_DEV_FB_USED).")
-    total_energy_mj: float | None = Field(
+    gpu_temp_c: Celsius = Field(description="GPU die temperature, °C (DCGM_FI_DEV_GPU_TEMP).")
+    memory_temp_c: Celsius = Field(default=None, description="HBM temperature, °C (DCGM_FI_DEV_MEMORY_TEMP).")
+    power_usage_w: GpuWatts = Field(description="Power draw, W (DCGM_FI_DEV_POWER_USAGE).")
+    power_limit_w: GpuWatts = Field(default=None, description="Enforced power limit, W (DCGM_FI_DEV_ENFORCED_POWER_LIMIT).")
+    sm_clock_mhz: SmClockMhz = Field(default=None, description="SM clock, MHz (DCGM_FI_DEV_SM_CLOCK).")
+    mem_clock_mhz: MemClockMhz = Field(default=None, description="Memory clock, MHz (DCGM_FI_DEV_MEM_CLOCK).")
+    gpu_util_pct: Percent = Field(default=None, description="GPU utilisation 0-100 % (DCGM_FI_DEV_GPU_UTIL).")
+    fb_used_mib: Mebibytes = Field(default=None, description="Frame buffer used, MiB (DCGM_FI_DEV_FB_USED).")
+    total_energy_mj: Millijoules = Field(
         default=None, description="Energy since driver load, mJ (DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION)."
     )
     clocks_event_reasons: int = Field(
         default=0, ge=0, description="NVML clock-event reason bitmask (DCGM_FI_DEV_CLOCK_THROTTLE_REASONS)."
     )
-    slowdown_temp_c: float | None = Field(
+    slowdown_temp_c: SlowdownCelsius = Field(
         default=None, description="The GPU's own slowdown threshold, °C (NVML_TEMPERATURE_THRESHOLD_SLOWDOWN)."
     )
     invalid_fields: list[str] = Field(
         default_factory=list, description="Fields whose raw reading was a sentinel or impossible; their value is null."
     )
-
-    @model_validator(mode="after")
-    def _ranges(self) -> GpuReading:
-        _check_range("gpu_temp_c", self.gpu_temp_c, -40.0, 150.0, "°C expected; Kelvin or °F?")
-        _check_range("memory_temp_c", self.memory_temp_c, -40.0, 150.0, "°C expected; Kelvin or °F?")
-        _check_range("slowdown_temp_c", self.slowdown_temp_c, 40.0, 150.0, "°C expected")
-        _check_range("power_usage_w", self.power_usage_w, 0.0, 2000.0, "W expected; milliwatts?")
-        _check_range("power_limit_w", self.power_limit_w, 0.0, 2000.0, "W expected; milliwatts?")
-        _check_range("sm_clock_mhz", self.sm_clock_mhz, 0.0, 5000.0, "MHz expected")
-        _check_range("mem_clock_mhz", self.mem_clock_mhz, 0.0, 20000.0, "MHz expected")
-        _check_range("gpu_util_pct", self.gpu_util_pct, 0.0, 100.0, "percent 0-100 expected")
-        _check_range("fb_used_mib", self.fb_used_mib, 0.0, 1.0e7, "MiB expected")
-        _check_range("total_energy_mj", self.total_energy_mj, 0.0, 1.0e19, "mJ expected")
-        return self
 
     @property
     def thermal_throttled(self) -> bool:
@@ -202,17 +212,11 @@ class InletSample(Contract):
     kind: Literal["inlet_sample"] = "inlet_sample"
     server_id: str = Field(min_length=1, max_length=128)
     sampled_at: Timestamp
-    inlet_temp_c: float | None = Field(description="Intake air temperature, °C (Redfish PhysicalContext 'Intake').")
-    chassis_power_w: float | None = Field(default=None, description="Chassis input power, W, when the BMC reports it.")
+    inlet_temp_c: InletCelsius = Field(description="Intake air temperature, °C (Redfish PhysicalContext 'Intake').")
+    chassis_power_w: ChassisWatts = Field(default=None, description="Chassis input power, W, when the BMC reports it.")
     sensor_id: str | None = Field(default=None, max_length=256, description="Where the reading came from (Redfish URI).")
     invalid_fields: list[str] = Field(default_factory=list)
     source: str = Field(default="unknown", max_length=32)
-
-    @model_validator(mode="after")
-    def _ranges(self) -> InletSample:
-        _check_range("inlet_temp_c", self.inlet_temp_c, -20.0, 80.0, "°C expected; Kelvin or °F?")
-        _check_range("chassis_power_w", self.chassis_power_w, 0.0, 100_000.0, "W expected")
-        return self
 
 
 class PduPhaseReading(BaseModel):
@@ -221,14 +225,8 @@ class PduPhaseReading(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
     name: str = Field(max_length=64)
-    current_a: float | None = Field(default=None)
-    power_w: float | None = Field(default=None)
-
-    @model_validator(mode="after")
-    def _ranges(self) -> PduPhaseReading:
-        _check_range("current_a", self.current_a, 0.0, 1000.0, "A expected")
-        _check_range("power_w", self.power_w, 0.0, 1_000_000.0, "W expected")
-        return self
+    current_a: PhaseAmps = Field(default=None)
+    power_w: PhaseWatts = Field(default=None)
 
 
 class PduPowerSample(Contract):
@@ -238,19 +236,13 @@ class PduPowerSample(Contract):
     kind: Literal["pdu_power_sample"] = "pdu_power_sample"
     pdu_id: str = Field(min_length=1, max_length=128)
     sampled_at: Timestamp
-    power_w: float | None = Field(description="Total input power, W (APC rPDU2 reports hundredths of kW).")
-    current_a: float | None = Field(default=None, description="Total input current, A.")
+    power_w: PduWatts = Field(description="Total input power, W (APC rPDU2 reports hundredths of kW).")
+    current_a: PduAmps = Field(default=None, description="Total input current, A.")
     energy_kwh: float | None = Field(default=None, ge=0.0, description="Energy meter, kWh, when exposed.")
     phases: list[PduPhaseReading] = Field(default_factory=list, max_length=256)
     server_ids: list[str] = Field(default_factory=list, description="Servers fed by this PDU, when known.")
     invalid_fields: list[str] = Field(default_factory=list)
     source: str = Field(default="unknown", max_length=32)
-
-    @model_validator(mode="after")
-    def _ranges(self) -> PduPowerSample:
-        _check_range("power_w", self.power_w, 0.0, 5_000_000.0, "W expected")
-        _check_range("current_a", self.current_a, 0.0, 10_000.0, "A expected")
-        return self
 
 
 # --------------------------------------------------------------------------- forecasts
@@ -585,14 +577,51 @@ M = TypeVar("M", bound=Contract)
 MESSAGES_BY_NAME: dict[str, type[Contract]] = {m.message_name: m for m in ALL_MESSAGES}
 
 
-def _first_error(exc: ValidationError) -> ContractError:
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation such as ``list[GpuReading]`` or ``WorkloadContext | None``."""
+    if inspect.isclass(annotation) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _range_at(model: type[BaseModel] | None, loc: tuple[int | str, ...]) -> PhysicalRange | None:
+    """The :class:`PhysicalRange` of the field an error location points at, walking nested models."""
+    found: PhysicalRange | None = None
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if model is None or part not in model.model_fields:
+            return None
+        info = model.model_fields[part]
+        found = next((m for m in info.metadata if isinstance(m, PhysicalRange)), None)
+        model = _model_in(info.annotation)
+    return found
+
+
+_BOUND_ERRORS = ("less_than_equal", "greater_than_equal", "finite_number")
+
+
+def _first_error(exc: ValidationError, model: type[BaseModel] | None = None) -> ContractError:
     err = exc.errors(include_url=False)[0]
-    loc = ".".join(str(p) for p in err.get("loc", ()))
+    parts = tuple(err.get("loc", ()))
+    loc = ".".join(str(p) for p in parts)
     msg = str(err.get("msg", "invalid"))
-    if err.get("type") == "value_error":
+    rng = _range_at(model, parts) if err.get("type") in _BOUND_ERRORS else None
+    if rng is not None:
+        name = str(parts[-1])
+        value = err.get("input")
+        with_unit = float(value) if isinstance(value, int | float) else value
+        if err.get("type") == "finite_number":
+            msg = f"{name} must be finite (got {with_unit}); flag it in invalid_fields instead"
+        else:
+            msg = f"{name}={with_unit} outside [{rng.lo}, {rng.hi}] ({rng.hint})"
+    elif err.get("type") == "value_error":
         msg = msg.removeprefix("Value error, ")
-        # Model-level range checks report the containing object; their message starts with the field.
-        parts = err.get("loc", ())
+        # Model-level checks report the containing object; their message starts with the field.
         at_model = not parts or isinstance(parts[-1], int)
         head = msg.split("=", 1)[0].split(" ", 1)[0]
         if at_model and head.isidentifier() and msg[len(head):].startswith(("=", " must")):
@@ -616,7 +645,7 @@ def decode(model: type[M], raw: bytes | str) -> M:
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
-        raise _first_error(exc) from None
+        raise _first_error(exc, model) from None
     except (ValueError, TypeError) as exc:  # pragma: no cover - pydantic wraps nearly everything
         raise ContractError("", str(exc)) from None
 
@@ -626,7 +655,7 @@ def validate_obj(model: type[M], obj: Any) -> M:
     try:
         return model.model_validate(obj)
     except ValidationError as exc:
-        raise _first_error(exc) from None
+        raise _first_error(exc, model) from None
 
 
 def utc_iso(ts: datetime) -> str:
