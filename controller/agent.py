@@ -331,9 +331,12 @@ def run_agent(settings: Settings, server_id: str, control: GpuControl, *, stop: 
     kw = kafka_python_kwargs(settings.kafka)
     agent = NodeAgent(server_id, control, cs)
     log.info("event=agent_started server=%s control=%s", server_id, control.describe())
+    # An offset out of range (a broker that restarted with an empty log, or retention) resets to the
+    # earliest retained command rather than the latest: the ledger drops ids already applied and the
+    # expiry drops stale ones, while "latest" would skip commands published just after the restart.
     consumer = KafkaConsumer(**kw, client_id=f"{settings.kafka.client_id}-agent-{server_id}", group_id=None,
                              enable_auto_commit=False, request_timeout_ms=5000, fetch_max_wait_ms=500,
-                             reconnect_backoff_max_ms=2000)
+                             reconnect_backoff_max_ms=2000, auto_offset_reset="earliest")
     producer = KafkaProducer(**kw, client_id=f"{settings.kafka.client_id}-agent-{server_id}", acks=1,
                              enable_idempotence=False,
                              max_block_ms=1000, request_timeout_ms=5000, reconnect_backoff_max_ms=2000)

@@ -684,7 +684,9 @@ def run_service(settings: Settings, topology: Topology, catalogue: Catalogue, *,
     ``max_command_ttl_s`` ago (an emergency announced just before a restart is still
     planned); the mode topic from its beginning (the latest retained mode).
     """
-    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka import KafkaConsumer, TopicPartition
+
+    from ingest.producer import build_producer
 
     now_fn = clock or (lambda: datetime.now(UTC))
     topics = topics or ControllerTopics()
@@ -693,8 +695,10 @@ def run_service(settings: Settings, topology: Topology, catalogue: Catalogue, *,
     controller = Controller(topology, catalogue, cs, mode=mode, topics=topics, metrics=metrics, started_at=now_fn())
     consumer = KafkaConsumer(**kw, client_id=f"{settings.kafka.client_id}-controller", enable_auto_commit=False,
                              group_id=None)
-    producer = KafkaProducer(**kw, client_id=f"{settings.kafka.client_id}-controller", linger_ms=5, acks=1,
-                             enable_idempotence=False)
+    # Outputs go through the collectors' buffered producer: bounded FIFO, in-order retries across a
+    # broker outage, so a hint, weight or command decided while the broker is away is delivered when it
+    # returns (agents drop commands that expired meanwhile) instead of crashing the loop.
+    producer = build_producer(settings, source="controller", client_id=f"{settings.kafka.client_id}-controller")
     metrics_server = None
     try:
         tps: list[TopicPartition] = []
@@ -743,12 +747,11 @@ def run_service(settings: Settings, topology: Topology, catalogue: Catalogue, *,
                 out += _contained(controller, "tick", lambda: controller.tick(now_fn()))
                 next_tick = max(next_tick + cs.tick_s, time.monotonic())
             for o in out:
-                producer.send(o.topic, key=o.key.encode(), value=o.message.to_bytes())
-            if out:
-                producer.flush(timeout=10)
+                producer.publish(o.topic, o.key.encode(), o.message.to_bytes())
+            producer.pump()
     finally:
         consumer.close()
-        producer.close(timeout=5)
+        producer.close(5)
         if metrics_server is not None:
             metrics_server.shutdown()  # type: ignore[attr-defined]
     return controller

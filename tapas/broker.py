@@ -104,9 +104,12 @@ class EmbeddedBroker:
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 9092, *, start_timeout_s: float = 20.0,
-                 create_project_topics: bool = True, log_path: Path | None = None) -> None:
+                 create_project_topics: bool = True, log_path: Path | None = None,
+                 advertised_port: int | None = None) -> None:
         self.host = host
         self.port = port
+        #: Port advertised in metadata when clients reach the broker through a proxy (fault tests).
+        self.advertised_port = advertised_port
         self.start_timeout_s = start_timeout_s
         self.create_project_topics = create_project_topics
         self.log_path = log_path
@@ -120,10 +123,11 @@ class EmbeddedBroker:
         """Start the broker, wait for it to answer, create the topics."""
         binary = tansu_binary()
         url = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.host}:{self.advertised_port}" if self.advertised_port else url
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         env = {k: v for k, v in os.environ.items() if k not in ("CLUSTER_ID", "LISTENER_URL")}
         self.proc = subprocess.Popen(
-            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
+            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", advertised,
              "--storage-engine", "memory://tansu/"],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env,
         )
