@@ -12,21 +12,15 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from contracts import Contract, ContractError, DeadLetter, GpuSample, InletSample, PduPowerSample, decode
 from contracts.topics import topic_for
-from tapas.broker import free_port
 from tests.fuzz.mutations import (
     BAD_TIMESTAMPS,
     BAD_VERSIONS,
@@ -38,6 +32,7 @@ from tests.fuzz.mutations import (
     with_raw_literal,
 )
 from tests.samples import example_messages
+from tests.streams_helpers import WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.fuzz]
 
@@ -71,48 +66,17 @@ def malformed_corpus(msg: Contract) -> list[bytes]:
     return refused
 
 
-class Worker:
-    """``tapas worker`` in a child process with its own group, web port and folders."""
-
-    def __init__(self, bootstrap: str, workdir: Path) -> None:
-        self.workdir = workdir
-        self.env = dict(os.environ, TAPAS_KAFKA__BOOTSTRAP_SERVERS=bootstrap,
-                        TAPAS_WORKER__APP_ID=f"fuzz-dl-{uuid.uuid4().hex[:8]}",
-                        TAPAS_WORKER__DATA_DIR=str(workdir / "faust"), TAPAS_STORE__PATH=str(workdir / "h.sqlite"),
-                        TAPAS_REGISTRY_DIR=str(workdir / "registry"))
-        self.log_path = workdir / "worker.log"
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tapas.cli", "worker", "--web-port", str(free_port()), "--loglevel", "INFO"],
-                env=self.env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self) -> None:
-        if self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:]
-
-
 @pytest.fixture(scope="module")
-def worker(broker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
-    w = Worker(broker.bootstrap, tmp_path_factory.mktemp("fuzz-worker"))
+def worker(broker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    w = WorkerProcess(broker.bootstrap, tmp_path_factory.mktemp("fuzz-worker"))
+    w.start()
     try:
         yield w
     finally:
         w.stop()
 
 
-def test_every_malformed_message_reaches_the_dead_letter_topic_with_a_reason(broker: Any, worker: Worker) -> None:
+def test_every_malformed_message_reaches_the_dead_letter_topic_with_a_reason(broker: Any, worker: WorkerProcess) -> None:
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
     examples = {type(m): m for m in example_messages()}
@@ -152,7 +116,7 @@ def test_every_malformed_message_reaches_the_dead_letter_topic_with_a_reason(bro
     deadline = time.monotonic() + 150
     try:
         while time.monotonic() < deadline and set(found) != set(sent):
-            assert worker.alive(), worker.tail()
+            assert worker.proc is not None and worker.proc.poll() is None, worker.log_tail()
             for records in consumer.poll(timeout_ms=1000).values():
                 for rec in records:
                     key = (rec.key or b"").decode(errors="replace")
@@ -167,7 +131,7 @@ def test_every_malformed_message_reaches_the_dead_letter_topic_with_a_reason(bro
 
     missing = sorted(set(sent) - set(found))
     assert not missing, f"{len(missing)}/{len(sent)} malformed messages never reached {dl_topic}: {missing[:5]}\n" \
-                        f"{worker.tail()}"
+                        f"{worker.log_tail()}"
     for key, letter in found.items():
         topic, raw, field = sent[key]
         assert letter.source_topic == topic
