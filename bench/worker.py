@@ -110,7 +110,9 @@ def _floor_main(bootstrap: str, count: int, app_id: str) -> None:
     from contracts.errors import ContractError
     from contracts.messages import GpuSample, decode
     from streams.app import tansu_safe_consumer_class
+    from tapas.settings import load_settings
 
+    batch = load_settings().worker  # the worker's own batch size and wait: the floor batches exactly as it does
     app = faust.App(app_id, broker=f"kafka://{bootstrap}", value_serializer="raw", key_serializer="raw",
                     store="memory://", web_enabled=False, topic_replication_factor=1,
                     broker_session_timeout=6.0, broker_heartbeat_interval=1.0, broker_max_poll_interval=10.0,
@@ -122,7 +124,7 @@ def _floor_main(bootstrap: str, count: int, app_id: str) -> None:
 
     @app.agent(topic)
     async def floor(stream: Any) -> None:
-        async for events in stream.take_events(2000, within=0.02):
+        async for events in stream.take_events(batch.batch_max, within=batch.batch_within_s):
             if marks["seen"] == 0:
                 marks["t0"] = time.perf_counter()
             for e in events:

@@ -114,8 +114,9 @@ class WorkerSettings(BaseModel):
                                    "up to this far apart; older ones count as missing.")
     inlet_limit_c: float = Field(default=27.0, gt=0, description="Zone inlet limit, °C (ASHRAE recommended upper "
                                  "bound) used for zone headroom in domain forecasts.")
-    batch_max: int = Field(default=2000, ge=1, description="Most telemetry messages handled per Faust batch.")
-    batch_within_s: float = Field(default=0.02, gt=0, description="Longest wait to fill a batch (bounds latency).")
+    batch_max: int = Field(default=5000, ge=1, description="Most telemetry messages handled per Faust batch.")
+    batch_within_s: float = Field(default=0.1, gt=0, description="Longest wait to fill a batch (bounds latency; "
+                                    "larger batches amortise Faust's per-event cost).")
     session_timeout_s: float = Field(default=10.0, gt=0, description="Kafka consumer session timeout; the embedded "
                                      "broker completes a group join after about half of it (10 s: ~5 s join).")
     heartbeat_interval_s: float = Field(default=1.0, gt=0, description="Kafka consumer heartbeat interval.")
