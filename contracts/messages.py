@@ -19,6 +19,7 @@ the two drift. Rules shared by every message:
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from enum import IntFlag
@@ -605,6 +606,16 @@ def _range_at(model: type[BaseModel] | None, loc: tuple[int | str, ...]) -> Phys
 _BOUND_ERRORS = ("less_than_equal", "greater_than_equal", "finite_number")
 
 
+def _as_float(value: Any) -> Any:
+    """A numeric input as the float pydantic compared (an int too large for a float is ±inf, as pydantic saw it)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
 def _first_error(exc: ValidationError, model: type[BaseModel] | None = None) -> ContractError:
     err = exc.errors(include_url=False)[0]
     parts = tuple(err.get("loc", ()))
@@ -613,12 +624,11 @@ def _first_error(exc: ValidationError, model: type[BaseModel] | None = None) -> 
     rng = _range_at(model, parts) if err.get("type") in _BOUND_ERRORS else None
     if rng is not None:
         name = str(parts[-1])
-        value = err.get("input")
-        with_unit = float(value) if isinstance(value, int | float) else value
+        value = _as_float(err.get("input"))
         if err.get("type") == "finite_number":
-            msg = f"{name} must be finite (got {with_unit}); flag it in invalid_fields instead"
+            msg = f"{name} must be finite (got {value}); flag it in invalid_fields instead"
         else:
-            msg = f"{name}={with_unit} outside [{rng.lo}, {rng.hi}] ({rng.hint})"
+            msg = f"{name}={value} outside [{rng.lo}, {rng.hi}] ({rng.hint})"
     elif err.get("type") == "value_error":
         msg = msg.removeprefix("Value error, ")
         # Model-level checks report the containing object; their message starts with the field.

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from contracts import ContractError, DomainForecast, PlacementHint, ServerForecast, decode
+from contracts import ContractError, DomainForecast, GpuSample, PlacementHint, ServerForecast, decode
 from tests.samples import example_messages
 
 
@@ -43,3 +43,15 @@ def test_misaligned_domain_forecast_names_a_field() -> None:
     with pytest.raises(ContractError) as err:
         decode(DomainForecast, json.dumps(payload))
     assert err.value.field == "horizons_s"
+
+
+@pytest.mark.parametrize("literal", ["1" + "0" * 400, "-1" + "0" * 400])
+def test_int_too_large_for_a_float_in_a_ranged_reading_is_refused_naming_the_field(literal: str) -> None:
+    # Building the unit-hint message converted the input with float() and raised OverflowError.
+    payload = _example(GpuSample)
+    payload["gpus"][0]["gpu_temp_c"] = 0.5  # type: ignore[index]
+    raw = json.dumps(payload).replace('"gpu_temp_c": 0.5', f'"gpu_temp_c": {literal}', 1)
+    with pytest.raises(ContractError) as err:
+        decode(GpuSample, raw)
+    assert err.value.field == "gpus.0.gpu_temp_c"
+    assert "must be finite" in err.value.reason
