@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from enum import IntFlag
@@ -64,35 +65,39 @@ POWER_REASONS = ClockEventReason.SW_POWER_CAP | ClockEventReason.HW_POWER_BRAKE_
 
 
 @dataclass(frozen=True)
-class PhysicalRange:
+class PhysicalRange(annotated_types.GroupedMetadata):
     """The physically possible range of a reading and the unit mistake a value outside it suggests.
 
-    The bounds are enforced by pydantic's compiled validator (``ge``/``le`` in the
-    field's metadata; they also appear in the exported JSON Schema), which is what
-    keeps decoding fast enough for the stream workers; this record only supplies the
-    hint that :func:`decode` puts into the error message.
+    As grouped metadata it expands to ``ge``/``le`` constraints that pydantic's compiled
+    validator enforces (they also appear in the exported JSON Schema), which is what
+    keeps decoding fast enough for the stream workers; the record itself stays in the
+    field's metadata so that :func:`decode` can put the hint into the error message.
     """
 
     lo: float
     hi: float
     hint: str
 
+    def __iter__(self) -> Iterator[object]:
+        yield annotated_types.Ge(self.lo)
+        yield annotated_types.Le(self.hi)
+
 
 # Aliases rather than calls in annotations, so type checkers see ``float | None``.
-Celsius = Annotated[float | None, annotated_types.Interval(ge=-40.0, le=150.0), PhysicalRange(-40.0, 150.0, "°C expected; Kelvin or °F?")]
-GpuWatts = Annotated[float | None, annotated_types.Interval(ge=0.0, le=2000.0), PhysicalRange(0.0, 2000.0, "W expected; milliwatts?")]
-SmClockMhz = Annotated[float | None, annotated_types.Interval(ge=0.0, le=5000.0), PhysicalRange(0.0, 5000.0, "MHz expected")]
-MemClockMhz = Annotated[float | None, annotated_types.Interval(ge=0.0, le=20000.0), PhysicalRange(0.0, 20000.0, "MHz expected")]
-Percent = Annotated[float | None, annotated_types.Interval(ge=0.0, le=100.0), PhysicalRange(0.0, 100.0, "percent 0-100 expected")]
-Mebibytes = Annotated[float | None, annotated_types.Interval(ge=0.0, le=1.0e7), PhysicalRange(0.0, 1.0e7, "MiB expected")]
-Millijoules = Annotated[float | None, annotated_types.Interval(ge=0.0, le=1.0e19), PhysicalRange(0.0, 1.0e19, "mJ expected")]
-SlowdownCelsius = Annotated[float | None, annotated_types.Interval(ge=40.0, le=150.0), PhysicalRange(40.0, 150.0, "°C expected")]
-InletCelsius = Annotated[float | None, annotated_types.Interval(ge=-20.0, le=80.0), PhysicalRange(-20.0, 80.0, "°C expected; Kelvin or °F?")]
-ChassisWatts = Annotated[float | None, annotated_types.Interval(ge=0.0, le=100_000.0), PhysicalRange(0.0, 100_000.0, "W expected")]
-PhaseAmps = Annotated[float | None, annotated_types.Interval(ge=0.0, le=1000.0), PhysicalRange(0.0, 1000.0, "A expected")]
-PhaseWatts = Annotated[float | None, annotated_types.Interval(ge=0.0, le=1_000_000.0), PhysicalRange(0.0, 1_000_000.0, "W expected")]
-PduWatts = Annotated[float | None, annotated_types.Interval(ge=0.0, le=5_000_000.0), PhysicalRange(0.0, 5_000_000.0, "W expected")]
-PduAmps = Annotated[float | None, annotated_types.Interval(ge=0.0, le=10_000.0), PhysicalRange(0.0, 10_000.0, "A expected")]
+Celsius = Annotated[float | None, PhysicalRange(-40.0, 150.0, "°C expected; Kelvin or °F?")]
+GpuWatts = Annotated[float | None, PhysicalRange(0.0, 2000.0, "W expected; milliwatts?")]
+SmClockMhz = Annotated[float | None, PhysicalRange(0.0, 5000.0, "MHz expected")]
+MemClockMhz = Annotated[float | None, PhysicalRange(0.0, 20000.0, "MHz expected")]
+Percent = Annotated[float | None, PhysicalRange(0.0, 100.0, "percent 0-100 expected")]
+Mebibytes = Annotated[float | None, PhysicalRange(0.0, 1.0e7, "MiB expected")]
+Millijoules = Annotated[float | None, PhysicalRange(0.0, 1.0e19, "mJ expected")]
+SlowdownCelsius = Annotated[float | None, PhysicalRange(40.0, 150.0, "°C expected")]
+InletCelsius = Annotated[float | None, PhysicalRange(-20.0, 80.0, "°C expected; Kelvin or °F?")]
+ChassisWatts = Annotated[float | None, PhysicalRange(0.0, 100_000.0, "W expected")]
+PhaseAmps = Annotated[float | None, PhysicalRange(0.0, 1000.0, "A expected")]
+PhaseWatts = Annotated[float | None, PhysicalRange(0.0, 1_000_000.0, "W expected")]
+PduWatts = Annotated[float | None, PhysicalRange(0.0, 5_000_000.0, "W expected")]
+PduAmps = Annotated[float | None, PhysicalRange(0.0, 10_000.0, "A expected")]
 
 
 class Contract(BaseModel):
