@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -211,7 +210,7 @@ def run(quick: bool = False, *, latency_rate_per_s: float = 2000.0) -> dict[str,
     separates the latency of the path itself from queueing when the worker is saturated.
     """
     from contracts.messages import ServerForecast
-    from tapas.broker import EmbeddedBroker, free_port
+    from tapas.broker import EmbeddedBroker, free_port, stop_process_group
 
     num_servers = 500 if quick else 2000
     ticks = 6 if quick else 8
@@ -252,12 +251,7 @@ def run(quick: bool = False, *, latency_rate_per_s: float = 2000.0) -> dict[str,
             live = forecasts.read(lambda out: False, timeout_s=3.0)
         finally:
             forecasts.close()
-            os.killpg(worker.pid, signal.SIGTERM)
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
-                worker.wait(10)
+            stop_process_group(worker, 30.0)
             log.close()
         lat_ms = []
         issue_ms = []

@@ -373,11 +373,11 @@ class BufferedProducer:
         self._retry_at = self._clock() + self._backoff_s
         self._backoff_s = min(self._backoff_s * 2.0, self.max_retry_backoff_s)
 
-    def _drain(self) -> None:
-        """Settle acknowledged and failed sends at the head of the in-flight queue."""
+    def _drain(self, now: float) -> None:
+        """Settle acknowledged and failed sends at the head of the in-flight queue; flag a stalled window."""
         inflight = self._inflight
         if not (inflight and inflight[0][1].is_done) and not (self._failed and not inflight):
-            if inflight and not self._degraded and self._clock() - self._window_sent_at > self.stall_timeout_s:
+            if inflight and not self._degraded and now - self._window_sent_at > self.stall_timeout_s:
                 self._enter_degraded(TimeoutError(f"no acknowledgement in {self.stall_timeout_s:g} s"))
             return
         while inflight and inflight[0][1].is_done:
@@ -422,7 +422,7 @@ class BufferedProducer:
             except Exception as exc:  # noqa: BLE001 - NoBrokersAvailable, connection errors
                 self._enter_degraded(exc)
                 return
-        self._drain()
+        self._drain(now)
         if self._inflight or self._failed or (self._degraded and now < self._retry_at):
             return  # one window at a time: a newer record must not land before an older one that fails
         self._refill_from_spool()
@@ -445,7 +445,7 @@ class BufferedProducer:
             if self._kafka is not None and self._inflight:
                 with contextlib.suppress(Exception):
                     self._kafka.flush(timeout=max(0.0, min(1.0, deadline - self._clock())))
-                self._drain()
+                self._drain(self._clock())
             if self.num_buffered == 0:
                 return True
             if self._clock() >= deadline:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 #: Raw values devices use for "no reading" (checked before any unit conversion).
 SENTINELS: frozenset[float] = frozenset(
@@ -134,6 +135,15 @@ class FieldChecker:
         if checked.invalid:
             self.invalid_fields.append(name)
         return checked.value
+
+
+def brief(value: Any) -> str:
+    """A bad raw value for an error message: its repr, cut to 40 characters (huge ints cannot even be printed)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long to print
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def count_invalid(message: object) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
-from tapas.broker import free_port
+from tapas.broker import free_port, stop_process_group
 
 
 class WorkerProcess:
@@ -58,14 +58,7 @@ class WorkerProcess:
         self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        stop_process_group(self.proc, 30.0)
 
     def log_tail(self) -> str:
         logs = sorted(self.workdir.glob("worker-*.log"))

@@ -53,7 +53,7 @@ from pydantic import ValidationError
 
 from contracts.errors import SourceError
 from contracts.messages import Contract, GpuReading, GpuSample, InletSample, PduPowerSample, WorkloadContext
-from ingest.validate import ABSENT, Checked, FieldChecker, check
+from ingest.validate import ABSENT, Checked, FieldChecker, brief, check
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +76,8 @@ class BadCell(SourceError):  # noqa: N818 - a SourceError, named for what it rep
 
     def __init__(self, column: str, value: Any, reason: str) -> None:
         self.column = column
-        self.reason = f"{_brief(value)} {reason}"
+        self.reason = f"{brief(value)} {reason}"
         super().__init__(f"replay: column {column!r}: {self.reason}")
-
-
-def _brief(value: Any) -> str:
-    try:
-        text = repr(value)
-    except ValueError:  # an int too long to print
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def load_table(path: Path) -> Any:
@@ -171,7 +163,7 @@ def _workload(row: dict[str, Any], notes: list[str] | None) -> WorkloadContext |
         numbers[column] = None if value is None else _number(value)
         if value is not None and numbers[column] is None:
             if notes is not None:
-                notes.append(f"column {column!r}: {_brief(value)} is not a number; workload context dropped")
+                notes.append(f"column {column!r}: {brief(value)} is not a number; workload context dropped")
             return None
     config = _cell(row, "config_id")
     try:
@@ -186,7 +178,7 @@ def _workload(row: dict[str, Any], notes: list[str] | None) -> WorkloadContext |
         if notes is not None:
             first = exc.errors()[0]
             column = ".".join(str(p) for p in first["loc"]) or "workload"
-            notes.append(f"column {column!r}: {_brief(first.get('input'))} {first['msg'].lower()}; "
+            notes.append(f"column {column!r}: {brief(first.get('input'))} {first['msg'].lower()}; "
                          "workload context dropped")
         return None
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from contracts.errors import SourceError
 from contracts.messages import PduPhaseReading, PduPowerSample
-from ingest.validate import FieldChecker, check
+from ingest.validate import FieldChecker, brief, check
 
 log = logging.getLogger(__name__)
 
@@ -115,14 +115,6 @@ def parse_rpdu2(values: Values, *, pdu_id: str, sampled_at: datetime) -> PduPowe
                           energy_kwh=energy_kwh, phases=phases, invalid_fields=fc.invalid_fields)
 
 
-def _brief(value: Any) -> str:
-    try:
-        text = repr(value)
-    except ValueError:  # an int too long to print
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def _table_number(value: Any, *, default: int, oid: str, column: str, pdu_id: str) -> int:
     """A phase or bank number of ``rPDULoadStatus`` (an SNMP INTEGER 0..2^31-1; absent: ``default``).
 
@@ -140,7 +132,7 @@ def _table_number(value: Any, *, default: int, oid: str, column: str, pdu_id: st
     elif isinstance(value, str) and value.strip().isdecimal() and len(value.strip()) <= 10:
         number = int(value.strip())
     if number is None or not 0 <= number <= 0x7FFFFFFF:
-        raise SourceError(f"snmp PDU {pdu_id}: {column} ({oid}) is {_brief(value)}, not a number 0-2147483647; "
+        raise SourceError(f"snmp PDU {pdu_id}: {column} ({oid}) is {brief(value)}, not a number 0-2147483647; "
                           "the load table cannot be attributed to a phase or bank (check the agent firmware)")
     return number
 

@@ -7,9 +7,7 @@ install, when Chromium or its driver is missing (``.ci/run`` installs both).
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -23,6 +21,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+
+from tapas.broker import stop_process_group
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 REPO = Path(__file__).resolve().parents[2]
@@ -197,14 +197,7 @@ class SimPipelineProcess:
         return out
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        stop_process_group(self.proc, 10.0)
 
 
 @dataclass

@@ -21,6 +21,7 @@ It prints its counts (sent, delivered, duplicated, lost, recovery time).
 
 from __future__ import annotations
 
+import base64
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -61,8 +62,6 @@ def _tick(feed: BufferedProducer, fleet: SyntheticTelemetry, sent: dict[str, lis
 
 
 def _sample_counts(worker: WorkerProcess, ids: set[str]) -> dict[str, int]:
-    import base64
-
     states = ServerStates()
     page: dict[str, Any] = worker.state()
     return {k: int(states.arr["num_samples"][states.load_slot(k, base64.b64decode(v))])

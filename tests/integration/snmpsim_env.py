@@ -12,9 +12,7 @@ Run by hand: ``python tests/integration/snmpsim_env.py`` builds the environment.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+
+from tapas.broker import stop_process_group
 
 SNMPSIM_HOME = Path("/opt/tapas-snmpsim")
 VENV = SNMPSIM_HOME / "venv"
@@ -157,15 +157,7 @@ class SnmpSimAgent:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+        stop_process_group(proc, 5.0)
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None

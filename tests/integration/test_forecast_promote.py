@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import pytest
 from forecasting.announce import ModelFollower, announce, announcement_from_record
 from forecasting.registry import promote, save_version
 from forecasting.state import ForecasterParams
-from tapas.broker import free_port
+from tapas.broker import free_port, stop_process_group
 
 pytestmark = pytest.mark.integration
 
@@ -75,13 +74,7 @@ def test_train_promote_and_running_worker_switches(broker: Any, tmp_path: Path) 
             time.sleep(0.5)
         assert seen == version, log.read_text(errors="replace")[-3000:]
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+        stop_process_group(proc, 30.0)
 
 
 def test_follower_loads_verified_announcements_and_refuses_tampered_ones(broker: Any, tmp_path: Path,

@@ -16,8 +16,6 @@ the day one of these facts changes, which is the cue to add an end-to-end SASL t
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import struct
 import subprocess
@@ -26,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tapas.broker import free_port, tansu_binary
+from tapas.broker import free_port, stop_process_group, tansu_binary
 from tapas.tls import wait_for_port
 
 pytestmark = pytest.mark.integration
@@ -47,8 +45,7 @@ def auth_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         wait_for_port("127.0.0.1", port, 10.0, proc)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(10)
+        stop_process_group(proc, 10.0)
 
 
 def _sasl_handshake(url: str, mechanism: str) -> tuple[int, list[str]] | None:
