@@ -239,7 +239,10 @@ def test_mutual_tls_accepts_the_client_certificate_and_refuses_a_client_without_
     assert topic.startswith("test.tls.")
 
     without_cert = mtls_broker.kafka_settings(ssl_certfile=None, ssl_keyfile=None)
-    with pytest.raises(ssl.SSLError, match="CERTIFICATE_REQUIRED"):
+    # TLS 1.3 finishes the client's handshake before the server checks for a certificate: the
+    # refusal is the CERTIFICATE_REQUIRED alert, or an EOF when stunnel closes before the client
+    # reads that alert (seen once on CI). Either way no Kafka reply comes back.
+    with pytest.raises(ssl.SSLError, match="CERTIFICATE_REQUIRED|EOF occurred in violation of protocol"):
         _api_versions_over_tls(without_cert)
     assert len(_api_versions_over_tls(with_cert)) == 8
     with pytest.raises(KafkaTimeoutError):
