@@ -29,6 +29,12 @@ def demo(
     from tapas.settings import load_settings
 
     settings = load_settings()
+    trace = settings.resolved_trace_file
+    if not trace.is_file():  # fail here, not as a feed that exits while the rest runs on with no data
+        from contracts.errors import ConfigError
+
+        raise ConfigError(f"the simulator's request trace {trace} is missing: set TAPAS_DATA_DIR to the folder "
+                          "holding azure-llm-inference-2023/ (default ../shared/data) or TAPAS_TRACE_FILE to a trace")
     if port:
         settings.broker.port = port
     plan = DemoPlan(scenario=scenario, num_servers=servers, speed=speed, num_workers=workers,

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from contracts.messages import ClockEventReason, GpuSample, decode
@@ -75,3 +76,14 @@ def test_simulate_cli_writes_json_with_every_key_and_plots(tmp_path: Path) -> No
     assert (tmp_path / "res_temperatures.png").stat().st_size > 1000
     bad = CliRunner().invoke(app, ["simulate", "--compare", "nope", "--hours", "0.01"])
     assert bad.exit_code != 0 and "nope" in bad.output
+
+
+def test_demo_without_the_trace_stops_at_once_naming_the_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from contracts.errors import ConfigError
+
+    monkeypatch.setenv("TAPAS_DATA_DIR", str(tmp_path / "nowhere"))
+    monkeypatch.delenv("TAPAS_TRACE_FILE", raising=False)
+    result = CliRunner().invoke(app, ["demo", "--no-dashboard", "--log-dir", str(tmp_path / "logs")])
+    assert isinstance(result.exception, ConfigError), result.output
+    assert "TAPAS_DATA_DIR" in str(result.exception)
+    assert not (tmp_path / "logs").exists()  # nothing was started
