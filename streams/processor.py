@@ -202,8 +202,12 @@ class StreamProcessor:
 
     def take_dirty_states(self) -> dict[str, bytes]:
         """State bytes of every server changed since the last call (clears the dirty set)."""
+        return {self.states.ids[i]: self.states.slot_bytes(i) for i in self.take_dirty_slots()}
+
+    def take_dirty_slots(self) -> list[int]:
+        """Slots of every server changed since the last call, in slot order (clears the dirty set)."""
         dirty, self.dirty = self.dirty, set()
-        return {self.states.ids[i]: self.states.slot_bytes(i) for i in sorted(dirty)}
+        return sorted(dirty)
 
     def set_forecaster(self, forecaster: OnlineForecaster) -> None:
         """Switch model version; per-server states carry over (same state layout across versions)."""

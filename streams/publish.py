@@ -75,37 +75,44 @@ class ServerPlace:
     row_weight: float
 
 
-def _num(x: float) -> str:
-    return repr(float(x))
-
-
 @functools.lru_cache(maxsize=65536)
 def _opt_str(x: str | None) -> str:
     """JSON for an optional id; cached because ids repeat every tick (``json.dumps`` is ~2 us a call)."""
     return "null" if x is None else json.dumps(x)
 
 
+#: Numbers go out with three decimals (m°C, mW): finer than any sensor, and one ``%`` format of
+#: a whole message costs a quarter of ``repr`` per float, which was a tenth of the worker's time.
+_HORIZON = ('{"horizon_s":%.3f,"gpu_temp_c":%.3f,"gpu_temp_lo_c":%.3f,"gpu_temp_hi_c":%.3f,'
+            '"power_w":%.3f,"power_lo_w":%.3f,"power_hi_w":%.3f}')
+_FORECAST = (
+    '{"schema_version":"' + SCHEMA_VERSION + '","kind":"server_forecast","server_id":%s,'
+    '"issued_at":"%s","based_on_sample_at":"%s","model_version":%s,"interval_level":%.3f,'
+    '"gpu_temp_c":%.3f,"power_w":%.3f,"inlet_temp_c":%s,"slowdown_temp_c":%.3f,"thermal_headroom_c":%.3f,'
+    '"power_headroom_w":%.3f,"horizons":[%s],"rack_id":%s,"row_id":%s,"pdu_id":%s,"zone_id":%s}')
+
+
 def server_forecast_json(*, server_id: str, issued_at_s: float, based_on_at_s: float, model_version: str,
                          interval_level: float, gpu_temp_c: float, power_w: float, inlet_temp_c: float | None,
                          slowdown_temp_c: float, thermal_headroom_c: float, power_headroom_w: float,
                          horizons: Sequence[HorizonValues], place: ServerPlace) -> bytes:
-    """A ``ServerForecast`` message as UTF-8 JSON (values must be finite; the caller guarantees it)."""
-    hz = ",".join(
-        f'{{"horizon_s":{_num(h[0])},"gpu_temp_c":{_num(h[1])},"gpu_temp_lo_c":{_num(h[2])},'
-        f'"gpu_temp_hi_c":{_num(h[3])},"power_w":{_num(h[4])},"power_lo_w":{_num(h[5])},"power_hi_w":{_num(h[6])}}}'
-        for h in horizons
-    )
-    inlet = "null" if inlet_temp_c is None else _num(inlet_temp_c)
-    return (
-        f'{{"schema_version":"{SCHEMA_VERSION}","kind":"server_forecast","server_id":{_opt_str(server_id)},'
-        f'"issued_at":"{iso_utc(issued_at_s)}","based_on_sample_at":"{iso_utc(based_on_at_s)}",'
-        f'"model_version":{_opt_str(model_version)},"interval_level":{_num(interval_level)},'
-        f'"gpu_temp_c":{_num(gpu_temp_c)},"power_w":{_num(power_w)},"inlet_temp_c":{inlet},'
-        f'"slowdown_temp_c":{_num(slowdown_temp_c)},"thermal_headroom_c":{_num(thermal_headroom_c)},'
-        f'"power_headroom_w":{_num(power_headroom_w)},"horizons":[{hz}],'
-        f'"rack_id":{_opt_str(place.rack_id)},"row_id":{_opt_str(place.row_id)},'
-        f'"pdu_id":{_opt_str(place.pdu_id)},"zone_id":{_opt_str(place.zone_id)}}}'
-    ).encode()
+    """A ``ServerForecast`` message as UTF-8 JSON (values must be finite; the caller guarantees it).
+
+    Examples:
+        >>> p = ServerPlace("k1", "r1", "p1", "z1", 6500.0, 0.25, 0.025)
+        >>> raw = server_forecast_json(server_id="s1", issued_at_s=0.0, based_on_at_s=0.0, model_version="v1",
+        ...     interval_level=0.9, gpu_temp_c=70.12345, power_w=5000.0, inlet_temp_c=None, slowdown_temp_c=87.0,
+        ...     thermal_headroom_c=10.0, power_headroom_w=-5.0, horizons=[(10.0, 71.0, 70.0, 77.0, 5e3, 4.9e3, 5.1e3)],
+        ...     place=p)
+        >>> json.loads(raw)["gpu_temp_c"], json.loads(raw)["horizons"][0]["power_hi_w"]
+        (70.123, 5100.0)
+    """
+    hz = ",".join([_HORIZON % h for h in horizons])
+    inlet = "null" if inlet_temp_c is None else f"{inlet_temp_c:.3f}"
+    return (_FORECAST % (
+        _opt_str(server_id), iso_utc(issued_at_s), iso_utc(based_on_at_s), _opt_str(model_version), interval_level,
+        gpu_temp_c, power_w, inlet, slowdown_temp_c, thermal_headroom_c, power_headroom_w, hz,
+        _opt_str(place.rack_id), _opt_str(place.row_id), _opt_str(place.pdu_id), _opt_str(place.zone_id))).encode()
 
 
 def power_headroom_w(*, nameplate_w: float, power_hi_w: float, place: ServerPlace,

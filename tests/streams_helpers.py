@@ -76,6 +76,28 @@ def end_consumer(bootstrap: str, topic: str) -> KafkaConsumer:
     return c
 
 
+def latest_by_key(bootstrap: str, topic: str, want: Any, timeout_s: float) -> dict[bytes, bytes]:
+    """Newest value per key of ``topic`` from its beginning, polled until ``want(latest)`` holds or time runs out."""
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        deadline = time.monotonic() + timeout_s
+        tps: list[TopicPartition] = []
+        while not tps and time.monotonic() < deadline:
+            tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
+            if not tps:
+                c.topics()  # refresh metadata: the topic may not exist yet
+                time.sleep(0.3)
+        c.assign(tps)
+        c.seek_to_beginning()
+        latest: dict[bytes, bytes] = {}
+        while time.monotonic() < deadline and not want(latest):
+            for msgs in c.poll(timeout_ms=300).values():
+                latest.update((m.key, m.value) for m in msgs)
+        return latest
+    finally:
+        c.close()
+
+
 def collect(c: KafkaConsumer, want: Any, timeout_s: float) -> list[Any]:
     """Poll until ``want(messages)`` is true or the timeout passes; returns every message seen."""
     seen: list[Any] = []

@@ -9,6 +9,7 @@ into a DataFrame on the way out.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import threading
@@ -39,6 +40,12 @@ def _to_us(at: datetime) -> int:
         raise StoreError(f"naive datetime {at.isoformat()} in a store query; pass a timezone-aware instant")
     delta = at.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+@functools.lru_cache(maxsize=65536)
+def _tags_json(items: tuple[tuple[str, str], ...]) -> str:
+    """Tags as stored (sorted keys); cached because a server's tags repeat at every write."""
+    return json.dumps(dict(items), sort_keys=True)
 
 
 class EmbeddedStore:
@@ -74,7 +81,7 @@ class EmbeddedStore:
         """Insert ``points`` in one transaction."""
         if not points:
             return
-        rows = [(p.measurement, _to_us(p.at), json.dumps(dict(p.tags), sort_keys=True),
+        rows = [(p.measurement, _to_us(p.at), _tags_json(tuple(sorted(p.tags.items()))),
                  json.dumps({k: float(v) for k, v in p.fields.items()})) for p in points]
         with self._lock:
             try:

@@ -22,7 +22,7 @@ from streams.app import load_forecaster
 from streams.processor import RawRecord, StreamProcessor, TopologyView
 from streams.state import ServerStates
 from streams.telemetry_factory import SyntheticTelemetry
-from tests.streams_helpers import WorkerProcess, collect, end_consumer
+from tests.streams_helpers import WorkerProcess, collect, end_consumer, latest_by_key
 
 pytestmark = pytest.mark.integration
 
@@ -164,7 +164,21 @@ def test_state_is_restored_bit_for_bit_after_sigkill(
     newest = max(s.sampled_at for s in sent)
     collect(fc, lambda ms: {m.key.decode() for m in ms
                              if decode(ServerForecast, m.value).based_on_sample_at == newest} >= ids, timeout_s=60)
+
+    # The offset commit itself (not the state page below, which also flushes) writes the newest state of
+    # every server to the changelog: read it straight from the topic, before asking the worker anything.
+    def samples_in(raw: bytes) -> int:
+        probe = ServerStates()
+        return int(probe.arr["num_samples"][probe.load_slot("probe", raw)])
+
+    changelog = latest_by_key(broker.bootstrap, f"{worker.env['TAPAS_WORKER__APP_ID']}-server-state-changelog",
+                              lambda got: {k.decode() for k, v in got.items() if samples_in(v) == 8} >= ids,
+                              timeout_s=30)
+    committed = {k.decode(): v for k, v in changelog.items() if k.decode() in ids}
+    assert {samples_in(v) for v in committed.values()} == {8} and set(committed) == ids, \
+        f"changelog after commits: {sorted(samples_in(v) for v in committed.values())[:5]} for {len(committed)} servers"
     before = _my_states(worker.state(), ids)
+    assert before == committed, "the state page's flush changed what the commit had written"
     assert set(before) == ids
     counts = ServerStates()
     assert {int(counts.arr["num_samples"][counts.load_slot(k, v)]) for k, v in before.items()} == {1 + 4 + 3}
