@@ -189,6 +189,7 @@ class WorkerApp:
         self.store = store
         self._points: list[Point] = []
         self._partition_cache: dict[tuple[str, int], dict[bytes, int]] = {}
+        self._changelog_lock = asyncio.Lock()
         self.app = faust.App(w.app_id, **faust_settings(settings))
         app = self.app
 
@@ -229,24 +230,34 @@ class WorkerApp:
         acknowledged when the commit fixed its offsets. On a failed send the states
         are marked changed again and the commit is skipped.
         """
-        dirty_slots = self.processor.take_dirty_slots()
-        if not dirty_slots:
-            return True
-        records = [(self.processor.states.ids[i].encode(), self.processor.states.slot_bytes(i)) for i in dirty_slots]
-        data = self.table.data
-        for key, raw in records:  # the table's own copy, without Faust's per-key changelog send
-            data[key] = raw
+        async with self._changelog_lock:  # uncontended: no yield before the capture below
+            dirty_slots = self.processor.take_dirty_slots()
+            if not dirty_slots:
+                return True
+            records = [(self.processor.states.ids[i].encode(), self.processor.states.slot_bytes(i))
+                       for i in dirty_slots]
+            data = self.table.data
+            for key, raw in records:  # the table's own copy, without Faust's per-key changelog send
+                data[key] = raw
+            try:  # queued in the producer under the lock: a revocation's flush queues after these
+                futures = await self._send_batched(self.changelog_name, records)
+            except Exception as exc:
+                return self._changelog_failed(dirty_slots, exc)
         try:
-            futures = await self._send_batched(self.changelog_name, records)
             await asyncio.gather(*futures)
         except Exception as exc:  # a failed send must not commit offsets past the lost state
-            self.processor.dirty |= set(dirty_slots)
-            log.error("event=changelog_write_failed states=%d error=%s", len(records), exc)
-            return False
+            return self._changelog_failed(dirty_slots, exc)
         return True
 
+    def _changelog_failed(self, dirty_slots: list[int], exc: BaseException) -> bool:
+        self.processor.dirty |= set(dirty_slots)
+        log.error("event=changelog_write_failed states=%d error=%s", len(dirty_slots), exc)
+        return False
+
     async def _on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
-        self.flush_states()
+        # Wait for a commit's changelog batches to be queued first, so no older state lands after a newer one.
+        async with self._changelog_lock:
+            self.flush_states()
         self.processor.forget_servers()
 
     def _restore_unknown(self, records: list[RawRecord]) -> None:
