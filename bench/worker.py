@@ -7,7 +7,10 @@ three readers consume the same GPU samples:
 * ``plain_consumer_per_s``: a plain aiokafka consumer with ``json.loads`` (the client's limit);
 * ``faust_floor_per_s``: a minimal Faust agent (``take_events`` batches and the same
   consumer settings as the worker) that only decodes each sample with its contract
-  (``contracts.decode``), nothing else;
+  (``contracts.decode``), nothing else — run once before and once after the worker,
+  and averaged (``faust_floor_runs_per_s`` has both), because this host's speed
+  drifts by up to 1.7× within minutes and one floor run beside one worker run gave
+  ratios from 0.47 to 0.69 on the same code;
 * ``server_samples_per_s``: the real ``tapas worker`` (joins, models, forecasts,
   changelog, history store), from the Kafka timestamps of the first and last
   forecast it publishes for the backlog (one forecast per sample).
@@ -223,7 +226,7 @@ def run(quick: bool = False, *, latency_rate_per_s: float = 2000.0) -> dict[str,
         cluster.write_text(f'[cluster]\nname = "bench"\nnum_servers = {num_servers}\n')
         count, mean_bytes, last_tick = _produce_backlog(broker.bootstrap, num_servers, ticks, cluster)
         plain = asyncio.run(_plain_consumer_rate(broker.bootstrap, count))
-        floor = _run_floor(broker.bootstrap, count, timeout_s=300)
+        floor_before = _run_floor(broker.bootstrap, count, timeout_s=300)
 
         env = dict(os.environ, TAPAS_KAFKA__BOOTSTRAP_SERVERS=broker.bootstrap, TAPAS_CLUSTER_FILE=str(cluster),
                    TAPAS_WORKER__APP_ID=f"bench-worker-{uuid.uuid4().hex[:6]}",
@@ -253,6 +256,7 @@ def run(quick: bool = False, *, latency_rate_per_s: float = 2000.0) -> dict[str,
             forecasts.close()
             stop_process_group(worker, 30.0)
             log.close()
+        floor_after = _run_floor(broker.bootstrap, count, timeout_s=300)
         lat_ms = []
         issue_ms = []
         for ts, raw in live:
@@ -262,10 +266,12 @@ def run(quick: bool = False, *, latency_rate_per_s: float = 2000.0) -> dict[str,
                 issue_ms.append((f.issued_at - f.based_on_sample_at).total_seconds() * 1000.0)
         if not lat_ms:
             raise RuntimeError("no live forecasts came back during the latency phase")
+        floor = (floor_before + floor_after) / 2.0
         lat = np.asarray(lat_ms)
         return {
             "server_samples_per_s": round(worker_rate, 1),
             "faust_floor_per_s": round(floor, 1),
+            "faust_floor_runs_per_s": [round(floor_before, 1), round(floor_after, 1)],
             "plain_consumer_per_s": round(plain, 1),
             "ratio": round(worker_rate / floor, 3),
             "p50_latency_ms": round(float(np.percentile(lat, 50)), 1),

