@@ -16,8 +16,9 @@ instant, sends them as record batches and waits for the broker's acknowledgement
 and only then commits those offsets — so the changelog always holds every update
 the committed offsets cover. Replayed samples are ignored by the state (not newer),
 so a restart restores exactly the state that was lost. (Writing through Faust's
-per-key ``table[key] = value`` cost more than a third of the worker's time at 2,000
-servers; the batched write puts the same records in the same partitions.)
+per-key ``table[key] = value`` took 8-10 % of the worker's profile samples at 2,000
+servers — one producer call and one debug log line per server per commit; the
+batched write puts the same records in the same partitions.)
 """
 
 from __future__ import annotations
