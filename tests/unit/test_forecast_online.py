@@ -159,3 +159,21 @@ def test_any_sample_sequence_keeps_state_exact_and_intervals_ordered(samples: li
     assert o is not None
     for h in f.forecast(state, o, [10, 60, 300]):  # HorizonForecast validates lo <= point <= hi, power >= 0
         assert math.isfinite(h.gpu_temp_c) and math.isfinite(h.power_w)
+
+
+def test_update_and_forecast_never_mutate_their_inputs() -> None:
+    """States and observations are values (not frozen, for speed): every step must return new objects."""
+    f = OnlineForecaster()
+    state = f.new_state()
+    for i in range(40):
+        o = obs(float(i), 60.0 + (i % 7), 2400.0 + 50.0 * (i % 5), inlet=None if i % 9 == 0 else 24.0)
+        state_before, obs_before = dataclasses.replace(state), dataclasses.replace(o)
+        new = f.update(state, o)
+        f.forecast_values(new, o, (10.0, 60.0, 300.0))
+        f.forecast(new, o, (60.0,))
+        assert state == state_before and o == obs_before
+        assert new is not state
+        state = new
+    gap = obs(10_000.0, 70.0, 3000.0)  # a restart after a gap goes through the other path
+    before = dataclasses.replace(state)
+    assert f.update(state, gap) is not state and state == before
