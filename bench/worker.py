@@ -11,6 +11,10 @@ three readers consume the same GPU samples:
   and averaged (``faust_floor_runs_per_s`` has both), because this host's speed
   drifts by up to 1.7× within minutes and one floor run beside one worker run gave
   ratios from 0.47 to 0.69 on the same code;
+* ``cpu_ratio``: floor CPU µs per sample / worker CPU µs per sample (each whole
+  process, all threads, over the same window as its rate) — a diagnostic beside
+  ``ratio`` that moves much less with the host's speed and with how the two
+  processes happen to share the cores with the broker;
 * ``server_samples_per_s``: the real ``tapas worker`` (joins, models, forecasts,
   changelog, history store), from the Kafka timestamps of the first and last
   forecast it publishes for the backlog (one forecast per sample).
@@ -129,6 +133,7 @@ def _floor_main(bootstrap: str, count: int, app_id: str) -> None:
         async for events in stream.take_events(batch.batch_max, within=batch.batch_within_s):
             if marks["seen"] == 0:
                 marks["t0"] = time.perf_counter()
+                marks["c0"] = time.process_time()
             for e in events:
                 try:
                     decode(GpuSample, e.message.value)
@@ -137,20 +142,23 @@ def _floor_main(bootstrap: str, count: int, app_id: str) -> None:
             marks["seen"] += len(events)
             if marks["seen"] >= count:
                 rate = (marks["seen"]) / (time.perf_counter() - marks["t0"])
-                print(json.dumps({"faust_floor_per_s": rate}), flush=True)
+                cpu_us = (time.process_time() - marks["c0"]) / marks["seen"] * 1e6
+                print(json.dumps({"faust_floor_per_s": rate, "cpu_us_per_sample": cpu_us}), flush=True)
                 os._exit(0)
 
     sys.argv = [sys.argv[0], "worker", "--loglevel", "warn"]
     app.main()
 
 
-def _run_floor(bootstrap: str, count: int, timeout_s: float) -> float:
+def _run_floor(bootstrap: str, count: int, timeout_s: float) -> tuple[float, float]:
+    """(samples/s, CPU µs per sample of the whole process) of the floor agent over ``count`` samples."""
     proc = subprocess.run([sys.executable, "-m", "bench.worker", "floor", bootstrap, str(count),
                            f"bench-floor-{uuid.uuid4().hex[:6]}"], capture_output=True, text=True,
                           timeout=timeout_s, check=False)
     for line in (proc.stdout + proc.stderr).splitlines():  # Faust routes print() into its log
         if '{"faust_floor_per_s"' in line:
-            return float(json.loads(line[line.index("{"):line.rindex("}") + 1])["faust_floor_per_s"])
+            got = json.loads(line[line.index("{"):line.rindex("}") + 1])
+            return float(got["faust_floor_per_s"]), float(got["cpu_us_per_sample"])
     raise RuntimeError(f"faust floor agent printed no figure (rc {proc.returncode}): {proc.stderr[-3000:]}")
 
 
@@ -216,7 +224,7 @@ def run(quick: bool = False, *, latency_rate_per_s: float = 2000.0) -> dict[str,
     from tapas.broker import EmbeddedBroker, free_port, stop_process_group
 
     num_servers = 500 if quick else 2000
-    ticks = 6 if quick else 8
+    ticks = 6 if quick else 20  # 40,000 samples: ~20 s of worker time, long enough to average the host's drift
     latency_rate = latency_rate_per_s
     latency_s = 8.0 if quick else 20.0
     with tempfile.TemporaryDirectory(prefix="tapas-bench-worker-") as tmp, \
@@ -226,7 +234,7 @@ def run(quick: bool = False, *, latency_rate_per_s: float = 2000.0) -> dict[str,
         cluster.write_text(f'[cluster]\nname = "bench"\nnum_servers = {num_servers}\n')
         count, mean_bytes, last_tick = _produce_backlog(broker.bootstrap, num_servers, ticks, cluster)
         plain = asyncio.run(_plain_consumer_rate(broker.bootstrap, count))
-        floor_before = _run_floor(broker.bootstrap, count, timeout_s=300)
+        floor_before, floor_cpu_before = _run_floor(broker.bootstrap, count, timeout_s=300)
 
         env = dict(os.environ, TAPAS_KAFKA__BOOTSTRAP_SERVERS=broker.bootstrap, TAPAS_CLUSTER_FILE=str(cluster),
                    TAPAS_WORKER__APP_ID=f"bench-worker-{uuid.uuid4().hex[:6]}",
@@ -237,7 +245,14 @@ def run(quick: bool = False, *, latency_rate_per_s: float = 2000.0) -> dict[str,
                                   env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         forecasts = _Forecasts(broker.bootstrap)
         try:
-            backlog = forecasts.read(lambda out: len(out) >= count, timeout_s=600)
+            import psutil
+
+            first = forecasts.read(lambda out: len(out) > 0, timeout_s=600)
+            cpu0 = psutil.Process(worker.pid).cpu_times()
+            backlog = first + forecasts.read(lambda out: len(out) + len(first) >= count, timeout_s=600)
+            cpu1 = psutil.Process(worker.pid).cpu_times()
+            worker_cpu_us = ((cpu1.user + cpu1.system - cpu0.user - cpu0.system)
+                             / max(len(backlog) - len(first), 1) * 1e6)
             if len(backlog) < count:
                 raise RuntimeError(f"worker published {len(backlog)} of {count} forecasts; see {work}/worker.log")
             stamps = sorted(ts for ts, _ in backlog)
@@ -256,7 +271,7 @@ def run(quick: bool = False, *, latency_rate_per_s: float = 2000.0) -> dict[str,
             forecasts.close()
             stop_process_group(worker, 30.0)
             log.close()
-        floor_after = _run_floor(broker.bootstrap, count, timeout_s=300)
+        floor_after, floor_cpu_after = _run_floor(broker.bootstrap, count, timeout_s=300)
         lat_ms = []
         issue_ms = []
         for ts, raw in live:
@@ -267,6 +282,7 @@ def run(quick: bool = False, *, latency_rate_per_s: float = 2000.0) -> dict[str,
         if not lat_ms:
             raise RuntimeError("no live forecasts came back during the latency phase")
         floor = (floor_before + floor_after) / 2.0
+        floor_cpu_us = (floor_cpu_before + floor_cpu_after) / 2.0
         lat = np.asarray(lat_ms)
         return {
             "server_samples_per_s": round(worker_rate, 1),
@@ -274,6 +290,9 @@ def run(quick: bool = False, *, latency_rate_per_s: float = 2000.0) -> dict[str,
             "faust_floor_runs_per_s": [round(floor_before, 1), round(floor_after, 1)],
             "plain_consumer_per_s": round(plain, 1),
             "ratio": round(worker_rate / floor, 3),
+            "worker_cpu_us_per_sample": round(worker_cpu_us, 1),
+            "faust_floor_cpu_us_per_sample": round(floor_cpu_us, 1),
+            "cpu_ratio": round(floor_cpu_us / worker_cpu_us, 3),
             "p50_latency_ms": round(float(np.percentile(lat, 50)), 1),
             "p99_latency_ms": round(float(np.percentile(lat, 99)), 1),
             "p99_issue_latency_ms": round(float(np.percentile(issue_ms, 99)), 1),
