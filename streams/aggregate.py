@@ -110,30 +110,53 @@ def worker_partials(*, worker_id: str, at_s: float, fresh: npt.NDArray[np.bool_]
         fcs_hi = [np.bincount(d, weights=fc_hi[sel, h], minlength=n_dom) for h in range(len(horizons_s))]
         max_inlet = np.full(n_dom, -np.inf)
         np.maximum.at(max_inlet, d, inlet[sel])
-        for j in np.flatnonzero(counts):
-            mi = float(max_inlet[j])
-            out.append(Partial(
-                worker_id=worker_id, kind=kind, domain_id=limits.ids[kind][j], at_s=at_s,
-                num_servers=int(counts[j]), power_w=float(power[j]),
-                max_inlet_c=mi if math.isfinite(mi) else None, horizons_s=tuple(float(h) for h in horizons_s),
-                power_forecast_w=tuple(float(f[j]) for f in fcs),
-                power_forecast_hi_w=tuple(float(f[j]) for f in fcs_hi),
-            ))
+        # One tolist() per column, not a numpy scalar read per domain (about 1,000 domains a tick at 2,000 servers).
+        hs = tuple(float(h) for h in horizons_s)
+        fc_rows = np.column_stack(fcs).tolist() if fcs else [[] for _ in range(n_dom)]
+        fc_hi_rows = np.column_stack(fcs_hi).tolist() if fcs_hi else [[] for _ in range(n_dom)]
+        counts_l, power_l, inlet_l, ids = counts.tolist(), power.tolist(), max_inlet.tolist(), limits.ids[kind]
+        for j in np.flatnonzero(counts).tolist():
+            mi = inlet_l[j]
+            out.append(Partial(worker_id, kind, ids[j], at_s, counts_l[j], power_l[j],
+                               mi if math.isfinite(mi) else None, hs, tuple(fc_rows[j]), tuple(fc_hi_rows[j])))
     return out
 
 
+_PARTIAL_FIELDS = ("worker_id", "kind", "domain_id", "at_s", "num_servers", "power_w", "max_inlet_c", "horizons_s",
+                   "power_forecast_w", "power_forecast_hi_w")
+
+
 def partials_to_bytes(partials: list[Partial]) -> bytes:
-    """One worker's partials of one tick as a single internal message (JSON list)."""
-    return json.dumps([{k: getattr(p, k) for k in p.__dataclass_fields__} for p in partials]).encode()
+    """One worker's partials of one tick as a single internal message: a JSON list of rows in field order.
+
+    Rows rather than objects: about 1,000 partials a tick at 2,000 servers, and the
+    repeated keys were most of the encode and decode time.
+
+    Examples:
+        >>> p = Partial("w1", "row", "r1", 5.0, 2, 300.0, None, (60.0,), (310.0,), (350.0,))
+        >>> partials_from_bytes(partials_to_bytes([p])) == [p]
+        True
+    """
+    return json.dumps([[getattr(p, k) for k in _PARTIAL_FIELDS] for p in partials]).encode()
 
 
 def partials_from_bytes(raw: bytes) -> list[Partial]:
-    """Inverse of :func:`partials_to_bytes`; raises ``ValueError``/``KeyError``/``TypeError`` on foreign bytes."""
+    """Inverse of :func:`partials_to_bytes` (also reads the older list-of-objects form, for rolling upgrades).
+
+    Raises ``ValueError``/``KeyError``/``TypeError`` on foreign bytes.
+    """
     out = []
-    for d in json.loads(raw):
-        for k in ("horizons_s", "power_forecast_w", "power_forecast_hi_w"):
-            d[k] = tuple(float(v) for v in d[k])
-        out.append(Partial(**d))
+    for row in json.loads(raw):
+        if isinstance(row, dict):
+            row = [row[k] for k in _PARTIAL_FIELDS]
+        if not isinstance(row, list) or len(row) != len(_PARTIAL_FIELDS):
+            raise ValueError(f"partial row {str(row)[:80]!r} is not {len(_PARTIAL_FIELDS)} fields")
+        wid, kind, dom, at_s, num, power, inlet, hs, fc, fc_hi = row
+        if kind not in DOMAIN_KINDS:
+            raise ValueError(f"partial kind {kind!r} unknown")
+        out.append(Partial(str(wid), kind, str(dom), float(at_s), int(num), float(power),
+                           None if inlet is None else float(inlet), tuple(map(float, hs)), tuple(map(float, fc)),
+                           tuple(map(float, fc_hi))))
     return out
 
 

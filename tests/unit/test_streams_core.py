@@ -247,3 +247,15 @@ def test_join_windows_drop_stale_inlet() -> None:
         gpus, _, _ = tel.step()
     stale = decode(ServerForecast, proc.handle_gpu(_records(gpus, "gpu")).forecasts[0][1])
     assert fresh.inlet_temp_c is not None and stale.inlet_temp_c is None
+
+
+def test_partials_wire_form_reads_rows_and_the_older_objects_and_refuses_foreign_rows() -> None:
+    from streams.aggregate import Partial
+
+    p = Partial("w1", "pdu", "p1", 5.0, 3, 900.0, 24.5, (10.0, 60.0), (910.0, 920.0), (950.0, 990.0))
+    assert partials_from_bytes(partials_to_bytes([p, p])) == [p, p]
+    older = json.dumps([{k: getattr(p, k) for k in p.__dataclass_fields__}]).encode()
+    assert partials_from_bytes(older) == [p]
+    for bad in (b'[["w1", "pdu"]]', b'[["w1", "shelf", "p1", 5, 3, 900, null, [], [], []]]', b'[7]'):
+        with pytest.raises((ValueError, KeyError, TypeError)):
+            partials_from_bytes(bad)
