@@ -385,12 +385,17 @@ class WorkerApp:
 
         @app.page("/tapas/state/")
         async def state_page(web: Any, request: Any) -> Any:
-            """Every server's state bytes (base64) as held in the changelog table (after flushing)."""
+            """Every server's state bytes (base64) as held in the changelog table (after flushing).
+
+            ``active_servers``: the servers this worker has processed since its last
+            partition assignment (the table may still hold revoked partitions' entries).
+            """
             self.flush_states()
             await app.producer.flush()
             body = {k.decode(): base64.b64encode(v).decode() for k, v in self.table.items()}
             return web.json({"worker_id": self.worker_id, "model_version": self.processor.forecaster.version,
-                              "num_late": self.processor.num_late, "states": body})
+                              "num_late": self.processor.num_late, "states": body,
+                              "active_servers": list(self.processor.states.ids)})
 
     # ------------------------------------------------------------------ broadcast inputs
     async def _consume_broadcast(self) -> None:
