@@ -7,7 +7,7 @@ Faust changelog table as bytes with an exact round trip. ``Observation`` and
 dataclass's ``__init__`` sets every field through ``object.__setattr__``, which was a
 third of ``advance_state``'s 26 µs (17 µs without it, same host). They are still
 values — every function here returns a new state and none mutates its inputs
-(``tests/unit/test_forecasting_online.py`` checks it).
+(``tests/unit/test_forecast_online.py`` checks it).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 import numpy as np
@@ -97,6 +97,7 @@ def worker_partials(*, worker_id: str, at_s: float, fresh: npt.NDArray[np.bool_]
     fc = np.where(np.isnan(power_fc_w), 0.0, power_fc_w)
     fc_hi = np.where(np.isnan(power_fc_hi_w), 0.0, power_fc_hi_w)
     inlet = np.where(np.isnan(inlet_c), -np.inf, inlet_c)
+    hs = tuple(float(h) for h in horizons_s)
     for kind in DOMAIN_KINDS:
         idx = domain_index[kind]
         sel = fresh & (idx >= 0)
@@ -111,7 +112,6 @@ def worker_partials(*, worker_id: str, at_s: float, fresh: npt.NDArray[np.bool_]
         max_inlet = np.full(n_dom, -np.inf)
         np.maximum.at(max_inlet, d, inlet[sel])
         # One tolist() per column, not a numpy scalar read per domain (about 1,000 domains a tick at 2,000 servers).
-        hs = tuple(float(h) for h in horizons_s)
         fc_rows = np.column_stack(fcs).tolist() if fcs else [[] for _ in range(n_dom)]
         fc_hi_rows = np.column_stack(fcs_hi).tolist() if fcs_hi else [[] for _ in range(n_dom)]
         counts_l, power_l, inlet_l, ids = counts.tolist(), power.tolist(), max_inlet.tolist(), limits.ids[kind]
@@ -122,8 +122,7 @@ def worker_partials(*, worker_id: str, at_s: float, fresh: npt.NDArray[np.bool_]
     return out
 
 
-_PARTIAL_FIELDS = ("worker_id", "kind", "domain_id", "at_s", "num_servers", "power_w", "max_inlet_c", "horizons_s",
-                   "power_forecast_w", "power_forecast_hi_w")
+_PARTIAL_FIELDS = tuple(f.name for f in fields(Partial))
 
 
 def partials_to_bytes(partials: list[Partial]) -> bytes:
