@@ -217,19 +217,19 @@ class WorkerApp:
         self._wire()
 
     # ------------------------------------------------------------------ state table
-    def flush_states(self) -> int:
-        """Write every changed server's state to the changelog table; returns how many."""
-        dirty = self.processor.take_dirty_states()
-        for sid, raw in dirty.items():
-            self.table[sid.encode()] = raw
-        return len(dirty)
-
     async def flush_states_batched(self) -> bool:
-        """Write every changed server's state as record batches and wait for the broker (the commit hook).
+        """Write every changed server's state as record batches and wait for the broker.
 
-        The changed set is taken before the first ``await``, so it covers every event
-        acknowledged when the commit fixed its offsets. On a failed send the states
-        are marked changed again and the commit is skipped.
+        The one path to the changelog: the commit hook, a partition revocation and the
+        state page all call it, so a server's states reach its changelog partition in
+        the order they were captured. (A second path through Faust's per-key
+        ``table[key] = value`` buffered its sends, so an older state captured by the
+        state page could land after a newer one from the next commit, and a worker
+        taking the partition over restored a state one sample short of the committed
+        offsets.) For the commit hook: the changed set is taken before the first
+        ``await``, so it covers every event acknowledged when the commit fixed its
+        offsets. On a failed send the states are marked changed again and the commit
+        is skipped.
         """
         async with self._changelog_lock:  # uncontended: no yield before the capture below
             dirty_slots = self.processor.take_dirty_slots()
@@ -256,9 +256,8 @@ class WorkerApp:
         return False
 
     async def _on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
-        # Wait for a commit's changelog batches to be queued first, so no older state lands after a newer one.
-        async with self._changelog_lock:
-            self.flush_states()
+        # Same ordered path as the commit hook: no older state can land after a newer one.
+        await self.flush_states_batched()
         self.processor.forget_servers()
 
     def _restore_unknown(self, records: list[RawRecord]) -> None:
@@ -390,7 +389,7 @@ class WorkerApp:
             ``active_servers``: the servers this worker has processed since its last
             partition assignment (the table may still hold revoked partitions' entries).
             """
-            self.flush_states()
+            await self.flush_states_batched()
             await app.producer.flush()
             body = {k.decode(): base64.b64encode(v).decode() for k, v in self.table.items()}
             return web.json({"worker_id": self.worker_id, "model_version": self.processor.forecaster.version,

@@ -46,6 +46,28 @@ def test_commit_hook_sends_every_changed_state_once_and_fills_the_table(tmp_path
     assert asyncio.run(app.flush_states_batched()) is True and len(sent) == 1  # nothing changed since
 
 
+def test_revocation_writes_through_the_ordered_batched_path_then_forgets(tmp_path: Path) -> None:
+    """A revocation's flush is queued behind earlier batches (one path), never as buffered per-key table sends."""
+    app = _worker(tmp_path)
+    sent: list[list[tuple[bytes, bytes]]] = []
+
+    async def fake_send(topic: str, messages: list[tuple[bytes, bytes]]) -> list[Any]:
+        sent.append(list(messages))
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return [done]
+
+    def per_key_send(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("state sent through Faust's per-key changelog path")
+
+    app._send_batched = fake_send  # type: ignore[method-assign]
+    app.table.on_key_set = per_key_send  # type: ignore[method-assign]
+    expected = {sid: app.processor.state_bytes(sid) for sid in app.processor.states.ids}
+    asyncio.run(app._on_revoked(None, set()))
+    assert len(sent) == 1 and {k.decode(): v for k, v in sent[0]} == expected
+    assert app.processor.states.ids == [] and not app.processor.dirty
+
+
 @pytest.mark.parametrize("fail_at", ["queue", "delivery"])
 def test_failed_changelog_send_skips_the_commit_and_keeps_states_changed(tmp_path: Path, fail_at: str) -> None:
     app = _worker(tmp_path)
