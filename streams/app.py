@@ -212,7 +212,8 @@ class WorkerApp:
                                                    value_serializer="raw"))
         setattr(app, BEFORE_COMMIT_ATTR, self.flush_states_batched)
         self.changelog_name = self.table.changelog_topic.get_topic_name()
-        app.transport.Consumer = tansu_safe_consumer_class(aiokafka_kwargs(settings.kafka))  # type: ignore[misc]
+        app.transport.Consumer = tansu_safe_consumer_class(  # type: ignore[misc]
+            aiokafka_kwargs(settings.kafka), fetch_max_wait_ms=w.fetch_max_wait_ms)
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         self._wire()
 

@@ -115,8 +115,12 @@ class WorkerSettings(BaseModel):
     inlet_limit_c: float = Field(default=27.0, gt=0, description="Zone inlet limit, °C (ASHRAE recommended upper "
                                  "bound) used for zone headroom in domain forecasts.")
     batch_max: int = Field(default=5000, ge=1, description="Most telemetry messages handled per Faust batch.")
-    batch_within_s: float = Field(default=0.1, gt=0, description="Longest wait to fill a batch (bounds latency; "
-                                    "larger batches amortise Faust's per-event cost).")
+    batch_within_s: float = Field(default=0.02, gt=0, description="Longest wait to fill a batch: a live sample "
+                                    "waits up to this long before it is processed (a backlog fills batches of "
+                                    "batch_max regardless, which is what amortises Faust's per-event cost).")
+    fetch_max_wait_ms: int = Field(default=50, ge=1, le=1500, description="Longest the broker may hold a fetch "
+                                   "with too little data (Faust hard-codes 1500 ms; part of every sample's "
+                                   "latency when the broker holds fetches whose partitions are not all fed).")
     session_timeout_s: float = Field(default=10.0, gt=0, description="Kafka consumer session timeout; the embedded "
                                      "broker completes a group join after about half of it (10 s: ~5 s join).")
     heartbeat_interval_s: float = Field(default=1.0, gt=0, description="Kafka consumer heartbeat interval.")
