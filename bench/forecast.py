@@ -58,5 +58,6 @@ def run(quick: bool = False) -> dict[str, Any]:
         figures[f"power_mae_frac@{h}s"] = row["power_mae_frac"]
         figures[f"power_mae_persistence_frac@{h}s"] = row["power_mae_persistence_frac"]
         figures[f"power_ratio@{h}s"] = row["power_mae_frac"] / row["power_mae_persistence_frac"]
+        figures[f"power_mae_future_minute_mean_frac@{h}s"] = row["power_mae_future_minute_mean_frac"]
     figures["update_us"], figures["forecast_us"] = _online_cost_us(df, 3 if quick else 5)
     return figures

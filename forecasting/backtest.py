@@ -41,6 +41,8 @@ F = npt.NDArray[np.float64]
 DEFAULT_HORIZONS_S: tuple[float, ...] = (10.0, 60.0, 300.0)
 #: Window of the moving-average baseline, seconds.
 MOVING_AVERAGE_S = 60.0
+#: Width of the centred window of ``minute_mean_power_w`` (the error a known load level leaves).
+FUTURE_MINUTE_S = 60.0
 
 
 @dataclass
@@ -66,6 +68,10 @@ class FoldedHistory:
         target_power_w: ``(rows, H)`` observed server power at origin + h.
         ma_temp_c: moving average of temperature over ``MOVING_AVERAGE_S`` before the origin.
         ma_power_w: same for power.
+        minute_mean_power_w: ``(rows, H)`` the actual power's mean over the minute centred on origin + h
+            (``FUTURE_MINUTE_S``): what is left to forecast once that minute's mean is known exactly is the
+            second-to-second fluctuation inside it, so its MAE shows how much of the error no forecast of the
+            load's level can remove (a reference, not a strict bound).
         server_ids: server id per server index.
     """
 
@@ -86,13 +92,15 @@ class FoldedHistory:
     target_power_w: F
     ma_temp_c: F
     ma_power_w: F
+    minute_mean_power_w: F
     server_ids: list[str] = field(default_factory=list)
 
     def subset(self, mask: npt.NDArray[np.bool_]) -> FoldedHistory:
         """The rows where ``mask`` holds."""
         kw: dict[str, Any] = {}
         for name in ("server", "at_s", "temp_c", "power_w", "peak_w", "num_gpus", "base_w", "burst", "known_power_temp_c", "features",
-                     "phys_temp_c", "phys_pgpu_w", "target_temp_c", "target_power_w", "ma_temp_c", "ma_power_w"):
+                     "phys_temp_c", "phys_pgpu_w", "target_temp_c", "target_power_w", "ma_temp_c", "ma_power_w",
+                     "minute_mean_power_w"):
             kw[name] = getattr(self, name)[mask]
         return FoldedHistory(horizons_s=self.horizons_s, server_ids=self.server_ids, **kw)
 
@@ -102,7 +110,7 @@ class FoldedHistory:
         kw: dict[str, Any] = {name: getattr(self, name) for name in (
             "server", "at_s", "temp_c", "power_w", "peak_w", "num_gpus", "base_w", "burst", "known_power_temp_c", "features", "ma_temp_c",
             "ma_power_w")}
-        for name in ("phys_temp_c", "phys_pgpu_w", "target_temp_c", "target_power_w"):
+        for name in ("phys_temp_c", "phys_pgpu_w", "target_temp_c", "target_power_w", "minute_mean_power_w"):
             kw[name] = getattr(self, name)[:, idx]
         return FoldedHistory(horizons_s=tuple(float(h) for h in horizons_s), server_ids=self.server_ids, **kw)
 
@@ -174,6 +182,19 @@ def _trailing_mean(at_s: F, values: F, window_s: float) -> F:
     return np.asarray((csum[end] - csum[start]) / (end - start), dtype=np.float64)
 
 
+def _centred_mean(at_s: F, values: F, window_s: float) -> F:
+    """Mean of ``values`` over ``[at - window/2, at + window/2]`` per row (time sorted).
+
+    Examples:
+        >>> _centred_mean(np.arange(5.0), np.array([0.0, 0.0, 3.0, 0.0, 0.0]), 2.0).tolist()
+        [0.0, 1.0, 1.0, 1.0, 0.0]
+    """
+    csum = np.concatenate([[0.0], np.cumsum(values)])
+    start = np.searchsorted(at_s, at_s - window_s / 2.0, side="left")
+    end = np.searchsorted(at_s, at_s + window_s / 2.0, side="right")
+    return np.asarray((csum[end] - csum[start]) / (end - start), dtype=np.float64)
+
+
 def _known_power_forecast(params: ForecasterParams, horizons: Sequence[float], temp: F, pgpu: F,
                           inlet: F | None, th: F, dt_s: float) -> F:
     """Lag model run forward from each origin on the power and inlet that actually followed.
@@ -216,7 +237,7 @@ def fold_history(df: pd.DataFrame, params: ForecasterParams, horizons_s: Sequenc
     horizons = tuple(float(h) for h in horizons_s)
     parts: dict[str, list[Any]] = {k: [] for k in (
         "server", "at_s", "temp_c", "power_w", "peak_w", "num_gpus", "base_w", "burst", "known_power_temp_c", "features", "phys_temp_c",
-        "phys_pgpu_w", "target_temp_c", "target_power_w", "ma_temp_c", "ma_power_w")}
+        "phys_pgpu_w", "target_temp_c", "target_power_w", "ma_temp_c", "ma_power_w", "minute_mean_power_w")}
     server_ids: list[str] = []
     for idx, (sid, g) in enumerate(df.groupby("server_id", sort=True)):
         server_ids.append(str(sid))
@@ -271,6 +292,8 @@ def fold_history(df: pd.DataFrame, params: ForecasterParams, horizons_s: Sequenc
         parts["target_power_w"].append(_aligned_targets(at, power, horizons, tol))
         parts["ma_temp_c"].append(_trailing_mean(at, temp, MOVING_AVERAGE_S))
         parts["ma_power_w"].append(_trailing_mean(at, power, MOVING_AVERAGE_S))
+        parts["minute_mean_power_w"].append(
+            _aligned_targets(at, _centred_mean(at, power, FUTURE_MINUTE_S), horizons, tol))
         if progress is not None:
             progress(n)
     arrays = {k: np.concatenate(v) for k, v in parts.items()}
@@ -349,6 +372,7 @@ def score(folded: FoldedHistory, params: ForecasterParams) -> dict[str, Any]:
             "power_mae_moving_average_frac": mae(folded.ma_power_w, yp, peak),
             "power_rmse_moving_average_frac": rmse(folded.ma_power_w, yp, peak),
             "power_mae_w": mae(power[:, k], yp),
+            "power_mae_future_minute_mean_frac": mae(folded.minute_mean_power_w[:, k], yp, peak),
             "gpu_temp_mae_known_power_c": float(np.nanmean(np.abs(folded.known_power_temp_c[ok, k] - yt[ok]))),
             "gpu_temp_coverage_90": cov_t,
             "power_coverage_90": cov_p,

@@ -96,7 +96,9 @@ def backtest(
     temp_t = Table("horizon", "model MAE °C", "physics", "persistence", "moving avg", "model RMSE",
                    "coverage", title=f"hottest-GPU temperature: {title}")
     power_t = Table("horizon", "model MAE %peak", "physics", "persistence", "moving avg", "model RMSE",
-                    "coverage", title="server power (MAE as % of server peak)")
+                    "coverage", "future-minute mean",
+                    title="server power (MAE as % of server peak; last column: the error left when the actual "
+                          "mean of the minute around the target is known)")
     for h, row in result["horizons"].items():
         phys = result["physics"]["horizons"][h]
         temp_t.add_row(f"{h} s", f"{row['gpu_temp_mae_c']:.3f}", f"{phys['gpu_temp_mae_c']:.3f}",
@@ -105,7 +107,7 @@ def backtest(
         power_t.add_row(f"{h} s", f"{100 * row['power_mae_frac']:.2f}", f"{100 * phys['power_mae_frac']:.2f}",
                         f"{100 * row['power_mae_persistence_frac']:.2f}",
                         f"{100 * row['power_mae_moving_average_frac']:.2f}", f"{100 * row['power_rmse_frac']:.2f}",
-                        f"{row['power_coverage_90']:.3f}")
+                        f"{row['power_coverage_90']:.3f}", f"{100 * row['power_mae_future_minute_mean_frac']:.2f}")
     console.print(temp_t)
     console.print(power_t)
     reg_t = Table("horizon", "load", "origins", "temp MAE °C", "persistence", "power MAE %peak", "persistence",

@@ -63,6 +63,23 @@ def test_persistence_baseline_and_targets_are_aligned() -> None:
     assert s["10"]["num_origins"] == n - 10
 
 
+def test_future_minute_mean_reference_is_the_fluctuation_a_known_load_level_leaves() -> None:
+    """Power alternating ±400 W each second around a level: knowing each minute's mean leaves exactly 400 W."""
+    n = 600
+    power = 3000.0 + 400.0 * np.where(np.arange(n) % 2 == 0, 1.0, -1.0)
+    df = pd.DataFrame({
+        "server_id": "s1", "at_s": np.arange(n, dtype=float), "hottest_gpu_temp_c": 60.0,
+        "gpu_power_w": power - 1000.0, "server_power_w": power, "inlet_temp_c": 24.0,
+        "mean_gpu_util_pct": 50.0, "prefill_tokens_per_s": 1000.0, "decode_tokens_per_s": 500.0,
+        "batch_size": 8.0, "frequency_cap_mhz": np.nan, "config_id": "c", "num_gpus": 8,
+        "slowdown_temp_c": 87.0, "server_peak_w": 5000.0})
+    fh = fold_history(df, ForecasterParams(), (60.0,))
+    row = score(fh, ForecasterParams())["horizons"]["60"]
+    # the centred 61-sample window holds 31 of one sign and 30 of the other: its mean is within 400/61 W of 3000
+    assert row["power_mae_future_minute_mean_frac"] == pytest.approx(400.0 / 5000.0, abs=400.0 / 61 / 5000.0 + 1e-9)
+    assert row["power_mae_persistence_frac"] == pytest.approx(0.0)  # even horizon: same phase
+
+
 def test_rolling_origin_reports_baselines_and_calibrated_coverage(folded) -> None:  # type: ignore[no-untyped-def]
     out = rolling_origin(folded, ForecasterParams(), num_folds=2, warmup_s=120.0)
     for name in ("model", "physics"):
