@@ -55,6 +55,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         figures[f"gpu_temp_mae_persistence_c@{h}s"] = row["gpu_temp_mae_persistence_c"]
         figures[f"gpu_temp_ratio@{h}s"] = row["gpu_temp_mae_c"] / row["gpu_temp_mae_persistence_c"]
         figures[f"gpu_temp_mae_known_power_c@{h}s"] = row["gpu_temp_mae_known_power_c"]
+        figures[f"gpu_temp_mae_known_level_c@{h}s"] = row["gpu_temp_mae_known_level_c"]
         figures[f"power_mae_frac@{h}s"] = row["power_mae_frac"]
         figures[f"power_mae_persistence_frac@{h}s"] = row["power_mae_persistence_frac"]
         figures[f"power_ratio@{h}s"] = row["power_mae_frac"] / row["power_mae_persistence_frac"]

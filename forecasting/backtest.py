@@ -68,6 +68,9 @@ class FoldedHistory:
         target_power_w: ``(rows, H)`` observed server power at origin + h.
         ma_temp_c: moving average of temperature over ``MOVING_AVERAGE_S`` before the origin.
         ma_power_w: same for power.
+        known_level_temp_c: ``(rows, H)`` the same lag model fed the power that followed smoothed over
+            ``FUTURE_MINUTE_S`` (centred): its level and slow changes known, its second-to-second
+            fluctuation not — how close a perfect forecast of the load level could get.
         minute_mean_power_w: ``(rows, H)`` the actual power's mean over the minute centred on origin + h
             (``FUTURE_MINUTE_S``): what is left to forecast once that minute's mean is known exactly is the
             second-to-second fluctuation inside it, so its MAE shows how much of the error no forecast of the
@@ -92,6 +95,7 @@ class FoldedHistory:
     target_power_w: F
     ma_temp_c: F
     ma_power_w: F
+    known_level_temp_c: F
     minute_mean_power_w: F
     server_ids: list[str] = field(default_factory=list)
 
@@ -100,7 +104,7 @@ class FoldedHistory:
         kw: dict[str, Any] = {}
         for name in ("server", "at_s", "temp_c", "power_w", "peak_w", "num_gpus", "base_w", "burst", "known_power_temp_c", "features",
                      "phys_temp_c", "phys_pgpu_w", "target_temp_c", "target_power_w", "ma_temp_c", "ma_power_w",
-                     "minute_mean_power_w"):
+                     "known_level_temp_c", "minute_mean_power_w"):
             kw[name] = getattr(self, name)[mask]
         return FoldedHistory(horizons_s=self.horizons_s, server_ids=self.server_ids, **kw)
 
@@ -110,7 +114,8 @@ class FoldedHistory:
         kw: dict[str, Any] = {name: getattr(self, name) for name in (
             "server", "at_s", "temp_c", "power_w", "peak_w", "num_gpus", "base_w", "burst", "known_power_temp_c", "features", "ma_temp_c",
             "ma_power_w")}
-        for name in ("phys_temp_c", "phys_pgpu_w", "target_temp_c", "target_power_w", "minute_mean_power_w"):
+        for name in ("phys_temp_c", "phys_pgpu_w", "target_temp_c", "target_power_w", "known_level_temp_c",
+                     "minute_mean_power_w"):
             kw[name] = getattr(self, name)[:, idx]
         return FoldedHistory(horizons_s=tuple(float(h) for h in horizons_s), server_ids=self.server_ids, **kw)
 
@@ -237,7 +242,8 @@ def fold_history(df: pd.DataFrame, params: ForecasterParams, horizons_s: Sequenc
     horizons = tuple(float(h) for h in horizons_s)
     parts: dict[str, list[Any]] = {k: [] for k in (
         "server", "at_s", "temp_c", "power_w", "peak_w", "num_gpus", "base_w", "burst", "known_power_temp_c", "features", "phys_temp_c",
-        "phys_pgpu_w", "target_temp_c", "target_power_w", "ma_temp_c", "ma_power_w", "minute_mean_power_w")}
+        "phys_pgpu_w", "target_temp_c", "target_power_w", "ma_temp_c", "ma_power_w", "known_level_temp_c",
+        "minute_mean_power_w")}
     server_ids: list[str] = []
     for idx, (sid, g) in enumerate(df.groupby("server_id", sort=True)):
         server_ids.append(str(sid))
@@ -283,8 +289,10 @@ def fold_history(df: pd.DataFrame, params: ForecasterParams, horizons_s: Sequenc
         parts["burst"].append(burst)
         inlet = g["inlet_temp_c"].ffill().bfill().to_numpy(dtype=float) if "inlet_temp_c" in g.columns else None
         num_gpus = g["num_gpus"].to_numpy(dtype=float) if "num_gpus" in g.columns else np.full(n, 8.0)
-        parts["known_power_temp_c"].append(_known_power_forecast(
-            params, horizons, temp, gpu_p / np.maximum(num_gpus, 1.0), inlet, th, 2.0 * tol))
+        pgpu = gpu_p / np.maximum(num_gpus, 1.0)
+        parts["known_power_temp_c"].append(_known_power_forecast(params, horizons, temp, pgpu, inlet, th, 2.0 * tol))
+        parts["known_level_temp_c"].append(_known_power_forecast(
+            params, horizons, temp, _centred_mean(at, pgpu, FUTURE_MINUTE_S), inlet, th, 2.0 * tol))
         parts["features"].append(feats)
         parts["phys_temp_c"].append(pt)
         parts["phys_pgpu_w"].append(pp)
@@ -374,6 +382,7 @@ def score(folded: FoldedHistory, params: ForecasterParams) -> dict[str, Any]:
             "power_mae_w": mae(power[:, k], yp),
             "power_mae_future_minute_mean_frac": mae(folded.minute_mean_power_w[:, k], yp, peak),
             "gpu_temp_mae_known_power_c": float(np.nanmean(np.abs(folded.known_power_temp_c[ok, k] - yt[ok]))),
+            "gpu_temp_mae_known_level_c": float(np.nanmean(np.abs(folded.known_level_temp_c[ok, k] - yt[ok]))),
             "gpu_temp_coverage_90": cov_t,
             "power_coverage_90": cov_p,
         }

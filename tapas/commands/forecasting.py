@@ -94,7 +94,8 @@ def backtest(
                               progress=advance)
     title = f"backtest ({source}, {result['num_servers']} servers, {result['hours']:.2f} h, {folds} folds)"
     temp_t = Table("horizon", "model MAE °C", "physics", "persistence", "moving avg", "model RMSE",
-                   "coverage", title=f"hottest-GPU temperature: {title}")
+                   "coverage", "known level", title=f"hottest-GPU temperature: {title} (last column: the lag "
+                   "model fed the minute-smoothed power that followed)")
     power_t = Table("horizon", "model MAE %peak", "physics", "persistence", "moving avg", "model RMSE",
                     "coverage", "future-minute mean",
                     title="server power (MAE as % of server peak; last column: the error left when the actual "
@@ -103,7 +104,8 @@ def backtest(
         phys = result["physics"]["horizons"][h]
         temp_t.add_row(f"{h} s", f"{row['gpu_temp_mae_c']:.3f}", f"{phys['gpu_temp_mae_c']:.3f}",
                        f"{row['gpu_temp_mae_persistence_c']:.3f}", f"{row['gpu_temp_mae_moving_average_c']:.3f}",
-                       f"{row['gpu_temp_rmse_c']:.3f}", f"{row['gpu_temp_coverage_90']:.3f}")
+                       f"{row['gpu_temp_rmse_c']:.3f}", f"{row['gpu_temp_coverage_90']:.3f}",
+                       f"{row['gpu_temp_mae_known_level_c']:.3f}")
         power_t.add_row(f"{h} s", f"{100 * row['power_mae_frac']:.2f}", f"{100 * phys['power_mae_frac']:.2f}",
                         f"{100 * row['power_mae_persistence_frac']:.2f}",
                         f"{100 * row['power_mae_moving_average_frac']:.2f}", f"{100 * row['power_rmse_frac']:.2f}",

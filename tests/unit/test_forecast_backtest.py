@@ -92,6 +92,9 @@ def test_rolling_origin_reports_baselines_and_calibrated_coverage(folded) -> Non
     assert 0.75 <= out["model"]["coverage_90"] <= 0.98
     # fed the power that actually followed, the learned lag model tracks the simulator's GPUs closely
     assert out["model"]["horizons"]["60"]["gpu_temp_mae_known_power_c"] < 0.5
+    # knowing only the future power's minute-smoothed level leaves more error than knowing every second of it
+    h60 = out["model"]["horizons"]["60"]
+    assert h60["gpu_temp_mae_known_power_c"] < h60["gpu_temp_mae_known_level_c"] < h60["gpu_temp_mae_persistence_c"]
 
 
 def test_seasonal_ets_beats_persistence_on_a_drifting_inlet() -> None:
