@@ -191,6 +191,7 @@ class WorkerApp:
         self._points: list[Point] = []
         self._partition_cache: dict[tuple[str, int], dict[bytes, int]] = {}
         self._changelog_lock = asyncio.Lock()
+        self.num_forecast_batches_failed = 0
         self.app = faust.App(w.app_id, **faust_settings(settings))
         app = self.app
 
@@ -279,7 +280,8 @@ class WorkerApp:
     # ------------------------------------------------------------------ output
     async def _send(self, out: BatchOutput) -> None:
         if out.forecasts:
-            await self._send_batched(self.forecast_name, out.forecasts)
+            for fut in await self._send_batched(self.forecast_name, out.forecasts):
+                fut.add_done_callback(self._count_failed_forecasts)
         send = self.app.producer.send
         for dl_key, dl in out.dead_letters:
             await send(self.deadletter_name, dl_key or b"", dl, None, None, None)
@@ -287,6 +289,14 @@ class WorkerApp:
             self._points.extend(out.points)
             if len(self._points) >= self.settings.store.max_buffered_points:
                 await self.flush_store()  # backpressure: the agent waits for the store
+
+    def _count_failed_forecasts(self, fut: asyncio.Future[Any]) -> None:
+        """A forecast batch the producer gave up on is counted and logged, never dropped silently."""
+        if fut.cancelled() or fut.exception() is None:
+            return
+        self.num_forecast_batches_failed += 1
+        log.error("event=forecast_send_failed batches_failed=%d error=%s", self.num_forecast_batches_failed,
+                  fut.exception())
 
     async def _send_batched(self, topic: str, messages: list[tuple[bytes, bytes]]) -> list[asyncio.Future[Any]]:
         """Send keyed messages as one record batch per partition (aiokafka ``send_batch``).
@@ -395,6 +405,7 @@ class WorkerApp:
             body = {k.decode(): base64.b64encode(v).decode() for k, v in self.table.items()}
             return web.json({"worker_id": self.worker_id, "model_version": self.processor.forecaster.version,
                               "num_late": self.processor.num_late, "states": body,
+                              "num_forecast_batches_failed": self.num_forecast_batches_failed,
                               "active_servers": list(self.processor.states.ids)})
 
     # ------------------------------------------------------------------ broadcast inputs

@@ -84,3 +84,22 @@ def test_failed_changelog_send_skips_the_commit_and_keeps_states_changed(tmp_pat
     app._send_batched = failing_send  # type: ignore[method-assign]
     assert asyncio.run(app.flush_states_batched()) is False
     assert app.processor.dirty == changed
+
+
+def test_a_forecast_batch_the_producer_gives_up_on_is_counted_not_silent(tmp_path: Path) -> None:
+    app = _worker(tmp_path)
+
+    async def run() -> None:
+        async def lost_send(topic: str, messages: list[tuple[bytes, bytes]]) -> list[Any]:
+            lost: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            lost.set_exception(OSError("delivery timed out"))
+            return [lost]
+
+        app._send_batched = lost_send  # type: ignore[method-assign]
+        fleet = SyntheticTelemetry(["s9"], start_at=datetime(2026, 11, 25, tzinfo=UTC), seed=2)
+        gpu, _, _ = fleet.step()
+        await app._send(app.processor.handle_gpu([RawRecord(g.server_id.encode(), g.to_bytes(), "gpu") for g in gpu]))
+        await asyncio.sleep(0)  # done callbacks run on the next loop turn
+
+    asyncio.run(run())
+    assert app.num_forecast_batches_failed == 1
