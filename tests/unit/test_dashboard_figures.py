@@ -26,7 +26,10 @@ T0 = datetime(2026, 11, 25, 10, 0, 0, tzinfo=UTC)
 @pytest.fixture(scope="module")
 def filled() -> tuple[DashboardView, Any]:
     topo = default_topology(100)
-    view = DashboardView(layout=FloorLayout.from_topology(topo), stale_after_s=1e6)
+    # The page's clock is the data's (14 s after T0): with the wall clock the view turned STALE once the
+    # fixture's fixed dates were older than stale_after_s (it failed from 7 Dec 2026, 12 days after T0).
+    view = DashboardView(layout=FloorLayout.from_topology(topo), stale_after_s=10.0,
+                         clock=lambda: T0 + timedelta(seconds=14))
     rng = np.random.default_rng(1)
     for k in range(15):
         at = T0 + timedelta(seconds=k)
