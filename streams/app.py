@@ -233,7 +233,9 @@ class WorkerApp:
         offsets. On a failed send the states are marked changed again and the commit
         is skipped.
         """
-        async with self._changelog_lock:  # uncontended: no yield before the capture below
+        # The lock may wait for the state page's or a revocation's flush; states captured after that wait
+        # cover more events than the offsets the commit fixed, never fewer (replayed samples are ignored).
+        async with self._changelog_lock:
             dirty_slots = self.processor.take_dirty_slots()
             if not dirty_slots:
                 return True
