@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -101,26 +101,25 @@ class FoldedHistory:
 
     def subset(self, mask: npt.NDArray[np.bool_]) -> FoldedHistory:
         """The rows where ``mask`` holds."""
-        kw: dict[str, Any] = {}
-        for name in ("server", "at_s", "temp_c", "power_w", "peak_w", "num_gpus", "base_w", "burst", "known_power_temp_c", "features",
-                     "phys_temp_c", "phys_pgpu_w", "target_temp_c", "target_power_w", "ma_temp_c", "ma_power_w",
-                     "known_level_temp_c", "minute_mean_power_w"):
-            kw[name] = getattr(self, name)[mask]
+        kw: dict[str, Any] = {name: getattr(self, name)[mask] for name in ROW_ARRAYS}
         return FoldedHistory(horizons_s=self.horizons_s, server_ids=self.server_ids, **kw)
 
     def with_horizons(self, horizons_s: Sequence[float]) -> FoldedHistory:
         """The same rows restricted to some of the folded horizons."""
         idx = [self.horizons_s.index(float(h)) for h in horizons_s]
-        kw: dict[str, Any] = {name: getattr(self, name) for name in (
-            "server", "at_s", "temp_c", "power_w", "peak_w", "num_gpus", "base_w", "burst", "known_power_temp_c", "features", "ma_temp_c",
-            "ma_power_w")}
-        for name in ("phys_temp_c", "phys_pgpu_w", "target_temp_c", "target_power_w", "known_level_temp_c",
-                     "minute_mean_power_w"):
-            kw[name] = getattr(self, name)[:, idx]
+        kw: dict[str, Any] = {name: getattr(self, name)[:, idx] if name in PER_HORIZON_ARRAYS
+                              else getattr(self, name) for name in ROW_ARRAYS}
         return FoldedHistory(horizons_s=tuple(float(h) for h in horizons_s), server_ids=self.server_ids, **kw)
 
     def __len__(self) -> int:
         return len(self.at_s)
+
+
+#: The per-row array fields of :class:`FoldedHistory` (everything but ``horizons_s`` and ``server_ids``).
+ROW_ARRAYS: tuple[str, ...] = tuple(f.name for f in fields(FoldedHistory) if f.name not in ("horizons_s", "server_ids"))
+#: Those with one column per horizon, ``(rows, H)``.
+PER_HORIZON_ARRAYS = frozenset({"known_power_temp_c", "phys_temp_c", "phys_pgpu_w", "target_temp_c", "target_power_w",
+                                "known_level_temp_c", "minute_mean_power_w"})
 
 
 def _at_seconds(df: pd.DataFrame) -> pd.Series:
@@ -179,12 +178,15 @@ def _aligned_targets(at_s: F, values: F, horizons_s: Sequence[float], tol_s: flo
     return out
 
 
+def _mean_between(values: F, start: npt.NDArray[np.intp], end: npt.NDArray[np.intp]) -> F:
+    """Mean of ``values[start[i]:end[i]]`` per row (prefix sums; every window non-empty)."""
+    csum = np.concatenate([[0.0], np.cumsum(values)])
+    return np.asarray((csum[end] - csum[start]) / (end - start), dtype=np.float64)
+
+
 def _trailing_mean(at_s: F, values: F, window_s: float) -> F:
     """Mean of ``values`` over ``(at - window, at]`` per row (time sorted)."""
-    csum = np.concatenate([[0.0], np.cumsum(values)])
-    start = np.searchsorted(at_s, at_s - window_s, side="right")
-    end = np.arange(1, len(at_s) + 1)
-    return np.asarray((csum[end] - csum[start]) / (end - start), dtype=np.float64)
+    return _mean_between(values, np.searchsorted(at_s, at_s - window_s, side="right"), np.arange(1, len(at_s) + 1))
 
 
 def _centred_mean(at_s: F, values: F, window_s: float) -> F:
@@ -194,10 +196,8 @@ def _centred_mean(at_s: F, values: F, window_s: float) -> F:
         >>> _centred_mean(np.arange(5.0), np.array([0.0, 0.0, 3.0, 0.0, 0.0]), 2.0).tolist()
         [0.0, 1.0, 1.0, 1.0, 0.0]
     """
-    csum = np.concatenate([[0.0], np.cumsum(values)])
-    start = np.searchsorted(at_s, at_s - window_s / 2.0, side="left")
-    end = np.searchsorted(at_s, at_s + window_s / 2.0, side="right")
-    return np.asarray((csum[end] - csum[start]) / (end - start), dtype=np.float64)
+    return _mean_between(values, np.searchsorted(at_s, at_s - window_s / 2.0, side="left"),
+                         np.searchsorted(at_s, at_s + window_s / 2.0, side="right"))
 
 
 def _known_power_forecast(params: ForecasterParams, horizons: Sequence[float], temp: F, pgpu: F,
@@ -240,10 +240,7 @@ def fold_history(df: pd.DataFrame, params: ForecasterParams, horizons_s: Sequenc
     """
     df = df.assign(at_s=_at_seconds(df)).sort_values(["server_id", "at_s"], kind="stable")
     horizons = tuple(float(h) for h in horizons_s)
-    parts: dict[str, list[Any]] = {k: [] for k in (
-        "server", "at_s", "temp_c", "power_w", "peak_w", "num_gpus", "base_w", "burst", "known_power_temp_c", "features", "phys_temp_c",
-        "phys_pgpu_w", "target_temp_c", "target_power_w", "ma_temp_c", "ma_power_w", "known_level_temp_c",
-        "minute_mean_power_w")}
+    parts: dict[str, list[Any]] = {k: [] for k in ROW_ARRAYS}
     server_ids: list[str] = []
     for idx, (sid, g) in enumerate(df.groupby("server_id", sort=True)):
         server_ids.append(str(sid))
