@@ -123,7 +123,7 @@ def _floor_main(bootstrap: str, count: int, app_id: str) -> None:
                     store="memory://", web_enabled=False, topic_replication_factor=1,
                     broker_session_timeout=6.0, broker_heartbeat_interval=1.0, broker_max_poll_interval=10.0,
                     broker_rebalance_timeout=10.0, consumer_auto_offset_reset="earliest")
-    # The same consumer as the worker (50 ms fetch wait, corrected highwaters): a fair floor.
+    # The same consumer as the worker (its fetch wait, corrected highwaters): a fair floor.
     app.transport.Consumer = tansu_safe_consumer_class(  # type: ignore[misc]
         {"bootstrap_servers": bootstrap}, fetch_max_wait_ms=batch.fetch_max_wait_ms)
     topic = app.topic(GPU_TOPIC, value_serializer="raw", key_serializer="raw")

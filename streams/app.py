@@ -294,11 +294,11 @@ class WorkerApp:
 
     def _count_failed_forecasts(self, fut: asyncio.Future[Any]) -> None:
         """A forecast batch the producer gave up on is counted and logged, never dropped silently."""
-        if fut.cancelled() or fut.exception() is None:
+        exc = None if fut.cancelled() else fut.exception()
+        if exc is None:
             return
         self.num_forecast_batches_failed += 1
-        log.error("event=forecast_send_failed batches_failed=%d error=%s", self.num_forecast_batches_failed,
-                  fut.exception())
+        log.error("event=forecast_send_failed batches_failed=%d error=%s", self.num_forecast_batches_failed, exc)
 
     async def _send_batched(self, topic: str, messages: list[tuple[bytes, bytes]]) -> list[asyncio.Future[Any]]:
         """Send keyed messages as one record batch per partition (aiokafka ``send_batch``).

@@ -144,9 +144,8 @@ class IngestSettings(BaseModel):
     )
     linger_ms: int = Field(default=5, ge=0, le=1000, description="How long the producer waits to fill a batch.")
     batch_size_bytes: int = Field(default=1_000_000, ge=1024, description="Kafka producer batch size per partition "
-                                  "(kept under Apache Kafka's default message.max.bytes of 1,048,588; 1 MB instead "
-                                  "of 256 KB took tapas bench producer from 18,700-19,900 to 21,900-23,000 "
-                                  "server-samples/s here).")
+                                  "(under Apache Kafka's default message.max.bytes of 1,048,588; with one request "
+                                  "in flight, larger batches carry more records per round trip — docs/ingest.md).")
     max_buffered_samples: int = Field(
         default=100_000, ge=1, description="In-memory buffer while the broker is unreachable; beyond it samples "
         "spill to the spool (if set) or are dropped and counted."
