@@ -534,7 +534,9 @@ class Simulation:
             prefill_frac=self.inst_prefill_share.copy(),
             capacity_tokens_per_s_at_slo=cap,
             gpu_power_w=self.gpu_power[self.inst_server, 0] if n_inst else np.zeros(0),
-            draining=self.inst_draining.copy(),
+            # Held out of service by something other than the router (here: reloading weights). The router's own
+            # drains are its output, not its input: feeding them back would latch an instance drained for good.
+            draining=self.inst_reload_until > t,
             config_since_s=self.inst_config_since.copy(),
             busy_until_s=self.inst_reload_until.copy(),
         )

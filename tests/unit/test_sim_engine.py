@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from controller.core.snapshot import RoutingDecision, TickActions
 from simulator.catalogue import DEFAULT_ENDPOINTS
 from simulator.engine import SimParams, Simulation, run, water_fill_probs
 from simulator.physics import power as pw
@@ -119,3 +120,22 @@ def test_scenarios_move_the_metrics_they_should() -> None:
     assert cooling.metrics["max_gpu_temp_c"] > normal.metrics["max_gpu_temp_c"] + 3.0
     assert power_fail.metrics["power_throttled_gpu_seconds"] > normal.metrics["power_throttled_gpu_seconds"]
     assert power_fail.metrics["iaas_perf_loss"] > 0.05
+
+
+def test_router_drains_are_not_fed_back_as_out_of_service() -> None:
+    """A drain is the router's output; reporting it back as "draining" would latch the instance out for good."""
+    topo = default_topology(8, oversubscription=1.0)
+    sim = Simulation(topo, "normal", "baseline", hours=0.01, seed=0, trace=_trace())
+    assert sim.I >= 2
+    idx = np.arange(sim.I, dtype=np.int64)
+    drain = np.zeros(sim.I, dtype=bool)
+    drain[0] = True
+    w = np.where(drain, 0.0, 1.0 / (sim.I - 1))
+    dec = RoutingDecision(endpoint_id=sim.endpoint_ids[0], instance_ids=sim.inst_ids, instance_index=idx, weights=w,
+                          long_prompt_weights=w, draining=drain, thermal_headroom_c=np.full(sim.I, 10.0),
+                          power_headroom_w=np.full(sim.I, 1e4), capacity_tokens_per_s=np.full(sim.I, 1e3), reason="test")
+    sim._apply(TickActions(routing={sim.endpoint_ids[0]: dec}), 0.0)
+    assert sim.inst_draining[0], "the engine's router honours the drain"
+    assert not sim.snapshot().instances.draining.any(), "but the next snapshot does not report it as out of service"
+    sim.inst_reload_until[1] = 100.0
+    assert sim.snapshot().instances.draining.tolist()[:2] == [False, True], "reloading weights is out of service"
