@@ -162,7 +162,8 @@ class Controller:
         self.margins = margins or PlacementMargins()
         self.reconfig_params = reconfig_params or CoreReconfigParams(
             stale_after_s=settings.stale_after_s, command_ttl_s=settings.command_ttl_s,
-            fast_interval_s=settings.reconfig_period_s, min_frequency_mhz=settings.min_frequency_mhz)
+            fast_interval_s=settings.reconfig_period_s, min_frequency_mhz=settings.min_frequency_mhz,
+            home_layout=settings.home_layout)
         self.stale = False
         self.stale_since: datetime | None = None
         self.previous_routing: dict[str, RoutingDecision] = {}

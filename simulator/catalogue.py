@@ -67,7 +67,7 @@ DEFAULT_ENDPOINTS: tuple[EndpointSpec, ...] = (
 )
 
 #: Frequency caps offered as fractions of the SKU's maximum clock.
-FREQ_CAP_FRACS: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7, 0.6)
+FREQ_CAP_FRACS: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
 
 
 def config_id_for(endpoint_id: str, spec: ConfigSpec) -> str:

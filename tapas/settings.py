@@ -78,6 +78,10 @@ class ControllerSettings(BaseModel):
         description="No command may leave an instance below this fraction of its nominal capacity at SLO.")
     max_command_ttl_s: float = Field(default=900.0, gt=0, description="Commands expiring later than this are refused.")
     reconfig_period_s: float = Field(default=5.0, gt=0, description="Period of the (fast-knob) reconfiguration plan.")
+    home_layout: Literal["default", "efficient"] = Field(
+        default="default",
+        description="Weight layout instances return to: the endpoint default, or the catalogue's most power-efficient "
+                    "one at the default's quality and capacity (reached by staggered reloads).")
     stale_decay_s: float = Field(
         default=30.0, gt=0,
         description="Time constant over which stale routing weights decay to capacity-proportional ones.")

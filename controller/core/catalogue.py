@@ -159,6 +159,27 @@ class Catalogue:
         """The nominal option of an endpoint."""
         return self._by_id[self.defaults[endpoint_id]]
 
+    def efficient(self, endpoint_id: str, *, prefill_frac: float = 0.9) -> ConfigOption:
+        """The endpoint's most power-efficient option that gives up nothing against its default.
+
+        Among the options with the default's quality and at least its capacity at the SLO, the
+        one drawing the least per-GPU power while serving the default's capacity (prompt share
+        ``prefill_frac``); ties to the default. Its weight layout is where a power-aware
+        controller keeps the endpoint in calm times (e.g. two TP4 replicas instead of one TP8
+        on a server, when tensor-parallel scaling losses make TP8 burn more per token), so
+        that frequency caps alone can absorb an emergency later.
+        """
+        d = self.default(endpoint_id)
+        load = d.capacity_tokens_per_s_at_slo
+        best, best_w = d, d.gpu_power_w(prefill_frac * load, (1.0 - prefill_frac) * load)
+        for o in self.options[endpoint_id]:
+            if o.quality_score < d.quality_score - 1e-12 or o.capacity_tokens_per_s_at_slo < load:
+                continue
+            w = o.gpu_power_w(prefill_frac * load, (1.0 - prefill_frac) * load)
+            if w < best_w - 1e-9:
+                best, best_w = o, w
+        return best
+
     def arrays(self, endpoint_id: str) -> CatalogueArrays:
         """The endpoint's options as aligned arrays."""
         return self._arrays[endpoint_id]

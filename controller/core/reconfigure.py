@@ -79,8 +79,13 @@ def build_option_matrix(
     instance_index: IntArray,
     *,
     inlet_c: FloatArray | None = None,
+    efficient_home: bool = False,
 ) -> OptionMatrix:
-    """Predict load served, per-GPU power and temperature of every option for the given instances."""
+    """Predict load served, per-GPU power and temperature of every option for the given instances.
+
+    ``default_layout`` is the endpoint default's weight layout, or ``Catalogue.efficient``'s
+    when ``efficient_home`` is set (the layout the objective pulls instances toward).
+    """
     inst = snapshot.instances
     n = instance_index.size
     endpoints = tuple(inst.endpoint_ids[i] for i in instance_index)
@@ -123,7 +128,8 @@ def build_option_matrix(
         col = {c: i for i, c in enumerate(a.config_ids)}
         d = catalogue.default(e)
         dfreq[rows] = d.frequency_cap_mhz
-        dlayout[rows] = a.layout_code[col[d.config_id]]
+        home = catalogue.efficient(e) if efficient_home else d
+        dlayout[rows] = a.layout_code[col[home.config_id]]
         dcap[rows] = d.capacity_tokens_per_s_at_slo
         dq[rows] = d.quality_score
         for r in rows_list:
@@ -225,7 +231,7 @@ def plan_reconfiguration(
     idx = np.flatnonzero(serving).astype(np.int64)
     if idx.size == 0:
         return []
-    m = build_option_matrix(snapshot, catalogue, idx, inlet_c=inlet_c)
+    m = build_option_matrix(snapshot, catalogue, idx, inlet_c=inlet_c, efficient_home=p.home_layout == "efficient")
     n, _ = m.valid.shape
     rows_n = np.arange(n)
     srv = inst.server_index[idx]

@@ -304,7 +304,11 @@ class ReconfigParams:
     speed_weight: float = 0.5
     """Cost per unit of frequency-cap shortfall against the endpoint default (per-request latency proxy)."""
     layout_weight: float = 1.5
-    """Cost of running a weight layout other than the endpoint default (pulls emergency layouts back)."""
+    """Cost of running a weight layout other than the endpoint's home layout (pulls emergency layouts back). An
+    instance moves home only when this exceeds the reload's cost, ``switch_weight × (switch_cost_s + 1)``."""
+    home_layout: Literal["default", "efficient"] = "default"
+    """Weight layout instances are pulled toward: the endpoint default, or ``Catalogue.efficient`` (the layout
+    that serves the default's capacity and quality on the least power), reached by staggered slow switches."""
     max_quality_drop: float = 1.0
     """Options more than this below the current quality score are not considered (guards model-variant swaps)."""
     min_frequency_mhz: float = 0.0

@@ -8,6 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from controller.core.catalogue import Catalogue
 from controller.core.reconfigure import build_option_matrix, plan_reconfiguration
 from controller.core.snapshot import ReconfigParams, Snapshot
 from controller.core.synthetic import synthetic_catalogue, synthetic_snapshot
@@ -102,3 +103,40 @@ def test_slow_switches_are_staggered() -> None:
         slow = [c for c in changes if c.slow and snap.instances.endpoint_ids[c.instance_index] == e]
         assert len(slow) <= max(1, int(np.floor(p.max_slow_frac * n)))
     assert not [c for c in plan_reconfiguration(snap, CAT, now_s=0.0, params=p, allow_slow=False) if c.slow]
+
+
+def _lean_layout_catalogue() -> Catalogue:
+    """The synthetic catalogue with its fp8 layout at fp16 quality: a layout that serves more on less power."""
+    per = {e: tuple(replace(o, quality_score=0.689) if o.precision == "fp8" else o for o in CAT.options[e])
+           for e in CAT.endpoint_ids}
+    return Catalogue.from_options(per, CAT.defaults)
+
+
+def test_efficient_option_needs_default_quality_and_capacity() -> None:
+    # fp8 loses quality in the synthetic catalogue: the default is already the efficient choice.
+    assert CAT.efficient("ep0").config_id == CAT.defaults["ep0"]
+    lean = _lean_layout_catalogue()
+    eff = lean.efficient("ep0")
+    d = lean.default("ep0")
+    assert eff.precision == "fp8"
+    assert eff.capacity_tokens_per_s_at_slo >= d.capacity_tokens_per_s_at_slo
+    load = d.capacity_tokens_per_s_at_slo
+    assert eff.gpu_power_w(0.9 * load, 0.1 * load) < d.gpu_power_w(0.9 * load, 0.1 * load)
+
+
+def test_efficient_home_layout_migrates_instances_staggered() -> None:
+    lean = _lean_layout_catalogue()
+    snap = _hot(4, rise=0.0, load=0.3, oversub=1.0)
+    # The pull toward home (layout_weight) must outweigh the reload (switch_weight × (90 s + 1)) to move.
+    home = ReconfigParams(home_layout="efficient", layout_weight=3.0)
+    moved = [c for c in plan_reconfiguration(snap, lean, now_s=0.0, params=home) if c.slow]
+    assert moved, "a calm cluster moves toward the leaner layout"
+    assert all(lean.option(c.to_config_id).precision == "fp8" for c in moved)
+    for e in ("ep0", "ep1"):
+        n = sum(1 for x in snap.instances.endpoint_ids if x == e)
+        assert sum(1 for c in moved if snap.instances.endpoint_ids[c.instance_index] == e) <= max(
+            1, int(np.floor(home.max_slow_frac * n)))
+    # With the default as home nothing reloads on a calm cluster, and fast-knob-only plans never reload.
+    assert not [c for c in plan_reconfiguration(snap, lean, now_s=0.0, params=replace(home, home_layout="default"))
+                if c.slow]
+    assert not [c for c in plan_reconfiguration(snap, lean, now_s=0.0, params=home, allow_slow=False) if c.slow]
