@@ -322,6 +322,8 @@ class Simulation:
 
     def _place_one(self, req: PlacementRequest) -> int:
         """Ask the policy; take the first candidate that really fits. Returns the server index or -1."""
+        if not self.initialised:
+            self._running_power_at_start()
         decision: PlacementDecision = self.policy.place(self.snapshot(), req)
         free = self._free_gpus()
         for cand in decision.candidates:
@@ -331,6 +333,33 @@ class Simulation:
                     return s
         self.metrics.rejected_placements += 1
         return -1
+
+    def _running_power_at_start(self) -> None:
+        """Power of the population placed so far, as if already running: the initial population is present at t = 0.
+
+        Without it every initial placement would see an idle cluster (no tick has run), and a power-aware
+        policy could not spread the initial VMs by power. SaaS instances draw their placement request's
+        expected power; IaaS VMs their utilisation at t = 0.
+        """
+        gp = np.repeat(self.idle[:, None], self.G, axis=1)
+        busy = np.zeros(self.N)
+        has_vm = self.gpu_vm >= 0
+        if has_vm.any():
+            v = self.gpu_vm[has_vm]
+            rows, _ = np.nonzero(has_vm)
+            u = vm_util(0.0, self.vms.util_mean[v], self.vms.osc_period_s[v], self.vms.osc_phase[v])
+            gp[has_vm] = self.idle[rows] + (self.tdp[rows] - self.idle[rows]) * u
+            np.add.at(busy, rows, u / self.G)
+        if self.I:
+            gp[self.inst_server] = np.maximum(self.inst_power, self.idle[self.inst_server])[:, None]
+            busy[self.inst_server] = self.p.target_saas_util
+        self.gpu_power = gp
+        self.server_power = pw.server_power_w(self.base_w, busy, gp.sum(axis=1))
+        self.row_power = pw.row_power_w(self.server_power, self.srv_row, self.R)
+        self.zone_heat = _fsum(self.srv_zone, self.server_power, self.Z)
+        self.server_power_hi = self.server_power.copy()
+        self.row_power_hi = self.row_power.copy()
+        self.zone_heat_hi = self.zone_heat.copy()
 
     def _free_gpus(self) -> I64:
         used = (self.gpu_vm >= 0).sum(axis=1) + np.where(self.srv_inst >= 0, self.G, 0)
@@ -342,7 +371,7 @@ class Simulation:
         need = shares / self.c_capacity[self.ep_default_cfg]
         counts = np.maximum(1, np.floor(n_saas * need / need.sum()).astype(int))
         counts[0] += n_saas - counts.sum()
-        servers, eps = [], []
+        servers, eps, powers = [], [], []
         exp_power = [self.catalogue.default(e).gpu_power_w(
             self.catalogue.default(e).capacity_tokens_per_s_at_slo * 0.98,
             self.catalogue.default(e).capacity_tokens_per_s_at_slo * 0.02) for e in self.endpoint_ids]
@@ -362,13 +391,23 @@ class Simulation:
                     continue
                 servers.append(s)
                 eps.append(ei)
+                powers.append(exp_power[ei])
                 self.srv_inst[s] = len(servers) - 1
                 self.inst_server = np.asarray(servers, dtype=np.int64)
                 self.inst_endpoint = np.asarray(eps, dtype=np.int64)
                 self.inst_cfg = self.ep_default_cfg[self.inst_endpoint]
                 self._resize_instances(len(servers))
+                self.inst_power = np.asarray(powers, dtype=np.float64)
                 self.inst_ids = tuple(f"{self.endpoint_ids[e]}-i{i:04d}" for i, e in enumerate(eps))
         self.I = len(servers)
+        # A policy may deploy its instances in another configuration than the endpoint default (e.g. TAPAS's
+        # efficient home layout): runs then start as a cluster that has been under that policy for a while.
+        initial = getattr(self.policy, "initial_config", None)
+        if callable(initial) and self.I:
+            for ei, ep in enumerate(self.endpoint_ids):
+                c = self.cfg_index.get(str(initial(ep)), -1)
+                if c >= 0 and self.c_endpoint[c] == ei:
+                    self.inst_cfg[self.inst_endpoint == ei] = c
 
     def _resize_instances(self, n: int) -> None:
         self.I = n
@@ -389,11 +428,14 @@ class Simulation:
     def _build_workload(self, r_work: np.random.Generator, r_vm: np.random.Generator) -> None:
         tr = self.trace
         mean_tokens = float((tr.prompt_tokens + tr.output_tokens).mean())
-        cap_tokens = float(self.c_capacity[self.inst_cfg].sum()) if self.I else 1.0
+        # Demand follows the default configuration's capacity whatever the policy deployed, so every policy
+        # serves the same requests.
+        default_cfg = self.ep_default_cfg[self.inst_endpoint]
+        cap_tokens = float(self.c_capacity[default_cfg].sum()) if self.I else 1.0
         self.load_scale = self.p.target_saas_util * cap_tokens / (tr.rate_per_s * mean_tokens)
         shares = np.asarray([e.share for e in self.p.endpoints])
         # Endpoint shares follow the instances actually placed, so every endpoint sees the same utilisation.
-        cap_by_ep = np.bincount(self.inst_endpoint, weights=self.c_capacity[self.inst_cfg], minlength=self.E)
+        cap_by_ep = np.bincount(self.inst_endpoint, weights=self.c_capacity[default_cfg], minlength=self.E)
         if cap_by_ep.sum() > 0:
             shares = cap_by_ep / cap_by_ep.sum()
         self._r_work = r_work

@@ -10,7 +10,10 @@ For every server at once (NumPy over servers) we predict, after placing the VM:
 Servers that keep all three under their limits minus the margins, and have enough free
 GPUs, are feasible. Opaque IaaS VMs cannot be protected later, so they get larger
 margins and the safest spots: their score is the *smallest normalised headroom* (the
-bottleneck of thermal, row power and zone heat, each as a fraction of its limit), highest
+bottleneck of thermal, row power and zone heat, each as a fraction of its limit, and of the
+room the row would keep in a power emergency — its budget cut to
+``iaas_emergency_budget_frac`` after SaaS sheds ``saas_shed_frac`` of its dynamic power —
+so IaaS VMs spread to rows whose SaaS can absorb a cut and are not capped then), highest
 first, ties (within ``TIE_BAND_FRAC``) to the server with the fewest free GPUs left, which
 keeps whole servers free. SaaS VMs get small margins and are ranked by row-power and
 zone-heat headroom (spreading power across domains), ties to the thermally *riskier*
@@ -63,6 +66,8 @@ class _Prepared:
     inv_row_limit: FloatArray
     zone_room_w: FloatArray
     inv_zone_limit: FloatArray
+    emergency_room_w: FloatArray
+    """Room under the row's emergency budget once SaaS has shed what it can, per server (before the VM); IaaS only."""
     r_th: FloatArray
     idle_w: FloatArray
     tdp_w: FloatArray
@@ -94,6 +99,11 @@ def _prepare(snapshot: Snapshot, iaas: bool, m: PlacementMargins) -> _Prepared:
     row_limit_w = snapshot.row_budget_w * (1.0 - power_margin)
     zone_limit_w = snapshot.zone_capacity_w * (1.0 - zone_margin)
     thermal_limit_c = (snapshot.slowdown_temp_c - thermal_margin_c).astype(np.float64)
+    if iaas and m.iaas_emergency_budget_frac is not None:
+        firm_w = snapshot.row_power_hi_w - m.saas_shed_frac * _saas_dynamic_w_per_row(snapshot)
+        emergency_room = (m.iaas_emergency_budget_frac * row_limit_w - firm_w)[row].astype(np.float64)
+    else:
+        emergency_room = np.full(snapshot.num_servers, np.inf)
     return _Prepared(
         base_temp_c=(snapshot.inlet_hi_c + thermal_offset_c(snapshot)).astype(np.float64),
         temp_hi_c=snapshot.gpu_temp_hi_c.astype(np.float64),
@@ -103,12 +113,25 @@ def _prepare(snapshot: Snapshot, iaas: bool, m: PlacementMargins) -> _Prepared:
         inv_row_limit=(1.0 / np.maximum(row_limit_w, 1.0))[row],
         zone_room_w=(zone_limit_w - snapshot.zone_heat_hi_w)[zone].astype(np.float64),
         inv_zone_limit=(1.0 / np.maximum(zone_limit_w, 1.0))[zone],
+        emergency_room_w=emergency_room,
         r_th=snapshot.thermal_resistance_c_per_w.astype(np.float64),
         idle_w=snapshot.gpu_idle_power_w.astype(np.float64),
         tdp_w=snapshot.gpu_tdp_w.astype(np.float64),
         free_gpus=snapshot.free_gpus.astype(np.float64),
         inv_num_gpus=1.0 / np.maximum(snapshot.num_gpus, 1).astype(np.float64),
     )
+
+
+def _saas_dynamic_w_per_row(snapshot: Snapshot) -> FloatArray:
+    """Dynamic (above idle) GPU power of the SaaS instances in each row: what reconfiguration can shed."""
+    inst = snapshot.instances
+    out = np.zeros(len(snapshot.row_ids))
+    if len(inst) == 0 or inst.gpu_power_w.size == 0:
+        return out
+    srv = inst.server_index
+    dyn = np.maximum(inst.gpu_power_w - snapshot.gpu_idle_power_w[srv], 0.0) * inst.num_gpus
+    np.add.at(out, snapshot.server_row[srv], dyn)
+    return out
 
 
 def predicted_vm_gpu_power_w(snapshot: Snapshot, request: PlacementRequest) -> FloatArray:
@@ -176,6 +199,9 @@ def rank_servers(
     thermal_norm = thermal_headroom_c[sel] * pre.inv_thermal_span[idx]
     if iaas:
         primary = np.minimum(np.minimum(thermal_norm, row_norm), zone_norm)
+        # ... and the room a power emergency would leave its row once SaaS has shed what it can (module doc).
+        emergency_norm = (pre.emergency_room_w[idx] - added_w[sel]) * pre.inv_row_limit[idx]
+        primary = np.minimum(primary, emergency_norm)
         secondary = np.clip((pre.free_gpus[idx] - n) * pre.inv_num_gpus[idx], 0.0, 1.0)
     else:
         # SaaS: balance power and cooling, but leave the thermally safest spots to opaque IaaS VMs.

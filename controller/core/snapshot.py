@@ -202,6 +202,12 @@ class PlacementMargins:
     iaas_zone_margin_frac: float = 0.08
     saas_zone_margin_frac: float = 0.02
     max_candidates: int = 10
+    iaas_emergency_budget_frac: float | None = 0.75
+    """IaaS VMs are also ranked by the room their row would keep with its budget cut to this share (a lost UPS),
+    after SaaS sheds ``saas_shed_frac`` of its dynamic power: a VM placed there is not capped in that emergency.
+    None ranks by thermal, row and zone headroom only."""
+    saas_shed_frac: float = 0.6
+    """Share of SaaS dynamic GPU power an emergency plan's fast knobs can shed (clock caps to 50-60 %: 1 − f²)."""
 
 
 @dataclass(frozen=True)

@@ -84,3 +84,23 @@ def test_no_feasible_server_says_why() -> None:
     d = rank_servers(hot, PlacementRequest("c", "iaas", 8), now_s=0.0)
     assert not d.feasible and d.candidates == ()
     assert "16 thermal" in d.reason
+
+
+def test_iaas_prefers_rows_whose_saas_can_absorb_a_power_cut() -> None:
+    rng = np.random.default_rng(5)
+    snap = synthetic_snapshot(rng, num_servers=32, num_instances=8, num_vms=0, oversubscription=1.0)
+    assert len(snap.row_ids) == 2
+    n = snap.num_servers
+    # Row 1 holds every SaaS instance, running hot (sheddable); row 0 has none. Row 1 draws a little more.
+    inst = replace(snap.instances, server_index=np.arange(16, 24, dtype=np.int64),
+                   gpu_power_w=np.full(8, float(snap.gpu_tdp_w[0])))
+    budget = snap.row_budget_w
+    free = np.full(n, 8, dtype=np.int64)
+    free[16:24] = 0
+    snap = replace(snap, instances=inst, free_gpus=free, inlet_hi_c=np.full(n, 22.0), gpu_temp_hi_c=np.full(n, 40.0),
+                   row_power_hi_w=np.asarray([0.70, 0.72]) * budget, zone_heat_hi_w=np.zeros(len(snap.zone_ids)))
+    req = PlacementRequest("v", "iaas", 8)
+    aware = rank_servers(snap, req, now_s=0.0)
+    assert snap.server_row[aware.candidates[0].server_index] == 1, "the row whose SaaS can shed keeps IaaS uncapped"
+    blind = rank_servers(snap, req, now_s=0.0, margins=PlacementMargins(iaas_emergency_budget_frac=None))
+    assert snap.server_row[blind.candidates[0].server_index] == 0, "without the term, plain row headroom decides"
