@@ -92,6 +92,9 @@ log = logging.getLogger(__name__)
 
 Mode = Literal["advisory", "enforce"]
 
+FEEDBACK_MIN_STEP_W = 10.0
+"""An emergency cap's limit must move by at least this much per GPU before a new command is issued."""
+
 
 @dataclass(frozen=True)
 class ControllerTopics:
@@ -285,6 +288,8 @@ class Controller:
         if due and len(snap.instances) > 0:
             self.last_reconfig_at = now
             out += self._reconfigure(snap, now)
+        if due and self.emergencies:
+            out += self._emergency_feedback(snap, now)
         self.gate.forget_expired(now)
         for iid in [i for i, (_cfg, exp) in self.intents.items() if exp <= now]:
             del self.intents[iid]
@@ -504,6 +509,61 @@ class Controller:
                   f"{_ts(plan.effective_by_s).isoformat()}; relaxed: {relaxed or 'nothing'}; {plan.reason}")
         out.append(self._event("emergency_plan", "critical" if not plan.meets_budget else "warning", now,
                                domain_kind=e.domain_kind, domain_id=e.domain_id, detail=detail[:4000]))
+        return out
+
+    def _emergency_feedback(self, snap: Snapshot, now: datetime) -> list[Outgoing]:
+        """Close the loop on active plans' IaaS caps from what the rows and inlets measure now.
+
+        The same core functions as the simulator's ``tapas`` policy: ``rebalance_iaas_caps`` hands a
+        power plan's surplus back to (or takes more from) the capped VMs, ``tighten_cooling_caps``
+        caps VMs that the measured inlet of a failed zone now puts over the slowdown line. Only
+        limits that moved by at least ``FEEDBACK_MIN_STEP_W`` become commands; a lifted cap becomes a
+        limit at the GPU's TDP (the server's other caps stay; all are reverted when the emergency ends).
+        """
+        from controller.core import emergency as core_emergency
+
+        out: list[Outgoing] = []
+        for active in self.emergencies.values():
+            plan = active.plan
+            if plan is None:
+                continue
+            e = plan.emergency
+            if e.kind == "power" and plan.caps:
+                budget = snap.row_budget_w.astype(float).copy()
+                frac = e.budget_frac if e.budget_frac is not None else 0.75
+                if e.domain_kind == "cluster":
+                    budget *= frac
+                else:
+                    budget[e.domain_index] *= frac
+                new = core_emergency.rebalance_iaas_caps(snap, plan, now_s=snap.now_s, budget_w=budget)
+            elif e.kind == "cooling":
+                new = core_emergency.tighten_cooling_caps(snap, plan, now_s=snap.now_s)
+            else:
+                continue
+            old = {c.vm_id: c for c in plan.caps}
+            kept = {c.vm_id for c in new}
+            issue: list[GpuCap] = []
+            in_force: list[GpuCap] = []
+            for c in new:
+                prev = old.get(c.vm_id)
+                moved = prev is None or prev.power_limit_w is None or c.power_limit_w is None or abs(
+                    prev.power_limit_w - c.power_limit_w) >= FEEDBACK_MIN_STEP_W
+                in_force.append(c if moved else prev)  # type: ignore[arg-type]
+                if moved:
+                    issue.append(c)
+            for c in plan.caps:
+                if c.vm_id not in kept:
+                    tdp = float(snap.gpu_tdp_w[c.server_index])
+                    issue.append(replace(c, power_limit_w=tdp, issued_at_s=snap.now_s,
+                                         reason=f"{c.reason}; feedback: room again, limit back to TDP {tdp:.0f} W"))
+            for cap in issue:
+                for cmd in cap_to_commands(cap, mode=self.mode, now=now, max_ttl_s=self.settings.max_command_ttl_s,
+                                           ends_at=active.event.ends_at):
+                    sent = self._admit(cmd, now)
+                    if any(o.topic == self.topics.commands for o in sent):
+                        active.capped_servers.add(cap.server_id)
+                    out += sent
+            active.plan = replace(plan, caps=tuple(in_force))
         return out
 
     def _clear(self, ev: ControlEvent, now: datetime) -> list[Outgoing]:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from controller.core.catalogue import Catalogue
-from controller.core.emergency import plan_emergency, rebalance_iaas_caps
+from controller.core.emergency import plan_emergency, rebalance_iaas_caps, tighten_cooling_caps
 from controller.core.placement import rank_servers
 from controller.core.reconfigure import plan_reconfiguration
 from controller.core.routing import routing_weights
@@ -255,16 +255,22 @@ class TapasPolicy:
         return inlet
 
     def _feedback_caps(self, snapshot: Snapshot, now: float, *, skip: set[int]) -> tuple[list[GpuCap], list[int]]:
-        """Close the loop on power plans' IaaS limits with measured row power (``rebalance_iaas_caps``)."""
+        """Close the loop on emergency plans' IaaS limits: measured row power for power plans
+        (``rebalance_iaas_caps``), measured inlet for cooling plans (``tighten_cooling_caps``)."""
         caps: list[GpuCap] = []
         lifted: list[int] = []
         seen: set[int] = set()
         for eid, plan in list(self._plans.items()):
-            if plan.emergency.kind != "power" or not plan.caps or id(plan) in skip or id(plan) in seen:
+            if id(plan) in skip or id(plan) in seen:
+                continue
+            if plan.emergency.kind == "power" and plan.caps:
+                new = rebalance_iaas_caps(snapshot, plan, now_s=now, budget_w=snapshot.row_budget_w,
+                                          margin_frac=self.k.feedback_margin_frac, step_frac=self.k.feedback_step_frac)
+            elif plan.emergency.kind == "cooling":
+                new = tighten_cooling_caps(snapshot, plan, now_s=now)
+            else:
                 continue
             seen.add(id(plan))
-            new = rebalance_iaas_caps(snapshot, plan, now_s=now, budget_w=snapshot.row_budget_w,
-                                      margin_frac=self.k.feedback_margin_frac, step_frac=self.k.feedback_step_frac)
             kept = {c.vm_id for c in new}
             lifted.extend(c.server_index for c in plan.caps if c.vm_id not in kept)
             caps.extend(new)

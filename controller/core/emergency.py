@@ -21,6 +21,7 @@ from dataclasses import replace
 import numpy as np
 
 from controller.core.catalogue import Catalogue
+from controller.core.headroom import thermal_offset_c
 from controller.core.reconfigure import build_option_matrix, plan_reconfiguration
 from controller.core.snapshot import (
     ConfigChange,
@@ -257,6 +258,9 @@ def _plan_cooling(
     ]
     relaxed = _saas_relaxed(snapshot, catalogue, changes, until_s)
     limit_c = snapshot.slowdown_temp_c - params.thermal_margin_c
+    # The hottest slot sits above inlet + R × p (rear GPUs breathe pre-heated air): the same per-server
+    # offset placement and reconfiguration use, so a VM on the rear slots is not predicted cooler than it runs.
+    offset_c = thermal_offset_c(snapshot)
     caps: list[GpuCap] = []
     vms = snapshot.vms
     worst_c = -np.inf
@@ -266,14 +270,15 @@ def _plan_cooling(
             continue
         r_th = float(snapshot.thermal_resistance_c_per_w[s])
         p = float(max(vms.gpu_power_w[v], vms.expected_gpu_power_w[v] if vms.expected_gpu_power_w.size else 0.0))
-        temp = float(inlet[s]) + r_th * p
+        base_c = float(inlet[s] + offset_c[s])
+        temp = base_c + r_th * p
         idle = float(snapshot.gpu_idle_power_w[s])
         if temp <= limit_c[s]:
             worst_c = max(worst_c, temp)
             continue
         floor = idle + MIN_GPU_POWER_FRAC * (float(snapshot.gpu_tdp_w[s]) - idle)
-        lim = max((float(limit_c[s]) - float(inlet[s])) / max(r_th, 1e-6), floor)
-        worst_c = max(worst_c, float(inlet[s]) + r_th * lim)
+        lim = max((float(limit_c[s]) - base_c) / max(r_th, 1e-6), floor)
+        worst_c = max(worst_c, base_c + r_th * lim)
         perf = float(estimated_perf_frac(np.asarray([lim]), np.asarray([p]), np.asarray([idle]))[0])
         caps.append(
             GpuCap(
@@ -361,6 +366,73 @@ def rebalance_iaas_caps(
             out.append(replace(c, power_limit_w=new, issued_at_s=now_s,
                                reason=f"{c.reason}; feedback: row {snapshot.row_ids[r]} headroom {headroom:.0f} W -> {new:.0f} W"))
     return tuple(out)
+
+
+def tighten_cooling_caps(
+    snapshot: Snapshot,
+    plan: EmergencyPlan,
+    *,
+    now_s: float,
+    margin_c: float = THERMAL_MARGIN_C,
+) -> tuple[GpuCap, ...]:
+    """Feedback on a cooling plan's IaaS limits from the inlet measured now.
+
+    The plan assumed a supply rise; recirculation in the failed zone can push inlets higher
+    over the following minutes, and VMs placed since are not in the plan. Each call caps, at
+    ``(slowdown − margin − inlet_hi − offset) / R`` (not below the vendor floor), every IaaS VM
+    in the failed domain whose uncapped power would cross that line, and keeps the tighter of
+    an existing limit and the new one: limits only tighten while the emergency lasts (they are
+    all lifted when it ends), so the loop cannot oscillate.
+
+    Returns:
+        The caps now in force (the plan's, tightened, plus new ones).
+    """
+    e = plan.emergency
+    in_zone = (
+        np.ones(snapshot.num_servers, dtype=np.bool_)
+        if e.domain_kind == "cluster"
+        else snapshot.server_zone == e.domain_index
+    )
+    inlet = np.maximum(snapshot.inlet_hi_c, snapshot.inlet_c)
+    offset_c = thermal_offset_c(snapshot)
+    limit_c = snapshot.slowdown_temp_c - margin_c
+    by_vm = {c.vm_id: c for c in plan.caps}
+    vms = snapshot.vms
+    out: list[GpuCap] = []
+    for v in range(len(vms)):
+        s = int(vms.server_index[v])
+        vm_id = vms.vm_ids[v]
+        old = by_vm.pop(vm_id, None)
+        if not in_zone[s]:
+            if old is not None:
+                out.append(old)
+            continue
+        r_th = max(float(snapshot.thermal_resistance_c_per_w[s]), 1e-6)
+        idle = float(snapshot.gpu_idle_power_w[s])
+        floor = idle + MIN_GPU_POWER_FRAC * (float(snapshot.gpu_tdp_w[s]) - idle)
+        p = float(max(vms.gpu_power_w[v], vms.expected_gpu_power_w[v] if vms.expected_gpu_power_w.size else 0.0))
+        lim = max((float(limit_c[s]) - float(inlet[s] + offset_c[s])) / r_th, floor)
+        current = old.power_limit_w if old is not None and old.power_limit_w is not None else np.inf
+        if lim >= min(p, current) - 1.0:
+            if old is not None:
+                out.append(old)
+            continue
+        out.append(
+            GpuCap(
+                server_index=s,
+                server_id=snapshot.server_ids[s],
+                vm_id=vm_id,
+                power_limit_w=lim,
+                frequency_cap_mhz=None,
+                reason=(
+                    f"cooling failure {e.event_id}: measured inlet {inlet[s]:.1f} °C puts this VM's hottest GPU over "
+                    f"{limit_c[s]:.1f} °C at {min(p, current):.0f} W; limited to {lim:.0f} W"
+                ),
+                issued_at_s=now_s,
+                expires_at_s=_until(e, now_s),
+            )
+        )
+    return tuple(out)  # caps of VMs that have left (still in by_vm) are dropped
 
 
 def _domain_name(snapshot: Snapshot, emergency: Emergency) -> str:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.core.emergency import MIN_GPU_POWER_FRAC, plan_emergency
+from controller.core.emergency import MIN_GPU_POWER_FRAC, plan_emergency, tighten_cooling_caps
+from controller.core.headroom import thermal_offset_c
 from controller.core.reconfigure import build_option_matrix
 from controller.core.snapshot import Emergency, EmergencyPlan, Snapshot
 from controller.core.synthetic import synthetic_catalogue, synthetic_snapshot
@@ -89,7 +92,8 @@ def test_cooling_failure_caps_iaas_to_stay_below_slowdown() -> None:
         s = c.server_index
         assert snap.server_zone[s] == 0
         assert c.power_limit_w is not None
-        inlet = max(snap.inlet_hi_c[s], snap.inlet_c[s]) + 15.0
+        # the hottest slot's offset over inlet + R × p counts (rear GPUs run hotter)
+        inlet = max(snap.inlet_hi_c[s], snap.inlet_c[s]) + 15.0 + thermal_offset_c(snap)[s]
         floor = snap.gpu_idle_power_w[s] + MIN_GPU_POWER_FRAC * (snap.gpu_tdp_w[s] - snap.gpu_idle_power_w[s])
         assert inlet + snap.thermal_resistance_c_per_w[s] * c.power_limit_w <= snap.slowdown_temp_c[s] - 2.0 + 1e-6 \
             or abs(c.power_limit_w - floor) < 1e-6
@@ -105,3 +109,30 @@ def test_cluster_power_emergency_plans_every_row() -> None:
     plan = plan_emergency(snap, CAT, Emergency("k", "power", "cluster", 0, 0.0, 300.0, budget_frac=0.75), now_s=0.0)
     assert abs(plan.budget_w - 0.75 * snap.row_budget_w.sum()) < 1e-6
     assert "cluster" in plan.reason
+
+
+def test_cooling_caps_tighten_with_the_measured_inlet_and_never_relax() -> None:
+    rng = np.random.default_rng(7)
+    snap = synthetic_snapshot(rng, num_servers=32, num_instances=8, num_vms=12, servers_per_row=8, load_frac=0.9)
+    e = Emergency("c", "cooling", "zone", 0, 0.0, 300.0, supply_temp_rise_c=3.0)
+    plan = plan_emergency(snap, CAT, e, now_s=0.0)
+    in_zone = snap.server_zone[snap.vms.server_index] == 0
+    assert in_zone.any() and (~in_zone).any()
+    # Recirculation pushes the failed zone's inlets 12 °C higher than the plan assumed.
+    hotter = replace(snap, inlet_hi_c=np.where(snap.server_zone == 0, snap.inlet_hi_c + 15.0, snap.inlet_hi_c))
+    caps = tighten_cooling_caps(hotter, plan, now_s=60.0)
+    assert len(caps) > len(plan.caps), "VMs the plan left alone are capped once the measured inlet says so"
+    before = {c.vm_id: c.power_limit_w for c in plan.caps}
+    offset = thermal_offset_c(hotter)
+    for c in caps:
+        s = c.server_index
+        assert hotter.server_zone[s] == 0, "nothing outside the failed zone is capped"
+        assert c.power_limit_w is not None
+        assert c.power_limit_w <= (before.get(c.vm_id) or np.inf) + 1e-9, "limits only tighten"
+        floor = snap.gpu_idle_power_w[s] + MIN_GPU_POWER_FRAC * (snap.gpu_tdp_w[s] - snap.gpu_idle_power_w[s])
+        hot = max(hotter.inlet_hi_c[s], hotter.inlet_c[s]) + offset[s]
+        assert hot + snap.thermal_resistance_c_per_w[s] * c.power_limit_w <= snap.slowdown_temp_c[s] - 2.0 + 1e-6 \
+            or abs(c.power_limit_w - floor) < 1e-6 or c.vm_id in before
+    # Back at the planned inlet nothing is lifted: caps end with the emergency, not earlier.
+    again = tighten_cooling_caps(snap, replace(plan, caps=caps), now_s=120.0)
+    assert {c.vm_id for c in again} == {c.vm_id for c in caps}

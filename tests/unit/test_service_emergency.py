@@ -73,3 +73,27 @@ def test_emergency_domains_map_to_rows_and_zones() -> None:
     em2 = to_emergency(cool, topo)
     assert em2 is not None and em2.kind == "cooling" and em2.domain_kind == "zone"
     assert to_emergency(power_event().model_copy(update={"domain_id": "nowhere"}), topo) is None
+
+
+def test_cooling_caps_follow_the_measured_inlet_while_the_emergency_lasts() -> None:
+    c = loaded_controller()
+    cool = ControlEvent(event_id="c1", event_kind="cooling_failure", severity="critical", occurred_at=T0,
+                        domain_kind="row", domain_id="row00", supply_temp_rise_c=1.0,
+                        ends_at=T0 + timedelta(minutes=20))
+    first = [o.message for o in c.handle("e", cool, now=T0) if isinstance(o.message, ReconfigCommand)]
+    assert not [x for x in first if x.action == "set_power_limit"], "a 1 °C rise needs no IaaS cap"
+    # Recirculation: the failed zone's inlets climb far beyond the announced rise, GPUs follow.
+    t1 = T0 + timedelta(seconds=60)
+    for s in c.topology.server_ids:
+        c.handle("f", forecast(s, t1, power_w=5000, inlet_c=45.0, temp_c=80.0, hi_c=84.0), now=t1)
+    caps = [o.message for o in c.tick(t1) if isinstance(o.message, ReconfigCommand)
+            and o.message.action == "set_power_limit"]
+    assert caps and {x.instance_id for x in caps} <= {"vm-4", "vm-5"}
+    assert all(x.trigger == "emergency" and x.params.power_limit_w is not None for x in caps)
+    assert all("measured inlet" in x.reason for x in caps)
+    # The same conditions a tick later issue nothing new (limits only move by >= FEEDBACK_MIN_STEP_W).
+    t2 = t1 + timedelta(seconds=c.settings.reconfig_period_s)
+    for s in c.topology.server_ids:
+        c.handle("f", forecast(s, t2, power_w=5000, inlet_c=45.0, temp_c=80.0, hi_c=84.0), now=t2)
+    assert not [o for o in c.tick(t2) if isinstance(o.message, ReconfigCommand)
+                and o.message.action == "set_power_limit"]
