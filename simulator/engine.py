@@ -157,6 +157,40 @@ def water_fill_probs(outstanding_s: F, new_work_s: float) -> F:
     return np.asarray(fill / fill.sum(), dtype=np.float64)
 
 
+def weighted_water_fill_probs(outstanding_s: F, rel_speed: F, new_work_s: float) -> F:
+    """Least-outstanding-work routing that honours routing weights: level ``outstanding / rel_speed``.
+
+    A load-aware router scoring instances by queue *and* by the controller's weights (the
+    Gateway API Inference Extension / llm-d pattern the weights are published for) sends an
+    instance with twice the weight twice the work when queues are equal, and still avoids a
+    long queue. ``rel_speed`` = weight × number of instances (1 = a uniform share); zero
+    weight gets nothing.
+
+    Examples:
+        >>> weighted_water_fill_probs(np.zeros(2), np.array([2.0, 1.0]), 3.0).round(3).tolist()
+        [0.667, 0.333]
+        >>> weighted_water_fill_probs(np.array([0.0, 4.0]), np.array([1.0, 1.0]), 2.0).round(3).tolist()
+        [1.0, 0.0]
+    """
+    n = len(outstanding_s)
+    out = np.zeros(n)
+    ok = rel_speed > 1e-12
+    if not ok.any():
+        return water_fill_probs(outstanding_s, new_work_s)
+    r = rel_speed[ok]
+    o = outstanding_s[ok] / r
+    if new_work_s <= 0:
+        p = (o == o.min()).astype(float) * r
+    else:
+        order = np.argsort(o, kind="stable")
+        os_, rs = o[order], r[order]
+        levels = (new_work_s + np.cumsum(rs * os_)) / np.cumsum(rs)
+        kk = int(np.flatnonzero(levels >= os_)[-1]) + 1
+        p = r * np.maximum(levels[kk - 1] - o, 0.0)
+    out[ok] = p / p.sum()
+    return out
+
+
 class Simulation:
     """One closed-loop run; ``step()`` advances one tick, ``result()`` summarises. Used by ``run`` and the feed."""
 
@@ -878,10 +912,16 @@ class Simulation:
                 lw = np.asarray(dec.long_prompt_weights, dtype=np.float64) * serving[idx]
                 if w.sum() > 0:
                     long = P[sel] >= LONG_PROMPT_TOKENS
+                    work = self._outstanding_s(idx, t)
+                    cfg = self.inst_cfg[idx]
                     for mask, ww in ((~long, w), (long, lw if lw.sum() > 0 else w)):
                         m = sel[mask]
                         if len(m):
-                            out[m] = idx[self.rng_route.choice(len(idx), size=len(m), p=ww / ww.sum())]
+                            pt = prefill_time_s(P[m], self.c_c0[cfg[0]], self.c_c1[cfg[0]], self.c_c2[cfg[0]],
+                                                np.ones(len(m)))
+                            probs = weighted_water_fill_probs(work, ww * len(ww) / ww.sum(),
+                                                              float(pt.sum() / self.c_rep[cfg].mean()))
+                            out[m] = idx[self.rng_route.choice(len(idx), size=len(m), p=probs)]
                     continue
             cand = np.flatnonzero((self.inst_endpoint == e) & serving & ~self.inst_draining)
             if len(cand) == 0:

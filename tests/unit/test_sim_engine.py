@@ -9,10 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from controller.core.snapshot import RoutingDecision, TickActions
 from simulator.catalogue import DEFAULT_ENDPOINTS
-from simulator.engine import SimParams, Simulation, run, water_fill_probs
+from simulator.engine import SimParams, Simulation, run, water_fill_probs, weighted_water_fill_probs
 from simulator.physics import power as pw
 from simulator.workload import Arrivals, Trace
 from tapas.topology import default_topology
@@ -93,6 +95,22 @@ def test_reactive_cap_engages_within_deadline_and_brings_row_under_budget() -> N
 def test_water_filling_levels_queues() -> None:
     p = water_fill_probs(np.array([0.0, 0.0, 4.0]), 2.0)
     assert p.tolist() == [0.5, 0.5, 0.0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(work=st.lists(st.floats(0, 20), min_size=1, max_size=12), data=st.data(), new=st.floats(0.01, 50))
+def test_weighted_water_filling_levels_work_per_weight(work: list[float], data: st.DataObject, new: float) -> None:
+    o = np.asarray(work)
+    r = np.asarray(data.draw(st.lists(st.floats(0, 3), min_size=len(work), max_size=len(work))))
+    p = weighted_water_fill_probs(o, r, new)
+    assert p.sum() == pytest.approx(1.0) and (p >= 0).all()
+    if (r > 1e-12).any():
+        assert (p[r <= 1e-12] == 0).all(), "a zero weight gets nothing"
+        got = p > 1e-12
+        level = (o[got] + p[got] * new) / r[got]
+        assert np.ptp(level) < 1e-6 * max(1.0, level.max()), "receivers end at one work-per-weight level"
+        rest = (r > 1e-12) & ~got
+        assert (o[rest] / r[rest] >= level.max() - 1e-6).all(), "nobody below the level is left out"
 
 
 def _golden_metrics() -> dict[str, float]:
