@@ -492,13 +492,7 @@ class Controller:
                                              min_frequency_mhz=self.settings.min_frequency_mhz)
         active.plan = plan
         out = self._issue_changes(plan.changes, now)
-        for cap in plan.caps:
-            for cmd in cap_to_commands(cap, mode=self.mode, now=now, max_ttl_s=self.settings.max_command_ttl_s,
-                                       ends_at=active.event.ends_at):
-                sent = self._admit(cmd, now)
-                if any(o.topic == self.topics.commands for o in sent):
-                    active.capped_servers.add(cap.server_id)
-                out += sent
+        out += self._issue_caps(active, plan.caps, now)
         relaxed = "; ".join(f"{r.subject}: {r.promise} until {_ts(r.until_s).isoformat()} "
                             f"(quality cost {r.quality_cost:.3f}, performance cost {r.performance_cost_frac:.0%})"
                             for r in plan.relaxed)
@@ -556,14 +550,20 @@ class Controller:
                     tdp = float(snap.gpu_tdp_w[c.server_index])
                     issue.append(replace(c, power_limit_w=tdp, issued_at_s=snap.now_s,
                                          reason=f"{c.reason}; feedback: room again, limit back to TDP {tdp:.0f} W"))
-            for cap in issue:
-                for cmd in cap_to_commands(cap, mode=self.mode, now=now, max_ttl_s=self.settings.max_command_ttl_s,
-                                           ends_at=active.event.ends_at):
-                    sent = self._admit(cmd, now)
-                    if any(o.topic == self.topics.commands for o in sent):
-                        active.capped_servers.add(cap.server_id)
-                    out += sent
+            out += self._issue_caps(active, issue, now)
             active.plan = replace(plan, caps=tuple(in_force))
+        return out
+
+    def _issue_caps(self, active: ActiveEmergency, caps: Iterable[GpuCap], now: datetime) -> list[Outgoing]:
+        """Host commands for an emergency's IaaS caps, through the safety gate; remembers the servers to revert."""
+        out: list[Outgoing] = []
+        for cap in caps:
+            for cmd in cap_to_commands(cap, mode=self.mode, now=now, max_ttl_s=self.settings.max_command_ttl_s,
+                                       ends_at=active.event.ends_at):
+                sent = self._admit(cmd, now)
+                if any(o.topic == self.topics.commands for o in sent):
+                    active.capped_servers.add(cap.server_id)
+                out += sent
         return out
 
     def _clear(self, ev: ControlEvent, now: datetime) -> list[Outgoing]:

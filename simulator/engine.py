@@ -377,23 +377,32 @@ class Simulation:
         """
         gp = np.repeat(self.idle[:, None], self.G, axis=1)
         busy = np.zeros(self.N)
-        has_vm = self.gpu_vm >= 0
-        if has_vm.any():
-            v = self.gpu_vm[has_vm]
-            rows, _ = np.nonzero(has_vm)
-            u = vm_util(0.0, self.vms.util_mean[v], self.vms.osc_period_s[v], self.vms.osc_phase[v])
+        has_vm, rows, u = self._vm_gpus(0.0)
+        if rows.size:
             gp[has_vm] = self.idle[rows] + (self.tdp[rows] - self.idle[rows]) * u
             np.add.at(busy, rows, u / self.G)
         if self.I:
             gp[self.inst_server] = np.maximum(self.inst_power, self.idle[self.inst_server])[:, None]
             busy[self.inst_server] = self.p.target_saas_util
+        self._set_power(gp, busy)
+        self.server_power_hi = self.server_power.copy()
+        self.row_power_hi = self.row_power.copy()
+        self.zone_heat_hi = self.zone_heat.copy()
+
+    def _vm_gpus(self, t: float) -> tuple[npt.NDArray[np.bool_], I64, F]:
+        """The GPUs IaaS VMs hold (mask), their servers (in mask order) and their VMs' utilisation at ``t``."""
+        has_vm = self.gpu_vm >= 0
+        v = self.gpu_vm[has_vm]
+        rows, _ = np.nonzero(has_vm)
+        u = vm_util(t, self.vms.util_mean[v], self.vms.osc_period_s[v], self.vms.osc_phase[v]) if v.size else np.zeros(0)
+        return has_vm, rows.astype(np.int64), u
+
+    def _set_power(self, gp: F, busy: F) -> None:
+        """Per-GPU power and CPU busy share -> server, row and zone power (the forecast-high envelopes aside)."""
         self.gpu_power = gp
         self.server_power = pw.server_power_w(self.base_w, busy, gp.sum(axis=1))
         self.row_power = pw.row_power_w(self.server_power, self.srv_row, self.R)
         self.zone_heat = _fsum(self.srv_zone, self.server_power, self.Z)
-        self.server_power_hi = self.server_power.copy()
-        self.row_power_hi = self.row_power.copy()
-        self.zone_heat_hi = self.zone_heat.copy()
 
     def _free_gpus(self) -> I64:
         used = (self.gpu_vm >= 0).sum(axis=1) + np.where(self.srv_inst >= 0, self.G, 0)
@@ -818,11 +827,8 @@ class Simulation:
             self.inst_power = p_inst
         gp = np.repeat(self.idle[:, None], self.G, axis=1)
         busy = np.zeros(self.N)
-        has_vm = self.gpu_vm >= 0
-        if has_vm.any():
-            v = self.gpu_vm[has_vm]
-            rows, _ = np.nonzero(has_vm)
-            u = vm_util(t, self.vms.util_mean[v], self.vms.osc_period_s[v], self.vms.osc_phase[v])
+        has_vm, rows, u = self._vm_gpus(t)
+        if rows.size:
             f_vm = gpu_f[has_vm]
             lim = self.pol_plimit[has_vm]
             idle_v = self.idle[rows]
@@ -836,10 +842,7 @@ class Simulation:
         if n_inst:
             gp[self.inst_server] = self.inst_power[:, None]
             busy[self.inst_server] = np.clip(self.inst_busy_pre + np.where(serving, dec_busy, 0.0), 0, 1)
-        self.gpu_power = gp
-        self.server_power = pw.server_power_w(self.base_w, busy, gp.sum(axis=1))
-        self.row_power = pw.row_power_w(self.server_power, self.srv_row, self.R)
-        self.zone_heat = _fsum(self.srv_zone, self.server_power, self.Z)
+        self._set_power(gp, busy)
         decay = dt / self.p.power_forecast_decay_s
         self.server_power_hi = np.maximum(self.server_power, self.server_power_hi - (self.server_power_hi - self.server_power) * decay)
         self.row_power_hi = np.maximum(self.row_power, self.row_power_hi - (self.row_power_hi - self.row_power) * decay)
