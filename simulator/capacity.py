@@ -63,8 +63,13 @@ def search_capacity(
     tolerance: Tolerance | None = None,
     params: SimParams | None = None,
     progress: Callable[[str], None] | None = None,
+    past_failure: int = 0,
 ) -> dict[str, Any]:
-    """Raise racks per row until each policy breaks; return the ``tapas simulate capacity`` JSON."""
+    """Raise racks per row until each policy breaks; return the ``tapas simulate capacity`` JSON.
+
+    ``past_failure`` more sizes are run after a policy's first failure (they do not change its
+    maximum, which is the largest size before the first failure): how far past the edge it is.
+    """
     tol = tolerance or Tolerance()
     layout = _read_layout(DEFAULT_CLUSTER_FILE)
     spr = int(layout["servers_per_rack"])
@@ -81,6 +86,7 @@ def search_capacity(
         best = 0
         steps: list[dict[str, Any]] = []
         racks = base_racks
+        failed_at: int | None = None
         while racks <= max_racks:
             topo = build_topology(**{**layout, "num_servers": rows * spr * racks, "racks_per_row": racks,
                                      "row_budget_w": row_budget, "zone_capacity_w": zone_cap * zone_rows / rows_per_zone
@@ -90,12 +96,18 @@ def search_capacity(
             steps.append({"servers_per_domain": spr * racks, "passed": ok, "why": why,
                           "slo_attainment": res.metrics["slo_attainment"],
                           "throttled_gpu_seconds": res.metrics["throttled_gpu_seconds"],
-                          "peak_row_power_frac": res.metrics["peak_row_power_frac"]})
+                          "peak_row_power_frac": res.metrics["peak_row_power_frac"],
+                          "mean_row_power_w": res.info["mean_row_power_w"],
+                          "mean_saas_gpu_power_w": res.info["mean_saas_gpu_power_w"]})
             if progress:
                 progress(f"{name}: {spr * racks} servers/domain → {'pass' if ok else 'FAIL'} ({why})")
-            if not ok:
-                break
-            best = spr * racks
+            if not ok and failed_at is None:
+                failed_at = len(steps) - 1
+            if failed_at is not None:
+                if len(steps) - failed_at > past_failure:
+                    break
+            else:
+                best = spr * racks
             racks += step_racks
         out["policies"][name] = {"max_servers_per_domain": best, "steps": steps}
     b = out["policies"].get("baseline", {}).get("max_servers_per_domain")

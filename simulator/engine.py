@@ -329,6 +329,9 @@ class Simulation:
         self.srv_inst = np.full(N, -1, dtype=np.int64)
         self.initialised = False
         self.in_use_gpu_s = 0.0
+        self._power_parts_w = np.zeros(4)
+        """Summed over ticks: servers' base, CPU/fan dynamic, GPUs of non-SaaS servers, GPUs of SaaS servers."""
+        self._power_ticks = 0
         self._id_cache: dict[str, tuple[npt.NDArray[Any], tuple[str, ...]]] = {}
         self.routing: dict[str, RoutingDecision] = {}
         self.demand_ewma = np.zeros(self.E)
@@ -843,6 +846,11 @@ class Simulation:
             gp[self.inst_server] = self.inst_power[:, None]
             busy[self.inst_server] = np.clip(self.inst_busy_pre + np.where(serving, dec_busy, 0.0), 0, 1)
         self._set_power(gp, busy)
+        gsum = gp.sum(axis=1)
+        on_saas = self.srv_inst >= 0
+        self._power_parts_w += (float(self.base_w.sum()), float((self.server_power - self.base_w - gsum).sum()),
+                                float(gsum[~on_saas].sum()), float(gsum[on_saas].sum()))
+        self._power_ticks += 1
         decay = dt / self.p.power_forecast_decay_s
         self.server_power_hi = np.maximum(self.server_power, self.server_power_hi - (self.server_power_hi - self.server_power) * decay)
         self.row_power_hi = np.maximum(self.row_power, self.row_power_hi - (self.row_power_hi - self.row_power) * decay)
@@ -1095,6 +1103,11 @@ class Simulation:
             "slowdown_temp_c": float(self.slowdown.min()),
             "in_use_gpu_seconds": self.in_use_gpu_s,
             "trace": self.trace.path,
+            # Where a row's power goes, on average: what bounds how many servers a budget can hold.
+            "mean_row_power_w": dict(zip(("base", "cpu", "non_saas_gpus", "saas_gpus"),
+                                         (self._power_parts_w / max(self._power_ticks * self.R, 1)).round(1).tolist(),
+                                         strict=True)),
+            "mean_saas_gpu_power_w": round(float(self._power_parts_w[3] / max(self._power_ticks * self.I * self.G, 1)), 1),
         }
         return RunResult(policy=self.policy_name, scenario=self.scenario.name, seed=self.seed,
                          hours=self.duration_s / 3600.0, num_servers=self.N,

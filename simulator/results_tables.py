@@ -46,6 +46,16 @@ def capacity_section(cap: dict[str, Any]) -> str:
         steps = "; ".join(f"{s['servers_per_domain']}: {'pass' if s['passed'] else 'FAIL ' + s['why']}"
                           for s in v["steps"])
         out.append(f"- {name}: max_servers_per_domain = {v['max_servers_per_domain']} ({steps})")
+    rows = [(name, s) for name, v in cap["policies"].items() for s in v["steps"] if "mean_row_power_w" in s]
+    if rows:
+        out.append("\nMean power per row (kW) and per SaaS GPU (W), by policy and size:\n")
+        out.append("| policy | servers | base | CPU | non-SaaS GPUs | SaaS GPUs | W per SaaS GPU | SLO |")
+        out.append("|---|---|---|---|---|---|---|---|")
+        for name, s in rows:
+            w = s["mean_row_power_w"]
+            out.append(f"| {name} | {s['servers_per_domain']} | {w['base'] / 1e3:.1f} | {w['cpu'] / 1e3:.1f} | "
+                       f"{w['non_saas_gpus'] / 1e3:.1f} | {w['saas_gpus'] / 1e3:.1f} | {s['mean_saas_gpu_power_w']:.0f} | "
+                       f"{s['slo_attainment']:.3f} |")
     ratio = cap.get("ratio")
     out.append(f"\nratio (tapas / baseline) = {ratio:.3f}" if ratio is not None else "\nratio: not computed")
     return "\n".join(out) + "\n"

@@ -138,6 +138,8 @@ def capacity(
     oversubscription: float = typer.Option(1.0, "--oversubscription", help="Base rows' nameplate / budget."),
     seed: int = typer.Option(0, "--seed"),
     max_racks: int = typer.Option(30, "--max-racks", help="Stop the search at this many racks per row."),
+    past_failure: int = typer.Option(0, "--past-failure", min=0,
+                                     help="Sizes to run after a policy's first failure (to see how far past its edge)."),
     json_out: Path = typer.Option(None, "--json", help="Write the capacity JSON here."),
 ) -> None:
     """Add servers per power domain (same budgets and cooling) until each policy breaks the tolerance."""
@@ -148,7 +150,8 @@ def capacity(
     if bad:
         raise typer.BadParameter(f"unknown policies {bad}", param_hint="--policies")
     out = search_capacity(chosen, trace_path=_trace(trace), hours=hours, seed=seed, rows=rows,
-                          oversubscription=oversubscription, max_racks=max_racks, progress=console.print)
+                          oversubscription=oversubscription, max_racks=max_racks, past_failure=past_failure,
+                          progress=console.print)
     table = Table("policy", "max_servers_per_domain", title="capacity at equal tolerance")
     for n, v in out["policies"].items():
         table.add_row(n, str(v["max_servers_per_domain"]))
