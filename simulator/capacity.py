@@ -81,7 +81,8 @@ def search_capacity(
     zone_rows = min(rows, rows_per_zone)
     trace = load_trace(trace_path)
     out: dict[str, Any] = {"policies": {}, "tolerance": tol.__dict__, "row_budget_w": row_budget,
-                           "zone_capacity_w": zone_cap, "hours": hours, "seed": seed, "scenario": scenario}
+                           "zone_capacity_w": zone_cap, "hours": hours, "seed": seed, "scenario": scenario,
+                           "past_failure": past_failure}
     for name in policies:
         best = 0
         steps: list[dict[str, Any]] = []

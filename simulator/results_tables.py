@@ -39,8 +39,9 @@ def scenario_table(result: dict[str, Any]) -> str:
 
 def capacity_section(cap: dict[str, Any]) -> str:
     """The capacity search: each policy's steps and the ratio."""
+    past = f" --past-failure {cap['past_failure']}" if cap.get("past_failure") else ""
     out = [f"`tapas simulate capacity --policies {','.join(cap['policies'])} --rows 2 --hours {cap['hours']:g} "
-           f"--max-racks 24` (row budget {cap['row_budget_w']:.0f} W and zone cooling fixed; tolerance "
+           f"--max-racks 24{past}` (row budget {cap['row_budget_w']:.0f} W and zone cooling fixed; tolerance "
            f"{cap['tolerance']}):\n"]
     for name, v in cap["policies"].items():
         steps = "; ".join(f"{s['servers_per_domain']}: {'pass' if s['passed'] else 'FAIL ' + s['why']}"
