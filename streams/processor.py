@@ -213,11 +213,15 @@ class StreamProcessor:
         """Switch model version; per-server states carry over (same state layout across versions)."""
         self.forecaster = forecaster
 
+    def _now(self) -> datetime:
+        """The injected clock as a UTC datetime (dead letters' ``received_at``, domain forecasts' ``issued_at``)."""
+        return datetime.fromtimestamp(self.clock(), UTC)
+
     # ------------------------------------------------------------------ inputs
     def handle_gpu(self, records: Sequence[RawRecord]) -> BatchOutput:
         """Decode, join, update and forecast a batch of GPU samples."""
         out = BatchOutput()
-        received = datetime.now(UTC)
+        received = self._now()
         changed: set[int] = set()
         self._row_power_cache.clear()  # PDU readings may have changed since the last batch
         for rec in records:
@@ -263,7 +267,7 @@ class StreamProcessor:
     def handle_inlet(self, records: Sequence[RawRecord]) -> BatchOutput:
         """Keep the newest inlet reading per server (joined into the next GPU sample)."""
         out = BatchOutput()
-        received = datetime.now(UTC)
+        received = self._now()
         for rec in records:
             try:
                 sample = decode(InletSample, rec.value)
@@ -287,7 +291,7 @@ class StreamProcessor:
     def handle_pdu(self, records: Sequence[RawRecord]) -> BatchOutput:
         """Keep the newest measured power of every PDU (every worker sees every PDU)."""
         out = BatchOutput()
-        received = datetime.now(UTC)
+        received = self._now()
         for rec in records:
             try:
                 sample = decode(PduPowerSample, rec.value)
@@ -422,4 +426,4 @@ class StreamProcessor:
         at = self.stream_time_s
         fresh_pdus = {p: w for p, (w, t) in self.pdu_power.items()
                       if math.isnan(at) or abs(at - t) <= self.windows.power_max_age_s}
-        return self.combiner.combine(issued_at=datetime.now(UTC), pdu_power_w=fresh_pdus)
+        return self.combiner.combine(issued_at=self._now(), pdu_power_w=fresh_pdus)

@@ -259,3 +259,18 @@ def test_partials_wire_form_reads_rows_and_the_older_objects_and_refuses_foreign
     for bad in (b'[["w1", "pdu"]]', b'[["w1", "shelf", "p1", 5, 3, 900, null, [], [], []]]', b'[7]'):
         with pytest.raises((ValueError, KeyError, TypeError)):
             partials_from_bytes(bad)
+
+
+def test_dead_letters_and_domain_forecasts_take_their_time_from_the_injected_clock() -> None:
+    topo = default_topology(2)
+    proc = StreamProcessor(TopologyView.from_topology(topo, inlet_limit_c=27.0), OnlineForecaster(),
+                           horizons_s=[10, 60, 300], clock=lambda: T0.timestamp())
+    out = proc.handle_gpu([RawRecord(b"k", b"{not json", "tapas.telemetry.gpu", 0, 1)])
+    assert decode(DeadLetter, out.dead_letters[0][1]).received_at == T0
+    tel = SyntheticTelemetry(topo.server_ids, pdu_of={s.server_id: s.pdu_id for s in topo.servers},
+                             start_at=T0, seed=1, inlet_every=1, pdu_every=1)
+    _step(proc, tel)
+    for part in proc.domain_partials():
+        proc.combiner.add(part)
+    issued = {d.issued_at for d in proc.domain_forecasts()}
+    assert issued == {T0}
