@@ -508,9 +508,9 @@ class Controller:
     def _emergency_feedback(self, snap: Snapshot, now: datetime) -> list[Outgoing]:
         """Close the loop on active plans' IaaS caps from what the rows and inlets measure now.
 
-        The same core functions as the simulator's ``tapas`` policy: ``rebalance_iaas_caps`` hands a
-        power plan's surplus back to (or takes more from) the capped VMs, ``tighten_cooling_caps``
-        caps VMs that the measured inlet of a failed zone now puts over the slowdown line. Only
+        The same core function as the simulator's ``tapas`` policy, ``feedback_caps``: a power plan's
+        surplus goes back to (or more is taken from) the capped VMs, and VMs that the measured inlet of
+        a failed zone now puts over the slowdown line are capped. Only
         limits that moved by at least ``FEEDBACK_MIN_STEP_W`` become commands; a lifted cap becomes a
         limit at the GPU's TDP (the server's other caps stay; all are reverted when the emergency ends).
         """
@@ -521,18 +521,10 @@ class Controller:
             plan = active.plan
             if plan is None:
                 continue
-            e = plan.emergency
-            if e.kind == "power" and plan.caps:
-                budget = snap.row_budget_w.astype(float).copy()
-                frac = e.budget_frac if e.budget_frac is not None else 0.75
-                if e.domain_kind == "cluster":
-                    budget *= frac
-                else:
-                    budget[e.domain_index] *= frac
-                new = core_emergency.rebalance_iaas_caps(snap, plan, now_s=snap.now_s, budget_w=budget)
-            elif e.kind == "cooling":
-                new = core_emergency.tighten_cooling_caps(snap, plan, now_s=snap.now_s)
-            else:
+            # The live snapshot shows nominal budgets; the plan was made against the reduced ones.
+            new = core_emergency.feedback_caps(
+                snap, plan, now_s=snap.now_s, budget_w=core_emergency.emergency_budget_w(snap.row_budget_w, plan.emergency))
+            if new is None:
                 continue
             old = {c.vm_id: c for c in plan.caps}
             kept = {c.vm_id for c in new}

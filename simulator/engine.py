@@ -329,6 +329,9 @@ class Simulation:
         self.srv_inst = np.full(N, -1, dtype=np.int64)
         self.initialised = False
         self.in_use_gpu_s = 0.0
+        self._start_rolled = False
+        self._start_dirty: list[int] = []
+        """Servers placed on before the first tick whose start power is not yet accounted (``_running_power_at_start``)."""
         self._power_parts_w = np.zeros(4)
         """Summed over ticks: servers' base, CPU/fan dynamic, GPUs of non-SaaS servers, GPUs of SaaS servers."""
         self._power_ticks = 0
@@ -376,18 +379,32 @@ class Simulation:
 
         Without it every initial placement would see an idle cluster (no tick has run), and a power-aware
         policy could not spread the initial VMs by power. SaaS instances draw their placement request's
-        expected power; IaaS VMs their utilisation at t = 0.
+        expected power; IaaS VMs their utilisation at t = 0. Only the servers placed on since the last call
+        (``_start_dirty``) are recomputed, then the row and zone sums: start-up stays linear in the cluster.
         """
-        gp = np.repeat(self.idle[:, None], self.G, axis=1)
-        busy = np.zeros(self.N)
-        has_vm, rows, u = self._vm_gpus(0.0)
-        if rows.size:
-            gp[has_vm] = self.idle[rows] + (self.tdp[rows] - self.idle[rows]) * u
-            np.add.at(busy, rows, u / self.G)
-        if self.I:
-            gp[self.inst_server] = np.maximum(self.inst_power, self.idle[self.inst_server])[:, None]
-            busy[self.inst_server] = self.p.target_saas_util
-        self._set_power(gp, busy)
+        if not self._start_rolled:
+            self._set_power(np.repeat(self.idle[:, None], self.G, axis=1), np.zeros(self.N))
+            self._start_rolled = True
+        for s in self._start_dirty:
+            gp_s = np.full(self.G, self.idle[s])
+            busy_s = 0.0
+            vm = self.gpu_vm[s]
+            held = vm >= 0
+            if held.any():
+                u = vm_util(0.0, self.vms.util_mean[vm[held]], self.vms.osc_period_s[vm[held]], self.vms.osc_phase[vm[held]])
+                gp_s[held] = self.idle[s] + (self.tdp[s] - self.idle[s]) * u
+                for x in u / self.G:  # summed in GPU order, as the tick does
+                    busy_s += float(x)
+            i = int(self.srv_inst[s])
+            if i >= 0:
+                gp_s[:] = max(float(self.inst_power[i]), float(self.idle[s]))
+                busy_s = self.p.target_saas_util
+            self.gpu_power[s] = gp_s
+            self.server_power[s] = pw.server_power_w(self.base_w[s: s + 1], np.asarray([busy_s]),
+                                                     self.gpu_power[s: s + 1].sum(axis=1))[0]
+        self._start_dirty.clear()
+        self.row_power = pw.row_power_w(self.server_power, self.srv_row, self.R)
+        self.zone_heat = _fsum(self.srv_zone, self.server_power, self.Z)
         self.server_power_hi = self.server_power.copy()
         self.row_power_hi = self.row_power.copy()
         self.zone_heat_hi = self.zone_heat.copy()
@@ -400,12 +417,17 @@ class Simulation:
         u = vm_util(t, self.vms.util_mean[v], self.vms.osc_period_s[v], self.vms.osc_phase[v]) if v.size else np.zeros(0)
         return has_vm, rows.astype(np.int64), u
 
-    def _set_power(self, gp: F, busy: F) -> None:
-        """Per-GPU power and CPU busy share -> server, row and zone power (the forecast-high envelopes aside)."""
+    def _set_power(self, gp: F, busy: F) -> F:
+        """Per-GPU power and CPU busy share -> server, row and zone power (the forecast-high envelopes aside).
+
+        Returns each server's GPU power sum.
+        """
         self.gpu_power = gp
-        self.server_power = pw.server_power_w(self.base_w, busy, gp.sum(axis=1))
+        gsum: F = gp.sum(axis=1)
+        self.server_power = pw.server_power_w(self.base_w, busy, gsum)
         self.row_power = pw.row_power_w(self.server_power, self.srv_row, self.R)
         self.zone_heat = _fsum(self.srv_zone, self.server_power, self.Z)
+        return gsum
 
     def _free_gpus(self) -> I64:
         used = (self.gpu_vm >= 0).sum(axis=1) + np.where(self.srv_inst >= 0, self.G, 0)
@@ -439,6 +461,7 @@ class Simulation:
                 eps.append(ei)
                 powers.append(exp_power[ei])
                 self.srv_inst[s] = len(servers) - 1
+                self._start_dirty.append(s)
                 self.inst_server = np.asarray(servers, dtype=np.int64)
                 self.inst_endpoint = np.asarray(eps, dtype=np.int64)
                 self.inst_cfg = self.ep_default_cfg[self.inst_endpoint]
@@ -555,6 +578,8 @@ class Simulation:
             self.gpu_vm[s, slots] = i
             self.vm_server[i] = s
             self.vm_active[i] = True
+            if not self.initialised:
+                self._start_dirty.append(s)
 
     def _vm_departures(self, t: float) -> None:
         gone = self.vm_active & (self.vm_end <= t)
@@ -845,8 +870,7 @@ class Simulation:
         if n_inst:
             gp[self.inst_server] = self.inst_power[:, None]
             busy[self.inst_server] = np.clip(self.inst_busy_pre + np.where(serving, dec_busy, 0.0), 0, 1)
-        self._set_power(gp, busy)
-        gsum = gp.sum(axis=1)
+        gsum = self._set_power(gp, busy)
         on_saas = self.srv_inst >= 0
         self._power_parts_w += (float(self.base_w.sum()), float((self.server_power - self.base_w - gsum).sum()),
                                 float(gsum[~on_saas].sum()), float(gsum[on_saas].sum()))

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from controller.core.catalogue import Catalogue
-from controller.core.emergency import plan_emergency, rebalance_iaas_caps, tighten_cooling_caps
+from controller.core.emergency import feedback_caps, plan_emergency
 from controller.core.placement import rank_servers
 from controller.core.reconfigure import plan_reconfiguration
 from controller.core.routing import routing_weights
@@ -255,20 +255,17 @@ class TapasPolicy:
         return inlet
 
     def _feedback_caps(self, snapshot: Snapshot, now: float, *, skip: set[int]) -> tuple[list[GpuCap], list[int]]:
-        """Close the loop on emergency plans' IaaS limits: measured row power for power plans
-        (``rebalance_iaas_caps``), measured inlet for cooling plans (``tighten_cooling_caps``)."""
+        """Close the loop on emergency plans' IaaS limits from measured row power and inlet (``feedback_caps``)."""
         caps: list[GpuCap] = []
         lifted: list[int] = []
         seen: set[int] = set()
         for eid, plan in list(self._plans.items()):
             if id(plan) in skip or id(plan) in seen:
                 continue
-            if plan.emergency.kind == "power" and plan.caps:
-                new = rebalance_iaas_caps(snapshot, plan, now_s=now, budget_w=snapshot.row_budget_w,
-                                          margin_frac=self.k.feedback_margin_frac, step_frac=self.k.feedback_step_frac)
-            elif plan.emergency.kind == "cooling":
-                new = tighten_cooling_caps(snapshot, plan, now_s=now)
-            else:
+            # The engine's snapshot already shows the reduced budget.
+            new = feedback_caps(snapshot, plan, now_s=now, budget_w=snapshot.row_budget_w,
+                                margin_frac=self.k.feedback_margin_frac, step_frac=self.k.feedback_step_frac)
+            if new is None:
                 continue
             seen.add(id(plan))
             kept = {c.vm_id for c in new}

@@ -24,6 +24,7 @@ from controller.core.catalogue import Catalogue
 from controller.core.headroom import thermal_offset_c
 from controller.core.reconfigure import build_option_matrix, plan_reconfiguration
 from controller.core.snapshot import (
+    BoolArray,
     ConfigChange,
     Emergency,
     EmergencyPlan,
@@ -39,6 +40,9 @@ APPLY_LATENCY_S = 2.0
 
 DEFAULT_EMERGENCY_S = 300.0
 """Assumed duration when an emergency has no announced end (the paper's power failure lasts 5 minutes)."""
+
+DEFAULT_BUDGET_FRAC = 0.75
+"""Assumed share of the budget left when a power emergency does not state one (the paper's lost UPS)."""
 
 DEFAULT_SUPPLY_RISE_C = 8.0
 """Assumed inlet rise of a failed cooling zone when the event does not state one."""
@@ -91,6 +95,52 @@ def plan_emergency(
     return _plan_cooling(snapshot, catalogue, emergency, now_s=now_s, params=p)
 
 
+def emergency_budget_w(row_budget_w: FloatArray, emergency: Emergency) -> FloatArray:
+    """Per-row budgets while a power emergency holds: its rows (or every row) cut to ``budget_frac``."""
+    budget = np.asarray(row_budget_w, dtype=np.float64).copy()
+    if emergency.kind != "power":
+        return budget
+    frac = emergency.budget_frac if emergency.budget_frac is not None else DEFAULT_BUDGET_FRAC
+    if emergency.domain_kind == "cluster":
+        budget *= frac
+    else:
+        budget[emergency.domain_index] *= frac
+    return budget
+
+
+def feedback_caps(
+    snapshot: Snapshot,
+    plan: EmergencyPlan,
+    *,
+    now_s: float,
+    budget_w: FloatArray,
+    margin_frac: float = POWER_MARGIN_FRAC,
+    step_frac: float = 0.5,
+) -> tuple[GpuCap, ...] | None:
+    """The IaaS caps a plan should have now, from what is measured: ``rebalance_iaas_caps`` for a power plan
+    with caps (``budget_w`` = the reduced budgets), ``tighten_cooling_caps`` for a cooling plan; None when
+    there is nothing to close the loop on. The simulator's ``tapas`` policy and the live controller call it."""
+    if plan.emergency.kind == "power":
+        if not plan.caps:
+            return None
+        return rebalance_iaas_caps(snapshot, plan, now_s=now_s, budget_w=budget_w, margin_frac=margin_frac,
+                                   step_frac=step_frac)
+    return tighten_cooling_caps(snapshot, plan, now_s=now_s)
+
+
+def _zone_mask(snapshot: Snapshot, emergency: Emergency) -> BoolArray:
+    """Servers inside a cooling emergency's domain."""
+    if emergency.domain_kind == "cluster":
+        return np.ones(snapshot.num_servers, dtype=np.bool_)
+    return np.asarray(snapshot.server_zone == emergency.domain_index, dtype=np.bool_)
+
+
+def _floor_w(snapshot: Snapshot, s: int) -> float:
+    """Lowest power limit an IaaS GPU on server ``s`` is given (``MIN_GPU_POWER_FRAC`` above idle)."""
+    idle = float(snapshot.gpu_idle_power_w[s])
+    return idle + MIN_GPU_POWER_FRAC * (float(snapshot.gpu_tdp_w[s]) - idle)
+
+
 def _until(emergency: Emergency, now_s: float) -> float:
     return emergency.ends_at_s if emergency.ends_at_s is not None else now_s + DEFAULT_EMERGENCY_S
 
@@ -129,10 +179,9 @@ def _saas_relaxed(snapshot: Snapshot, catalogue: Catalogue, changes: list[Config
 def _plan_power(
     snapshot: Snapshot, catalogue: Catalogue, emergency: Emergency, *, now_s: float, params: ReconfigParams
 ) -> EmergencyPlan:
-    frac = emergency.budget_frac if emergency.budget_frac is not None else 0.75
+    frac = emergency.budget_frac if emergency.budget_frac is not None else DEFAULT_BUDGET_FRAC
     rows = np.arange(len(snapshot.row_ids)) if emergency.domain_kind == "cluster" else np.asarray([emergency.domain_index])
-    budget = snapshot.row_budget_w.astype(np.float64).copy()
-    budget[rows] *= frac
+    budget = emergency_budget_w(snapshot.row_budget_w, emergency)
     until_s = _until(emergency, now_s)
 
     changes = plan_reconfiguration(
@@ -241,11 +290,7 @@ def _plan_cooling(
 ) -> EmergencyPlan:
     rise = emergency.supply_temp_rise_c if emergency.supply_temp_rise_c is not None else DEFAULT_SUPPLY_RISE_C
     until_s = _until(emergency, now_s)
-    in_zone = (
-        np.ones(snapshot.num_servers, dtype=np.bool_)
-        if emergency.domain_kind == "cluster"
-        else snapshot.server_zone == emergency.domain_index
-    )
+    in_zone = _zone_mask(snapshot, emergency)
     inlet = np.maximum(snapshot.inlet_hi_c, snapshot.inlet_c) + np.where(in_zone, rise, 0.0)
     planned = plan_reconfiguration(
         snapshot, catalogue, now_s=now_s, params=params, inlet_c=inlet, allow_slow=False, trigger_hint="emergency"
@@ -276,8 +321,7 @@ def _plan_cooling(
         if temp <= limit_c[s]:
             worst_c = max(worst_c, temp)
             continue
-        floor = idle + MIN_GPU_POWER_FRAC * (float(snapshot.gpu_tdp_w[s]) - idle)
-        lim = max((float(limit_c[s]) - base_c) / max(r_th, 1e-6), floor)
+        lim = max((float(limit_c[s]) - base_c) / max(r_th, 1e-6), _floor_w(snapshot, s))
         worst_c = max(worst_c, base_c + r_th * lim)
         perf = float(estimated_perf_frac(np.asarray([lim]), np.asarray([p]), np.asarray([idle]))[0])
         caps.append(
@@ -356,8 +400,7 @@ def rebalance_iaas_caps(
         delta = step_frac * headroom / num
         for c, i in live:
             s = c.server_index
-            idle = float(snapshot.gpu_idle_power_w[s])
-            floor = idle + MIN_GPU_POWER_FRAC * (float(snapshot.gpu_tdp_w[s]) - idle)
+            floor = _floor_w(snapshot, s)
             current = float(vms.power_limit_w[i]) if np.isfinite(vms.power_limit_w[i]) else float(c.power_limit_w or 0.0)
             ceiling = float(vms.expected_gpu_power_w[i]) if vms.expected_gpu_power_w.size else float(snapshot.gpu_tdp_w[s])
             new = max(current + delta, floor)
@@ -388,11 +431,7 @@ def tighten_cooling_caps(
         The caps now in force (the plan's, tightened, plus new ones).
     """
     e = plan.emergency
-    in_zone = (
-        np.ones(snapshot.num_servers, dtype=np.bool_)
-        if e.domain_kind == "cluster"
-        else snapshot.server_zone == e.domain_index
-    )
+    in_zone = _zone_mask(snapshot, e)
     inlet = np.maximum(snapshot.inlet_hi_c, snapshot.inlet_c)
     offset_c = thermal_offset_c(snapshot)
     limit_c = snapshot.slowdown_temp_c - margin_c
@@ -408,10 +447,8 @@ def tighten_cooling_caps(
                 out.append(old)
             continue
         r_th = max(float(snapshot.thermal_resistance_c_per_w[s]), 1e-6)
-        idle = float(snapshot.gpu_idle_power_w[s])
-        floor = idle + MIN_GPU_POWER_FRAC * (float(snapshot.gpu_tdp_w[s]) - idle)
         p = float(max(vms.gpu_power_w[v], vms.expected_gpu_power_w[v] if vms.expected_gpu_power_w.size else 0.0))
-        lim = max((float(limit_c[s]) - float(inlet[s] + offset_c[s])) / r_th, floor)
+        lim = max((float(limit_c[s]) - float(inlet[s] + offset_c[s])) / r_th, _floor_w(snapshot, s))
         current = old.power_limit_w if old is not None and old.power_limit_w is not None else np.inf
         if lim >= min(p, current) - 1.0:
             if old is not None:
