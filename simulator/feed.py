@@ -236,12 +236,22 @@ def record_telemetry(
     policy: str = "baseline",
     trace_path: Path | str | None = None,
     start_epoch_s: float = 1_700_000_000.0,
+    config_sweep_s: float | None = None,
 ) -> Any:
-    """Run a scenario and return a pandas DataFrame, one row per server per tick (``at_s`` in epoch seconds)."""
+    """Run a scenario and return a pandas DataFrame, one row per server per tick (``at_s`` in epoch seconds).
+
+    With ``config_sweep_s`` the policy is wrapped in :class:`simulator.sweep.ConfigSweep`, which
+    moves a tenth of the SaaS instances to other feasible configurations every that many
+    seconds, so the history holds configuration changes to learn from.
+    """
     import pandas as pd
 
     sim = Simulation(topology, scenario, policy, hours=hours, seed=seed, trace_path=trace_path,
                      params=SimParams(tick_s=tick_s))
+    if config_sweep_s is not None:
+        from simulator.sweep import ConfigSweep
+
+        sim.policy = ConfigSweep(sim.policy, sim.catalogue, every_s=config_sweep_s, seed=seed)
     columns = [*OBSERVATION_COLUMNS, *LOCATION_COLUMNS]
     parts: dict[str, list[Any]] = {c: [] for c in columns}
     while not sim.finished:

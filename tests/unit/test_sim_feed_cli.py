@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -87,3 +88,17 @@ def test_demo_without_the_trace_stops_at_once_naming_the_setting(tmp_path: Path,
     assert isinstance(result.exception, ConfigError), result.output
     assert "TAPAS_DATA_DIR" in str(result.exception)
     assert not (tmp_path / "logs").exists()  # nothing was started
+
+
+def test_config_sweep_puts_configuration_changes_in_the_telemetry(tmp_path: Path) -> None:
+    """The forecasting history must hold configuration changes; baseline alone never reconfigures."""
+    kw = {"hours": 0.1, "seed": 3, "scenario": "normal", "trace_path": _trace_csv(tmp_path)}
+
+    def changes(df: pd.DataFrame) -> int:
+        saas = df[df["config_id"].notna()].sort_values(["server_id", "at_s"])
+        return int((saas.groupby("server_id")["config_id"].nunique() - 1).sum())
+
+    assert changes(record_telemetry(default_topology(8), **kw)) == 0
+    swept = record_telemetry(default_topology(8), config_sweep_s=60.0, **kw)
+    assert changes(swept) >= 2
+    assert swept["frequency_cap_mhz"].dropna().nunique() >= 2 or swept["config_id"].dropna().nunique() >= 3
