@@ -43,7 +43,7 @@ def _online_cost_us(df: Any, repeats: int) -> tuple[float, float]:
 def run(quick: bool = False) -> dict[str, Any]:
     servers, hours, folds = (20, 0.5, 2) if quick else (60, 1.5, 3)
     t0 = time.perf_counter()
-    df = simulated_history(servers, hours, seed=0)
+    df = simulated_history(servers, hours, seed=0, config_sweep_s=600.0)  # as `tapas backtest --simulate`
     sim_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     result = run_backtest(df, num_folds=folds, seasonal=False, source="simulator")
@@ -56,6 +56,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         figures[f"gpu_temp_ratio@{h}s"] = row["gpu_temp_mae_c"] / row["gpu_temp_mae_persistence_c"]
         figures[f"gpu_temp_mae_known_power_c@{h}s"] = row["gpu_temp_mae_known_power_c"]
         figures[f"gpu_temp_mae_known_level_c@{h}s"] = row["gpu_temp_mae_known_level_c"]
+        figures[f"gpu_temp_mae_known_5min_level_c@{h}s"] = row["gpu_temp_mae_known_5min_level_c"]
         figures[f"power_mae_frac@{h}s"] = row["power_mae_frac"]
         figures[f"power_mae_persistence_frac@{h}s"] = row["power_mae_persistence_frac"]
         figures[f"power_ratio@{h}s"] = row["power_mae_frac"] / row["power_mae_persistence_frac"]

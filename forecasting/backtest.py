@@ -30,8 +30,7 @@ from forecasting.features import (
     advance_state,
     burstiness,
     feature_vector,
-    physics_gpu_power_w,
-    physics_temp_c,
+    physics_forecast,
 )
 from forecasting.state import OBSERVATION_COLUMNS, ForecasterParams, Observation, ServerModelState
 
@@ -43,6 +42,8 @@ DEFAULT_HORIZONS_S: tuple[float, ...] = (10.0, 60.0, 300.0)
 MOVING_AVERAGE_S = 60.0
 #: Width of the centred window of ``minute_mean_power_w`` (the error a known load level leaves).
 FUTURE_MINUTE_S = 60.0
+#: Width of the centred window behind ``known_5min_level_temp_c`` (a known 5-minute load level).
+FUTURE_5MIN_S = 300.0
 
 
 @dataclass
@@ -71,6 +72,9 @@ class FoldedHistory:
         known_level_temp_c: ``(rows, H)`` the same lag model fed the power that followed smoothed over
             ``FUTURE_MINUTE_S`` (centred): its level and slow changes known, its second-to-second
             fluctuation not — how close a perfect forecast of the load level could get.
+        known_5min_level_temp_c: ``(rows, H)`` the same with the power smoothed over ``FUTURE_5MIN_S``
+            (centred): an oracle that knows the load's 5-minute level ahead (beyond any causal forecast of
+            Poisson-like serving load) but not its minute-to-minute swings.
         minute_mean_power_w: ``(rows, H)`` the actual power's mean over the minute centred on origin + h
             (``FUTURE_MINUTE_S``): what is left to forecast once that minute's mean is known exactly is the
             second-to-second fluctuation inside it, so its MAE shows how much of the error no forecast of the
@@ -96,6 +100,7 @@ class FoldedHistory:
     ma_temp_c: F
     ma_power_w: F
     known_level_temp_c: F
+    known_5min_level_temp_c: F
     minute_mean_power_w: F
     server_ids: list[str] = field(default_factory=list)
 
@@ -119,7 +124,7 @@ class FoldedHistory:
 ROW_ARRAYS: tuple[str, ...] = tuple(f.name for f in fields(FoldedHistory) if f.name not in ("horizons_s", "server_ids"))
 #: Those with one column per horizon, ``(rows, H)``.
 PER_HORIZON_ARRAYS = frozenset({"known_power_temp_c", "phys_temp_c", "phys_pgpu_w", "target_temp_c", "target_power_w",
-                                "known_level_temp_c", "minute_mean_power_w"})
+                                "known_level_temp_c", "known_5min_level_temp_c", "minute_mean_power_w"})
 
 
 def _at_seconds(df: pd.DataFrame) -> pd.Series:
@@ -259,9 +264,9 @@ def fold_history(df: pd.DataFrame, params: ForecasterParams, horizons_s: Sequenc
             base[i] = st.base_w
             burst[i] = burstiness(params, st)
             th[i] = st.th_r, st.th_b
-            for k, h in enumerate(horizons):
-                pt[i, k] = physics_temp_c(params, st, h)
-                pp[i, k] = physics_gpu_power_w(params, st, h)
+            for k, (t_h, p_h) in enumerate(physics_forecast(params, st, horizons)):
+                pt[i, k] = t_h
+                pp[i, k] = p_h
         at = g["at_s"].to_numpy(dtype=float)
         temp = g["hottest_gpu_temp_c"].to_numpy(dtype=float)
         gpu_p = g["gpu_power_w"].to_numpy(dtype=float)
@@ -290,6 +295,8 @@ def fold_history(df: pd.DataFrame, params: ForecasterParams, horizons_s: Sequenc
         parts["known_power_temp_c"].append(_known_power_forecast(params, horizons, temp, pgpu, inlet, th, 2.0 * tol))
         parts["known_level_temp_c"].append(_known_power_forecast(
             params, horizons, temp, _centred_mean(at, pgpu, FUTURE_MINUTE_S), inlet, th, 2.0 * tol))
+        parts["known_5min_level_temp_c"].append(_known_power_forecast(
+            params, horizons, temp, _centred_mean(at, pgpu, FUTURE_5MIN_S), inlet, th, 2.0 * tol))
         parts["features"].append(feats)
         parts["phys_temp_c"].append(pt)
         parts["phys_pgpu_w"].append(pp)
@@ -380,6 +387,7 @@ def score(folded: FoldedHistory, params: ForecasterParams) -> dict[str, Any]:
             "power_mae_future_minute_mean_frac": mae(folded.minute_mean_power_w[:, k], yp, peak),
             "gpu_temp_mae_known_power_c": float(np.nanmean(np.abs(folded.known_power_temp_c[ok, k] - yt[ok]))),
             "gpu_temp_mae_known_level_c": float(np.nanmean(np.abs(folded.known_level_temp_c[ok, k] - yt[ok]))),
+            "gpu_temp_mae_known_5min_level_c": float(np.nanmean(np.abs(folded.known_5min_level_temp_c[ok, k] - yt[ok]))),
             "gpu_temp_coverage_90": cov_t,
             "power_coverage_90": cov_p,
         }
@@ -392,6 +400,11 @@ def score(folded: FoldedHistory, params: ForecasterParams) -> dict[str, Any]:
                 row[f"gpu_temp_mae_persistence_c_{regime}"] = mae(folded.temp_c, yt, ok=sel)
                 row[f"power_mae_frac_{regime}"] = mae(power[:, k], yp, folded.peak_w[sel], ok=sel)
                 row[f"power_mae_persistence_frac_{regime}"] = mae(folded.power_w, yp, folded.peak_w[sel], ok=sel)
+                row[f"power_mae_future_minute_mean_frac_{regime}"] = mae(folded.minute_mean_power_w[:, k], yp,
+                                                                         folded.peak_w[sel], ok=sel)
+                for name, arr in (("known_level", folded.known_level_temp_c),
+                                  ("known_5min_level", folded.known_5min_level_temp_c)):
+                    row[f"gpu_temp_mae_{name}_c_{regime}"] = float(np.nanmean(np.abs(arr[sel, k] - yt[sel])))
     return {"horizons": out, "coverage_90": float(np.mean(covs)) if covs else float("nan")}
 
 

@@ -24,6 +24,12 @@ observation in:
 * position in the row/rack enters through the per-server thermal offset ``b`` and
   resistance ``R`` that recursive least squares learns (a server in a hot spot gets
   a larger ``b`` within minutes).
+
+The physics forecast (:func:`physics_forecast`) the corrections sit on runs the lag
+model along an expected power path: serving load reverts from its 5-second level to
+its 2-minute mean; smooth load follows an oscillation model (:func:`smooth_power_path`),
+a second-order recursion on 30-second means of per-GPU power learned online by RLS,
+which extrapolates drifts and oscillations of VM utilisation and restarts at steps.
 """
 
 from __future__ import annotations
@@ -115,6 +121,7 @@ def _start(params: ForecasterParams, state: ServerModelState, obs: Observation, 
         batch_fast=obs.batch_size,
         freq_cap_mhz=0.0 if obs.frequency_cap_mhz is None else obs.frequency_cap_mhz,
         num_obs=state.num_obs + 1.0, config_key=config_key(obs),
+        **_ar_restart_bucket(params, obs.at_s, pgpu_w),
     )
 
 
@@ -139,6 +146,8 @@ def advance_state(params: ForecasterParams, state: ServerModelState, obs: Observ
     if dt <= 0:
         return state
 
+    key = config_key(obs)
+    changed = key != state.config_key
     a_th = math.exp(-dt / params.tau_thermal_s)
     a_fast = math.exp(-dt / params.tau_fast_s)
     a_slow = math.exp(-dt / params.tau_slow_s)
@@ -168,9 +177,8 @@ def advance_state(params: ForecasterParams, state: ServerModelState, obs: Observ
 
     # Load->power RLS per GPU (same filter): pgpu = c0 + c1 * prefill_ktok/gpu + c2 * decode_ktok/gpu.
     # Unrolled 3x3 algebra: this runs per sample in the worker.
-    key = config_key(obs)
     v0, v1, v2 = params.prior_var_power
-    if key != state.config_key:  # new configuration: keep the map as a start, forget its certainty
+    if changed:  # new configuration: keep the map as a start, forget its certainty
         m00, m01, m02, m11, m12, m22 = v0, 0.0, 0.0, v1, 0.0, v2
     else:
         m00, m01, m02 = state.pw_p00 + q * v0, state.pw_p01, state.pw_p02
@@ -225,7 +233,146 @@ def advance_state(params: ForecasterParams, state: ServerModelState, obs: Observ
         pjit_w=_ewma(state.pjit_w, min(abs(pgpu - state.pgpu_w), params.jitter_clip_w), dt, params.tau_jitter_s),
         pgpu_w=pgpu,
         config_key=key,
+        # a new configuration steps the power level: the oscillation model restarts rather than fit across it
+        **(_ar_restart_bucket(params, obs.at_s, pgpu) if changed else _ar_fold(params, state, obs.at_s, pgpu)),
     )
+
+
+# ---- the oscillation model: per-GPU power averaged over buckets, a second-order recursion fitted online
+#
+# Smooth (VM-like) load is not flat: utilisation drifts and oscillates over tens of minutes, so
+# persistence errs by several per cent of peak power at 300 s. A second-order recursion on bucket
+# means, ``y[k+1] - y[k] = phi * (y[k] - y[k-1]) + kap * (y[k] - ref) + c`` (coefficients stored
+# scaled by 100 for conditioning), represents a level, a trend and an oscillation of any period,
+# and multi-step extrapolation of it is the forecast. It is learned by RLS with forgetting; a jump
+# between buckets larger than ``ar_reset_w`` (a VM arrived or left, a configuration changed) restarts
+# it from the new level, and a fit whose recursion would grow (spectral radius above
+# ``ar_max_radius``) is not extrapolated.
+
+
+def _ar_prior(params: ForecasterParams) -> dict[str, float]:
+    v = params.ar_prior_var
+    return {"ar_phi": 0.0, "ar_kap": 0.0, "ar_c": 0.0, "ar_p00": v, "ar_p01": 0.0, "ar_p02": 0.0,
+            "ar_p11": v, "ar_p12": 0.0, "ar_p22": v}
+
+
+def _ar_bucket_start(params: ForecasterParams, at_s: float) -> float:
+    return math.floor(at_s / params.ar_bucket_s) * params.ar_bucket_s
+
+
+def _ar_restart_bucket(params: ForecasterParams, at_s: float, pgpu_w: float) -> dict[str, float]:
+    """An empty oscillation model with a bucket just opened at ``at_s``."""
+    return {"ar_bucket_s": _ar_bucket_start(params, at_s), "ar_sum_w": pgpu_w, "ar_cnt": 1.0, "ar_y0": 0.0,
+            "ar_y1": 0.0, "ar_ref": 0.0, "ar_n": 0.0, **_ar_prior(params)}
+
+
+def _ar_fold(params: ForecasterParams, state: ServerModelState, at_s: float, pgpu_w: float) -> dict[str, float]:
+    """The ``ar_*`` fields after one sample: accumulate it, or close the bucket and update the recursion."""
+    b = _ar_bucket_start(params, at_s)
+    if state.ar_cnt <= 0.0:
+        return _ar_restart_bucket(params, at_s, pgpu_w)
+    if b <= state.ar_bucket_s:
+        return {"ar_bucket_s": state.ar_bucket_s, "ar_sum_w": state.ar_sum_w + pgpu_w,
+                "ar_cnt": state.ar_cnt + 1.0, "ar_y0": state.ar_y0, "ar_y1": state.ar_y1, "ar_ref": state.ar_ref,
+                "ar_n": state.ar_n, "ar_phi": state.ar_phi, "ar_kap": state.ar_kap, "ar_c": state.ar_c,
+                "ar_p00": state.ar_p00, "ar_p01": state.ar_p01, "ar_p02": state.ar_p02,
+                "ar_p11": state.ar_p11, "ar_p12": state.ar_p12, "ar_p22": state.ar_p22}
+    y = state.ar_sum_w / state.ar_cnt
+    opened = {"ar_bucket_s": b, "ar_sum_w": pgpu_w, "ar_cnt": 1.0}
+    skipped = b > state.ar_bucket_s + 1.5 * params.ar_bucket_s
+    if state.ar_n <= 0.0 or skipped or abs(y - state.ar_y1) > params.ar_reset_w:
+        # restart from this bucket: a step (or missing buckets) breaks the recursion's lags
+        return {**opened, "ar_y0": y, "ar_y1": y, "ar_ref": y, "ar_n": 1.0, **_ar_prior(params)}
+    phi, kap, c = state.ar_phi, state.ar_kap, state.ar_c
+    p00, p01, p02 = state.ar_p00, state.ar_p01, state.ar_p02
+    p11, p12, p22 = state.ar_p11, state.ar_p12, state.ar_p22
+    if state.ar_n >= 2.0:
+        lam = params.ar_forgetting
+        x0, x1 = (state.ar_y1 - state.ar_y0) / 100.0, (state.ar_y1 - state.ar_ref) / 100.0
+        q0 = p00 * x0 + p01 * x1 + p02
+        q1 = p01 * x0 + p11 * x1 + p12
+        q2 = p02 * x0 + p12 * x1 + p22
+        s = lam + x0 * q0 + x1 * q1 + q2
+        e = (y - state.ar_y1) - (phi * x0 + kap * x1 + c)
+        k0, k1, k2 = q0 / s, q1 / s, q2 / s
+        phi, kap, c = phi + k0 * e, kap + k1 * e, c + k2 * e
+        p00, p01, p02 = (p00 - k0 * q0) / lam, (p01 - k0 * q1) / lam, (p02 - k0 * q2) / lam
+        p11, p12, p22 = (p11 - k1 * q1) / lam, (p12 - k1 * q2) / lam, (p22 - k2 * q2) / lam
+        # unexcited directions grow by 1/lam per bucket: scale back to the prior (congruence keeps P PSD)
+        v = params.ar_prior_var
+        d0 = math.sqrt(v / p00) if p00 > v else 1.0
+        d1 = math.sqrt(v / p11) if p11 > v else 1.0
+        d2 = math.sqrt(v / p22) if p22 > v else 1.0
+        p00, p01, p02 = max(p00 * d0 * d0, 1e-12), p01 * d0 * d1, p02 * d0 * d2
+        p11, p12, p22 = max(p11 * d1 * d1, 1e-12), p12 * d1 * d2, max(p22 * d2 * d2, 1e-12)
+    return {**opened, "ar_y0": state.ar_y1, "ar_y1": y, "ar_ref": state.ar_ref, "ar_n": state.ar_n + 1.0,
+            "ar_phi": phi, "ar_kap": kap, "ar_c": c, "ar_p00": p00, "ar_p01": p01, "ar_p02": p02,
+            "ar_p11": p11, "ar_p12": p12, "ar_p22": p22}
+
+
+def ar_spectral_radius(state: ServerModelState) -> float:
+    """Largest root modulus of the fitted recursion ``z² - (1 + phi + kap) z + phi`` (1 = persistence)."""
+    phi, kap = state.ar_phi / 100.0, state.ar_kap / 100.0
+    a1 = 1.0 + phi + kap
+    disc = a1 * a1 - 4.0 * phi
+    if disc < 0.0:
+        return math.sqrt(phi)  # complex pair: |z|² = product of the roots = phi (> 0 here)
+    r = math.sqrt(disc)
+    return max(abs(a1 + r), abs(a1 - r)) / 2.0
+
+
+def smooth_power_path(params: ForecasterParams, state: ServerModelState,
+                      horizon_s: float) -> list[tuple[float, float]]:
+    """Knots ``(seconds ahead, per-GPU W)`` of the smooth-load power path out to ``horizon_s``.
+
+    Starts at the last reading; then the recursion's bucket means at the bucket centres ahead,
+    held after the last knot. A single knot (persistence) while the model has fewer than
+    ``ar_min_buckets`` buckets since its last restart, when its fit would grow, or when the last
+    reading already stepped away from the last bucket (the restart is due at the bucket's close).
+    """
+    knots = [(0.0, state.pgpu_w)]
+    if (state.ar_n < params.ar_min_buckets or abs(state.pgpu_w - state.ar_y1) > params.ar_reset_w
+            or ar_spectral_radius(state) > params.ar_max_radius):
+        return knots
+    phi, kap, c, ref = state.ar_phi / 100.0, state.ar_kap / 100.0, state.ar_c, state.ar_ref
+    y0, y1 = state.ar_y0, state.ar_y1
+    centre = state.ar_bucket_s + 0.5 * params.ar_bucket_s
+    while True:
+        y0, y1 = y1, y1 + phi * (y1 - y0) + kap * (y1 - ref) + c
+        t = centre - state.at_s
+        if t > 0.0:
+            knots.append((t, max(y1, 0.0)))
+            if t >= horizon_s:
+                return knots
+        centre += params.ar_bucket_s
+
+
+def _path_value(knots: list[tuple[float, float]], h: float) -> float:
+    """Piecewise-linear value of knots at ``h`` (held after the last)."""
+    t_prev, v_prev = knots[0]
+    for t, v in knots[1:]:
+        if t >= h:
+            return v_prev + (v - v_prev) * (h - t_prev) / (t - t_prev)
+        t_prev, v_prev = t, v
+    return v_prev
+
+
+def _lag_of_path(knots: list[tuple[float, float]], tau_s: float, h: float) -> float:
+    """First-order lag response at ``h`` to the path ``knots - knots[0]``, starting from 0 (exact per segment).
+
+    On a segment with slope ``m`` the lag follows ``T = u - m tau + (T0 - u0 + m tau) exp(-dt / tau)``.
+    """
+    v0 = knots[0][1]
+    temp, t_prev, u_prev = 0.0, 0.0, 0.0
+    for t, v in knots[1:]:
+        u = v - v0
+        m = (u - u_prev) / (t - t_prev)
+        if t >= h:
+            dt = h - t_prev
+            return u_prev + m * dt - m * tau_s + (temp - u_prev + m * tau_s) * math.exp(-dt / tau_s)
+        temp = u - m * tau_s + (temp - u_prev + m * tau_s) * math.exp(-(t - t_prev) / tau_s)
+        t_prev, u_prev = t, u
+    return u_prev + (temp - u_prev) * math.exp(-(h - t_prev) / tau_s)
 
 
 def burstiness(params: ForecasterParams, state: ServerModelState) -> float:
@@ -259,38 +406,47 @@ def feature_vector(params: ForecasterParams, state: ServerModelState, obs: Obser
     return [v * (1.0 - g) for v in base] + [v * g for v in base]
 
 
-def power_path(params: ForecasterParams, state: ServerModelState) -> tuple[float, float]:
-    """``(L, D)`` of the expected per-GPU power path ``p(t) = L + D * exp(-t / tau_revert_s)``, W.
+def physics_forecast(params: ForecasterParams, state: ServerModelState,
+                     horizons_s: list[float] | tuple[float, ...]) -> list[tuple[float, float]]:
+    """``(hottest-GPU °C, per-GPU W)`` at each horizon from the lag model and the expected power path.
 
-    Smooth (VM-like) load persists at its last value; bursty (serving) load starts
-    from its 5-second level and reverts to its 2-minute mean. The burstiness
-    :func:`burstiness` blends the two.
+    The per-GPU power path blends, by the burstiness ``g`` (:func:`burstiness`), serving load that
+    starts from its 5-second level and reverts to its 2-minute mean with ``tau_revert_s``,
+    ``g * (slow + (fast - slow) exp(-t / tau_revert_s))``, and smooth load that follows the
+    oscillation model, ``(1 - g) * s(t)`` (:func:`smooth_power_path`; the last reading while that
+    model is not ready). The temperature solves ``dT/dt = (T_ss(t) - T) / tau`` from the last reading
+    with ``T_ss(t) = inlet + b + R * p(t) / 100``, exactly for both parts.
     """
+    if not horizons_s:
+        return []
     g = burstiness(params, state)
-    p0 = (1.0 - g) * state.pgpu_w + g * state.pgpu_fast_w
-    level = (1.0 - g) * p0 + g * state.pgpu_slow_w
-    return level, p0 - level
+    tau, tau_p = params.tau_thermal_s, params.tau_revert_s
+    knots = smooth_power_path(params, state, max(horizons_s))
+    p_level = g * state.pgpu_slow_w + (1.0 - g) * state.pgpu_w
+    dev = state.pgpu_fast_w - state.pgpu_slow_w
+    k = state.th_r / 100.0
+    a = state.inlet_c + state.th_b + k * p_level
+    out: list[tuple[float, float]] = []
+    for h in horizons_s:
+        e = math.exp(-h / tau)
+        if abs(tau_p - tau) < 1e-6:
+            gf = h / tau * e
+        else:
+            gf = tau_p / (tau_p - tau) * (math.exp(-h / tau_p) - e)
+        smooth_dev = _path_value(knots, h) - state.pgpu_w
+        temp = a + (state.temp_c - a) * e + k * g * dev * gf
+        if len(knots) > 1:
+            temp += k * (1.0 - g) * _lag_of_path(knots, tau, h)
+        pgpu = p_level + g * dev * math.exp(-h / tau_p) + (1.0 - g) * smooth_dev
+        out.append((temp, pgpu))
+    return out
 
 
 def physics_temp_c(params: ForecasterParams, state: ServerModelState, horizon_s: float) -> float:
-    """First-order-lag forecast of the hottest GPU at ``horizon_s``, °C.
-
-    Solves ``dT/dt = (T_ss(t) - T) / tau`` from ``T(0)`` = the last reading, with
-    ``T_ss(t) = inlet + b + R * p(t) / 100`` and the per-GPU power path of
-    :func:`power_path`.
-    """
-    tau, tau_p = params.tau_thermal_s, params.tau_revert_s
-    level, dev = power_path(params, state)
-    a = state.inlet_c + state.th_b + state.th_r * level / 100.0
-    e = math.exp(-horizon_s / tau)
-    if abs(tau_p - tau) < 1e-6:
-        g = horizon_s / tau * e
-    else:
-        g = tau_p / (tau_p - tau) * (math.exp(-horizon_s / tau_p) - e)
-    return a + (state.temp_c - a) * e + state.th_r * dev / 100.0 * g
+    """Hottest-GPU temperature at ``horizon_s`` (:func:`physics_forecast`), °C."""
+    return physics_forecast(params, state, (horizon_s,))[0][0]
 
 
 def physics_gpu_power_w(params: ForecasterParams, state: ServerModelState, horizon_s: float) -> float:
-    """Per-GPU power at ``horizon_s`` along :func:`power_path`, W."""
-    level, dev = power_path(params, state)
-    return level + dev * math.exp(-horizon_s / params.tau_revert_s)
+    """Per-GPU power at ``horizon_s`` (:func:`physics_forecast`), W."""
+    return physics_forecast(params, state, (horizon_s,))[0][1]

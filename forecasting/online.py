@@ -28,8 +28,7 @@ from forecasting.features import (
     burstiness,
     feature_vector,
     initial_state,
-    physics_gpu_power_w,
-    physics_temp_c,
+    physics_forecast,
 )
 from forecasting.state import ForecasterParams, Observation, ServerModelState
 
@@ -120,10 +119,8 @@ class OnlineForecaster:
         x: list[float] | None = None
         g = burstiness(p, state)
         out: list[ForecastValues] = []
-        for h in horizons_s:
+        for h, (temp, pgpu) in zip(horizons_s, physics_forecast(p, state, tuple(horizons_s)), strict=True):
             tc, pc, tq, pq = self._tables(float(h))
-            temp = physics_temp_c(p, state, h)
-            pgpu = physics_gpu_power_w(p, state, h)
             if p.temp_coef or p.power_coef:
                 if x is None:
                     x = feature_vector(p, state, obs)

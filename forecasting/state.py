@@ -94,13 +94,23 @@ class ForecasterParams:
         base_w_per_gpu: prior non-GPU server power per GPU (CPU, fans, NVSwitch), W.
         tau_fast_s: time constant of the "recent level" filters.
         tau_slow_s: time constant of the "mean level" filters.
-        tau_revert_s: how fast bursty power reverts from its recent level to its mean level.
+        tau_revert_s: how fast bursty power reverts from its recent level to its mean level (seconds:
+            a serving burst says little about the load a minute later; 5 s gave lower 60 s errors
+            than 15 s or 60 s in ``tapas backtest --simulate``).
         tau_inlet_slow_s: time constant of the inlet mean used for the inlet trend.
         tau_jitter_s: time constant of the power-jitter filter.
         jitter_scale_w: per-GPU jitter at which a server counts as half bursty, half smooth
             (``g = j² / (j² + scale²)``: a sharp gate keeps smooth load clear of burst corrections).
         jitter_clip_w: largest per-sample change counted as jitter (one step is not burstiness).
         max_gap_s: a gap longer than this restarts the filters (learned parameters kept).
+        ar_bucket_s: width of the buckets the oscillation model averages per-GPU power over, s.
+        ar_forgetting: per-bucket forgetting factor of its RLS (memory ``1/(1-f)`` buckets).
+        ar_reset_w: a bucket-to-bucket change of per-GPU power larger than this is a step (a VM came or
+            went, a configuration changed): the model restarts from it rather than fit across it, W.
+        ar_min_buckets: closed buckets since the last restart before its path is used.
+        ar_max_radius: largest spectral radius of the fitted recursion that is still extrapolated
+            (an exploding fit falls back to persistence).
+        ar_prior_var: prior variance of its three coefficients (weak: persistence is the prior mean).
         horizons_s: horizons the correction and quantile tables are given at.
         temp_coef: per horizon, linear residual correction of temperature over ``FEATURE_NAMES``.
         power_coef: per horizon, correction of per-GPU power (W) over ``FEATURE_NAMES``.
@@ -127,12 +137,18 @@ class ForecasterParams:
     base_w_per_gpu: float = 200.0
     tau_fast_s: float = 5.0
     tau_slow_s: float = 120.0
-    tau_revert_s: float = 60.0
+    tau_revert_s: float = 5.0
     tau_inlet_slow_s: float = 600.0
     tau_jitter_s: float = 60.0
     jitter_scale_w: float = 10.0
     jitter_clip_w: float = 100.0
     max_gap_s: float = 300.0
+    ar_bucket_s: float = 30.0
+    ar_forgetting: float = 0.97
+    ar_reset_w: float = 25.0
+    ar_min_buckets: float = 7.0
+    ar_max_radius: float = 1.02
+    ar_prior_var: float = 1.0e4
     horizons_s: tuple[float, ...] = (10.0, 60.0, 300.0, 900.0)
     temp_coef: dict[str, list[float]] = field(default_factory=_default_horizon_table)
     power_coef: dict[str, list[float]] = field(default_factory=_default_horizon_table)
@@ -176,10 +192,17 @@ _STATE_FLOATS: tuple[str, ...] = (
     "th_r", "th_b", "th_p11", "th_p12", "th_p22",
     "pw_0", "pw_1", "pw_2", "pw_p00", "pw_p01", "pw_p02", "pw_p11", "pw_p12", "pw_p22",
     "num_obs", "pjit_w", "pgpu_w",
+    "ar_bucket_s", "ar_sum_w", "ar_cnt", "ar_y0", "ar_y1", "ar_ref", "ar_n", "ar_phi", "ar_kap", "ar_c",
+    "ar_p00", "ar_p01", "ar_p02", "ar_p11", "ar_p12", "ar_p22",
 )
-#: Format 2 added ``pjit_w`` and ``pgpu_w``; format-1 payloads still load, with them at 0.
-_STATE_STRUCTS = {1: struct.Struct(f"<B{len(_STATE_FLOATS) - 2}d"), 2: struct.Struct(f"<B{len(_STATE_FLOATS)}d")}
-_STATE_FORMAT_VERSION = 2
+#: Floats format 3 added (the oscillation model).
+_AR_FLOATS = 16
+#: Format 2 added ``pjit_w`` and ``pgpu_w``, format 3 the ``ar_*`` oscillation model; older payloads
+#: still load, with the newer fields at 0 (an empty oscillation model restarts at the next bucket).
+_STATE_STRUCTS = {1: struct.Struct(f"<B{len(_STATE_FLOATS) - 2 - _AR_FLOATS}d"),
+                  2: struct.Struct(f"<B{len(_STATE_FLOATS) - _AR_FLOATS}d"),
+                  3: struct.Struct(f"<B{len(_STATE_FLOATS)}d")}
+_STATE_FORMAT_VERSION = 3
 _STATE_STRUCT = _STATE_STRUCTS[_STATE_FORMAT_VERSION]
 
 
@@ -210,6 +233,14 @@ class ServerModelState:
         num_obs: observations folded in.
         pgpu_w: last per-GPU power, W.
         pjit_w: per-GPU power jitter, the mean absolute sample-to-sample change, W (bursty vs smooth load).
+        ar_bucket_s: start of the bucket being averaged (0 = none), s.
+        ar_sum_w, ar_cnt: per-GPU power sum and sample count of that bucket.
+        ar_y0, ar_y1: the two last closed bucket means, older first, W.
+        ar_ref: the bucket mean the oscillation model restarted from, W.
+        ar_n: closed buckets since that restart (0 = empty).
+        ar_phi, ar_kap, ar_c: the recursion ``dy' = phi * dy / 100 + kap * (y - ref) / 100 + c`` (see
+            :func:`forecasting.features.smooth_power_path`).
+        ar_p00 ... ar_p22: their RLS covariance (upper triangle).
         config_key: configuration and frequency cap the power map was learned under.
     """
 
@@ -245,6 +276,22 @@ class ServerModelState:
     num_obs: float = 0.0
     pjit_w: float = 0.0
     pgpu_w: float = 0.0
+    ar_bucket_s: float = 0.0
+    ar_sum_w: float = 0.0
+    ar_cnt: float = 0.0
+    ar_y0: float = 0.0
+    ar_y1: float = 0.0
+    ar_ref: float = 0.0
+    ar_n: float = 0.0
+    ar_phi: float = 0.0
+    ar_kap: float = 0.0
+    ar_c: float = 0.0
+    ar_p00: float = 0.0
+    ar_p01: float = 0.0
+    ar_p02: float = 0.0
+    ar_p11: float = 0.0
+    ar_p12: float = 0.0
+    ar_p22: float = 0.0
     config_key: str = ""
 
     def to_bytes(self) -> bytes:

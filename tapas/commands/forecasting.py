@@ -38,7 +38,7 @@ def _progress(total: int, what: str) -> Iterator[Callable[[int], None]]:
 
 
 def _history(history: Path | None, simulate: bool, from_store: bool, last_hours: float, servers: int,
-             hours: float, seed: int, scenario: str) -> tuple[pd.DataFrame, str]:
+             hours: float, seed: int, scenario: str, sweep_s: float) -> tuple[pd.DataFrame, str]:
     """Load the history the options name; returns it with a one-line description of its source."""
     from forecasting.history import load_history, read_history_file, simulated_history
 
@@ -48,9 +48,11 @@ def _history(history: Path | None, simulate: bool, from_store: bool, last_hours:
     if history is not None:
         return read_history_file(history), f"file {history}"
     if simulate:
+        sweep = f", configuration sweep every {sweep_s:g} s" if sweep_s > 0 else ""
         with console.status(f"simulating {servers} servers for {hours:g} h (seed {seed}, scenario {scenario})"):
-            df = simulated_history(servers, hours, seed=seed, scenario=scenario)
-        return df, f"simulator: {servers} servers, {hours:g} h, seed {seed}, scenario {scenario}"
+            df = simulated_history(servers, hours, seed=seed, scenario=scenario,
+                                   config_sweep_s=sweep_s if sweep_s > 0 else None)
+        return df, f"simulator: {servers} servers, {hours:g} h, seed {seed}, scenario {scenario}{sweep}"
     from streams.store.base import open_store
     from tapas.settings import load_settings
 
@@ -71,12 +73,15 @@ _SERVERS = typer.Option(60, "--servers", help="With --simulate: cluster size.")
 _HOURS = typer.Option(1.5, "--hours", help="With --simulate: hours of telemetry.")
 _SEED = typer.Option(0, "--seed", help="With --simulate: random seed.")
 _SCENARIO = typer.Option("normal", "--scenario", help="With --simulate: simulator scenario.")
+_SWEEP = typer.Option(600.0, "--config-sweep-s", min=0.0,
+                      help="With --simulate: every this many seconds a tenth of the SaaS instances move to "
+                           "another feasible configuration (0 = none), so the history holds configuration changes.")
 
 
 def backtest(
     history: Path = _HISTORY, simulate: bool = _SIMULATE, from_store: bool = _FROM_STORE,
     last_hours: float = _LAST_HOURS, servers: int = _SERVERS, hours: float = _HOURS, seed: int = _SEED,
-    scenario: str = _SCENARIO,
+    scenario: str = _SCENARIO, config_sweep_s: float = _SWEEP,
     json_out: Path = typer.Option(None, "--json", help="Write the figures as JSON here."),
     plot: Path = typer.Option(Path("artifacts/backtest.png"), "--plot", help="Plot file (PNG)."),
     horizons: str = typer.Option("10,60,300", "--horizons", help="Comma-separated horizons, seconds."),
@@ -87,15 +92,17 @@ def backtest(
     from forecasting.report import plot_backtest, target_check
     from forecasting.workflow import run_backtest
 
-    df, source = _history(history, simulate, from_store, last_hours, servers, hours, seed, scenario)
+    df, source = _history(history, simulate, from_store, last_hours, servers, hours, seed, scenario,
+                          config_sweep_s)
     hs = tuple(float(h) for h in horizons.split(","))
     with _progress(len(df), "folding history through the online model") as advance:
         result = run_backtest(df, horizons_s=hs, num_folds=folds, source=source, seasonal=not no_seasonal,
                               progress=advance)
     title = f"backtest ({source}, {result['num_servers']} servers, {result['hours']:.2f} h, {folds} folds)"
     temp_t = Table("horizon", "model MAE °C", "physics", "persistence", "moving avg", "model RMSE",
-                   "coverage", "known level", title=f"hottest-GPU temperature: {title} (last column: the lag "
-                   "model fed the minute-smoothed power that followed)")
+                   "coverage", "known level", "known 5-min level",
+                   title=f"hottest-GPU temperature: {title} (last columns: the lag model fed the power that "
+                   "followed, smoothed over 1 or 5 minutes)")
     power_t = Table("horizon", "model MAE %peak", "physics", "persistence", "moving avg", "model RMSE",
                     "coverage", "future-minute mean",
                     title="server power (MAE as % of server peak; last column: the error left when the actual "
@@ -105,23 +112,28 @@ def backtest(
         temp_t.add_row(f"{h} s", f"{row['gpu_temp_mae_c']:.3f}", f"{phys['gpu_temp_mae_c']:.3f}",
                        f"{row['gpu_temp_mae_persistence_c']:.3f}", f"{row['gpu_temp_mae_moving_average_c']:.3f}",
                        f"{row['gpu_temp_rmse_c']:.3f}", f"{row['gpu_temp_coverage_90']:.3f}",
-                       f"{row['gpu_temp_mae_known_level_c']:.3f}")
+                       f"{row['gpu_temp_mae_known_level_c']:.3f}", f"{row['gpu_temp_mae_known_5min_level_c']:.3f}")
         power_t.add_row(f"{h} s", f"{100 * row['power_mae_frac']:.2f}", f"{100 * phys['power_mae_frac']:.2f}",
                         f"{100 * row['power_mae_persistence_frac']:.2f}",
                         f"{100 * row['power_mae_moving_average_frac']:.2f}", f"{100 * row['power_rmse_frac']:.2f}",
                         f"{row['power_coverage_90']:.3f}", f"{100 * row['power_mae_future_minute_mean_frac']:.2f}")
     console.print(temp_t)
     console.print(power_t)
-    reg_t = Table("horizon", "load", "origins", "temp MAE °C", "persistence", "power MAE %peak", "persistence",
-                  title="by load type (bursty = serving prefill/decode bursts, smooth = VM-like)")
+    reg_t = Table("horizon", "load", "origins", "temp MAE °C", "persistence", "oracle 1-min level",
+                  "oracle 5-min level", "power MAE %peak", "persistence", "oracle minute mean",
+                  title="by load type (bursty = serving prefill/decode bursts, smooth = VM-like); "
+                        "oracles know the future load level, see README")
     for h, row in result["horizons"].items():
         for regime in ("bursty", "smooth"):
             if f"gpu_temp_mae_c_{regime}" in row:
                 reg_t.add_row(f"{h} s", regime, str(row[f"num_origins_{regime}"]),
                               f"{row[f'gpu_temp_mae_c_{regime}']:.3f}",
                               f"{row[f'gpu_temp_mae_persistence_c_{regime}']:.3f}",
+                              f"{row[f'gpu_temp_mae_known_level_c_{regime}']:.3f}",
+                              f"{row[f'gpu_temp_mae_known_5min_level_c_{regime}']:.3f}",
                               f"{100 * row[f'power_mae_frac_{regime}']:.2f}",
-                              f"{100 * row[f'power_mae_persistence_frac_{regime}']:.2f}")
+                              f"{100 * row[f'power_mae_persistence_frac_{regime}']:.2f}",
+                              f"{100 * row[f'power_mae_future_minute_mean_frac_{regime}']:.2f}")
     console.print(reg_t)
     if result.get("seasonal"):
         seas_t = Table("aggregate", "horizon", "ETS MAE", "persistence MAE", "origins",
@@ -145,7 +157,7 @@ def backtest(
 def train(
     history: Path = _HISTORY, simulate: bool = _SIMULATE, from_store: bool = _FROM_STORE,
     last_hours: float = _LAST_HOURS, servers: int = _SERVERS, hours: float = _HOURS, seed: int = _SEED,
-    scenario: str = _SCENARIO,
+    scenario: str = _SCENARIO, config_sweep_s: float = _SWEEP,
     version: str = typer.Option(None, "--version", help="Version name (default: v<UTC timestamp>)."),
     promote_it: bool = typer.Option(False, "--promote", help="Promote and announce the new version."),
     registry_dir: Path = typer.Option(None, "--registry-dir", help="Registry (default: TAPAS_REGISTRY_DIR)."),
@@ -157,7 +169,8 @@ def train(
 
     settings = load_settings()
     reg = registry_dir or settings.registry_dir
-    df, source = _history(history, simulate, from_store, last_hours, servers, hours, seed, scenario)
+    df, source = _history(history, simulate, from_store, last_hours, servers, hours, seed, scenario,
+                          config_sweep_s)
     with _progress(len(df), "folding history through the online model") as advance:
         mv = train_version(df, reg, version=version, source=source, evaluate=not no_evaluate, progress=advance)
     console.print(f"trained {mv.version} → {mv.path} (sha256 {mv.sha256[:12]}…)")
