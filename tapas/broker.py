@@ -41,13 +41,33 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def _accepts_tcp(bootstrap: str) -> bool:
+    """True when one of the ``host:port`` addresses in ``bootstrap`` accepts a TCP connection now."""
+    for addr in bootstrap.split(","):
+        host, _, port = addr.strip().rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=0.5):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
 def wait_for_metadata(bootstrap: str, timeout_s: float) -> None:
-    """Block until a Kafka metadata request to ``bootstrap`` succeeds."""
+    """Block until a Kafka metadata request to ``bootstrap`` succeeds.
+
+    Waits for the port to accept TCP first, so a broker still starting does not make
+    kafka-python log connection-refused ERRORs on every try.
+    """
     from kafka import KafkaAdminClient
 
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while time.monotonic() < deadline:
+        if not _accepts_tcp(bootstrap):
+            last = ConnectionRefusedError(f"nothing accepts TCP at {bootstrap} yet")
+            time.sleep(0.2)
+            continue
         try:
             admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
             admin.list_topics()
