@@ -16,6 +16,14 @@ system to is what an operator would ask of it:
 * no forecast is published twice for the same server and sample (forecasts are read
   from the first broker before it stops and from the second one after).
 
+Known broker defect behind a rare failure here: Tansu 0.6 acknowledges a produce
+request for a topic it does not have yet and keeps nothing. Measured: a record sent
+with metadata from before the restart was acknowledged at offset 0 and never
+readable, even after the topic was created. A record that reaches the new broker
+between its port opening and ``EmbeddedBroker`` creating the topics (about 0.15 s) is
+lost that way. The failure message names the servers short of samples and whether
+their post-stop samples are in the new broker's log.
+
 It prints its counts (sent, delivered, duplicated, lost, recovery time).
 """
 
@@ -30,7 +38,8 @@ from typing import Any
 
 import pytest
 
-from contracts.messages import ServerForecast, decode
+from contracts.messages import GpuSample, ServerForecast, decode
+from contracts.topics import topic_for
 from ingest.producer import BufferedProducer, build_producer
 from streams.state import ServerStates
 from streams.telemetry_factory import SyntheticTelemetry
@@ -110,6 +119,7 @@ def test_broker_restart_under_load_loses_and_duplicates_nothing(tmp_path: Path) 
         fc.close()
 
         # Phase 2: the broker dies; the collector keeps accepting for ~4 s.
+        sent_before_stop = {k: len(v) for k, v in sent.items()}
         first.stop()
         down_at = time.monotonic()
         while time.monotonic() - down_at < 4.0:
@@ -119,6 +129,7 @@ def test_broker_restart_under_load_loses_and_duplicates_nothing(tmp_path: Path) 
         buffered_while_down = feed.num_buffered
 
         # Phase 3: a new (empty) broker on the same port; the collector delivers, the worker resumes.
+        sent_while_down = {k: len(v) for k, v in sent.items()}
         second = EmbeddedBroker(port=port).start()
         back_at = time.monotonic()
         fc = end_consumer(second.bootstrap, FORECASTS)
@@ -146,6 +157,14 @@ def test_broker_restart_under_load_loses_and_duplicates_nothing(tmp_path: Path) 
         # sample (never delivered) from a reordered one if the count assertion below fails.
         late = int(worker.state().get("num_late", -1))
         fc.close()
+        # Which samples the new broker holds (from its beginning): if a count falls short, this tells a sample
+        # the collector never delivered (or the broker acknowledged and dropped, see the module docstring) from
+        # one the worker skipped.
+        gc = end_consumer(second.bootstrap, topic_for(GpuSample))
+        gc.seek_to_beginning()
+        in_new_log = {(s.server_id, s.sampled_at) for s in
+                      (decode(GpuSample, m.value) for m in collect(gc, lambda ms: False, timeout_s=3.0))}
+        gc.close()
     finally:
         feed.close(5)
         worker.stop()
@@ -162,8 +181,19 @@ def test_broker_restart_under_load_loses_and_duplicates_nothing(tmp_path: Path) 
     print(f"broker restart pipeline: servers={len(ids)} samples_sent={num_sent} samples_delivered={delivered} "
           f"lost={num_sent - delivered} buffered_while_down={buffered_while_down} forecasts={len(forecasts)} "
           f"duplicated={duplicated} servers_without_newest_forecast={len(stale)} "
-          f"first_forecast_after_restart_s={first_forecast_s:.1f} worker_late_samples={late}")
+          f"first_forecast_after_restart_s={first_forecast_s:.1f} worker_late_samples={late} "
+          f"sent_after_stop={num_sent - sum(sent_before_stop.values())} new_broker_log_samples={len(in_new_log)}")
     assert feed.num_dropped == 0
-    assert counts == {k: len(v) for k, v in sent.items()}, f"a sample was lost or counted twice (worker num_late={late})"
+    short = sorted(k for k in ids if counts.get(k) != len(sent[k]))
+
+    def whereabouts(k: str) -> str:
+        """Per server: counted/sent, and the post-stop samples missing from the new broker's log (by phase)."""
+        missing = [i for i, at in enumerate(sent[k]) if i >= sent_before_stop[k] and (k, at) not in in_new_log]
+        return (f"{k}: counted {counts.get(k)} of {len(sent[k])} (before stop {sent_before_stop[k]}, while down "
+                f"{sent_while_down[k] - sent_before_stop[k]}); post-stop samples not in the new broker's log: "
+                + ", ".join(f"#{i} {'buffered' if i < sent_while_down[k] else 'after restart'}" for i in missing))
+
+    assert not short, (f"a sample was lost or counted twice (worker num_late={late}; new broker's log holds "
+                       f"{len(in_new_log)} samples): " + "; ".join(whereabouts(k) for k in short))
     assert duplicated == 0, "a forecast was published twice for the same server and sample"
     assert not stale, f"no forecast for the newest sample of {stale[:5]}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -57,3 +58,50 @@ def test_tapas_broker_answers_and_exits_on_sigterm() -> None:
     # the Tansu child must be gone too: nothing answers on the port any more
     with pytest.raises(Exception, match="did not answer"):
         wait_for_metadata(f"127.0.0.1:{port}", 1.5)
+
+
+def test_tansu_acknowledges_a_produce_to_a_missing_topic_and_keeps_nothing() -> None:
+    """Characterises a defect of the embedded broker (Tansu 0.6) that the broker-restart fault test can meet.
+
+    A producer holding metadata from before a restart sends to a topic the new, empty
+    broker does not have yet: the broker acknowledges the record, and it is never
+    readable, not even after the topic is created with that partition. No client can
+    tell. This test fails once Tansu stops doing that; then the note in
+    ``tests/fault/test_pipeline_broker_restart.py`` can go.
+    """
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    from tapas.broker import EmbeddedBroker
+
+    port = free_port()
+    first = EmbeddedBroker(port=port, create_project_topics=False).start()
+    admin = KafkaAdminClient(bootstrap_servers=first.bootstrap)
+    admin.create_topics([NewTopic("quirk", num_partitions=4, replication_factor=1)])
+    admin.close()
+    producer = KafkaProducer(bootstrap_servers=first.bootstrap, acks="all", enable_idempotence=False,
+                             request_timeout_ms=3000, delivery_timeout_ms=60_000,
+                             max_in_flight_requests_per_connection=1)
+    second = None
+    try:
+        assert producer.send("quirk", value=b"before", partition=2).get(timeout=10).offset == 0
+        first.stop()
+        queued = producer.send("quirk", value=b"across the restart", partition=2)  # partitioned on old metadata
+        time.sleep(1.0)
+        second = EmbeddedBroker(port=port, create_project_topics=False).start()
+        acked = queued.get(timeout=40)
+        assert acked.partition == 2  # acknowledged by a broker that has no such topic
+        admin = KafkaAdminClient(bootstrap_servers=second.bootstrap)
+        with contextlib.suppress(Exception):  # the topic may or may not exist by now; either way the record is gone
+            admin.create_topics([NewTopic("quirk", num_partitions=4, replication_factor=1)])
+        admin.close()
+        consumer = KafkaConsumer(bootstrap_servers=second.bootstrap, enable_auto_commit=False)
+        consumer.assign([TopicPartition("quirk", p) for p in range(4)])
+        consumer.seek_to_beginning()
+        seen = [m.value for _ in range(10) for msgs in consumer.poll(timeout_ms=300).values() for m in msgs]
+        consumer.close()
+        assert b"across the restart" not in seen
+    finally:
+        producer.close(timeout=2)
+        first.stop()
+        if second is not None:
+            second.stop()
