@@ -109,8 +109,12 @@ async def _plain_consumer_rate(bootstrap: str, count: int) -> float:
         await consumer.stop()
 
 
-def _floor_main(bootstrap: str, count: int, app_id: str) -> None:
-    """The minimal Faust agent (run as a child process): decode each sample with its contract, nothing else."""
+def _floor_main(bootstrap: str, count: int, app_id: str, datadir: str) -> None:
+    """The minimal Faust agent (run as a child process): decode each sample with its contract, nothing else.
+
+    ``datadir`` is Faust's data folder (a temporary one: by default Faust creates ``<app_id>-data`` in the
+    working directory, which left a ``bench-floor-*-data`` folder in the checkout per run).
+    """
     import faust
 
     from contracts.errors import ContractError
@@ -120,7 +124,7 @@ def _floor_main(bootstrap: str, count: int, app_id: str) -> None:
 
     batch = load_settings().worker  # the worker's own batch size and wait: the floor batches exactly as it does
     app = faust.App(app_id, broker=f"kafka://{bootstrap}", value_serializer="raw", key_serializer="raw",
-                    store="memory://", web_enabled=False, topic_replication_factor=1,
+                    store="memory://", web_enabled=False, topic_replication_factor=1, datadir=datadir,
                     broker_session_timeout=6.0, broker_heartbeat_interval=1.0, broker_max_poll_interval=10.0,
                     broker_rebalance_timeout=10.0, consumer_auto_offset_reset="earliest")
     # The same consumer as the worker (its fetch wait, corrected highwaters): a fair floor.
@@ -153,9 +157,10 @@ def _floor_main(bootstrap: str, count: int, app_id: str) -> None:
 
 def _run_floor(bootstrap: str, count: int, timeout_s: float) -> tuple[float, float]:
     """(samples/s, CPU µs per sample of the whole process) of the floor agent over ``count`` samples."""
-    proc = subprocess.run([sys.executable, "-m", "bench.worker", "floor", bootstrap, str(count),
-                           f"bench-floor-{uuid.uuid4().hex[:6]}"], capture_output=True, text=True,
-                          timeout=timeout_s, check=False)
+    with tempfile.TemporaryDirectory(prefix="tapas-bench-floor-") as datadir:
+        proc = subprocess.run([sys.executable, "-m", "bench.worker", "floor", bootstrap, str(count),
+                               f"bench-floor-{uuid.uuid4().hex[:6]}", datadir], capture_output=True, text=True,
+                              timeout=timeout_s, check=False)
     for line in (proc.stdout + proc.stderr).splitlines():  # Faust routes print() into its log
         if '{"faust_floor_per_s"' in line:
             got = json.loads(line[line.index("{"):line.rindex("}") + 1])
@@ -309,5 +314,5 @@ def run(quick: bool = False, *, latency_rate_per_s: float = 2000.0) -> dict[str,
 
 
 if __name__ == "__main__":  # child-process entry for the Faust floor agent
-    if len(sys.argv) >= 5 and sys.argv[1] == "floor":
-        _floor_main(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    if len(sys.argv) >= 6 and sys.argv[1] == "floor":
+        _floor_main(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5])
