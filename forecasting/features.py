@@ -440,13 +440,3 @@ def physics_forecast(params: ForecasterParams, state: ServerModelState,
         pgpu = p_level + g * dev * math.exp(-h / tau_p) + (1.0 - g) * smooth_dev
         out.append((temp, pgpu))
     return out
-
-
-def physics_temp_c(params: ForecasterParams, state: ServerModelState, horizon_s: float) -> float:
-    """Hottest-GPU temperature at ``horizon_s`` (:func:`physics_forecast`), °C."""
-    return physics_forecast(params, state, (horizon_s,))[0][0]
-
-
-def physics_gpu_power_w(params: ForecasterParams, state: ServerModelState, horizon_s: float) -> float:
-    """Per-GPU power at ``horizon_s`` (:func:`physics_forecast`), W."""
-    return physics_forecast(params, state, (horizon_s,))[0][1]
