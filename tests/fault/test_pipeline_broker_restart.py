@@ -31,7 +31,11 @@ acknowledges a produce request for a topic it does not have yet and keeps nothin
 (``tests/integration/test_broker_contracts.py`` characterises it), so a record that
 reaches the new broker between its port opening and ``EmbeddedBroker`` creating the
 topics (about 0.15 s) can be lost. Also seen against the empty broker: one sample
-short although the new log held every post-restart sample, and a worker whose group
+short although the new log held every post-restart sample — in a run with Faust's
+DEVLOG on, it was the first sample buffered while the broker was down (the first the
+collector sends to the new broker), and the worker's first commit on its partition
+after the restart was offset 1 (offset 0 read, offset 1 not), the next one 66: an
+anomaly at the head of the freshly created partition — and a worker whose group
 rejoin never completed (no assignment within 150 s). The failure message names the
 servers short of samples, whether their post-outage samples are in the broker's log,
 and which of their samples have no forecast.
