@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -60,6 +61,26 @@ def test_tapas_broker_answers_and_exits_on_sigterm() -> None:
         wait_for_metadata(f"127.0.0.1:{port}", 1.5)
 
 
+def _broker_with_topic_and_producer(topic: str) -> tuple[Any, KafkaProducer]:
+    """An embedded broker holding ``topic`` (4 partitions) and a non-idempotent producer that has its metadata.
+
+    For the Tansu characterisations below: the producer keeps that metadata across the
+    broker's empty restart, as a collector does.
+    """
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    from tapas.broker import EmbeddedBroker
+
+    first = EmbeddedBroker(port=free_port(), create_project_topics=False).start()
+    admin = KafkaAdminClient(bootstrap_servers=first.bootstrap)
+    admin.create_topics([NewTopic(topic, num_partitions=4, replication_factor=1)])
+    admin.close()
+    producer = KafkaProducer(bootstrap_servers=first.bootstrap, acks="all", enable_idempotence=False,
+                             request_timeout_ms=3000, delivery_timeout_ms=60_000,
+                             max_in_flight_requests_per_connection=1)
+    return first, producer
+
+
 def test_tansu_acknowledges_a_produce_to_a_missing_topic_and_keeps_nothing() -> None:
     """Characterises a defect of the embedded broker (Tansu 0.6) that the broker-restart fault test can meet.
 
@@ -73,14 +94,8 @@ def test_tansu_acknowledges_a_produce_to_a_missing_topic_and_keeps_nothing() -> 
 
     from tapas.broker import EmbeddedBroker
 
-    port = free_port()
-    first = EmbeddedBroker(port=port, create_project_topics=False).start()
-    admin = KafkaAdminClient(bootstrap_servers=first.bootstrap)
-    admin.create_topics([NewTopic("quirk", num_partitions=4, replication_factor=1)])
-    admin.close()
-    producer = KafkaProducer(bootstrap_servers=first.bootstrap, acks="all", enable_idempotence=False,
-                             request_timeout_ms=3000, delivery_timeout_ms=60_000,
-                             max_in_flight_requests_per_connection=1)
+    first, producer = _broker_with_topic_and_producer("quirk")
+    port = first.port
     second = None
     try:
         assert producer.send("quirk", value=b"before", partition=2).get(timeout=10).offset == 0
@@ -126,14 +141,8 @@ def test_tansu_reuses_an_offset_after_a_batch_that_beat_the_topic_and_aiokafka_s
 
     from tapas.broker import EmbeddedBroker
 
-    port = free_port()
-    first = EmbeddedBroker(port=port, create_project_topics=False).start()
-    admin = KafkaAdminClient(bootstrap_servers=first.bootstrap)
-    admin.create_topics([NewTopic("quirk2", num_partitions=4, replication_factor=1)])
-    admin.close()
-    producer = KafkaProducer(bootstrap_servers=first.bootstrap, acks="all", enable_idempotence=False,
-                             request_timeout_ms=3000, delivery_timeout_ms=60_000,
-                             max_in_flight_requests_per_connection=1)
+    first, producer = _broker_with_topic_and_producer("quirk2")
+    port = first.port
     second = None
     try:
         producer.send("quirk2", value=b"before", partition=2).get(timeout=10)
