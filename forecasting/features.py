@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from forecasting.state import ForecasterParams, Observation, ServerModelState
+from forecasting.state import AR_FIELDS, ForecasterParams, Observation, ServerModelState
 
 #: Inlet assumed when a server has never reported one (°C, ASHRAE recommended band mid-point).
 DEFAULT_INLET_C = 24.0
@@ -272,11 +272,8 @@ def _ar_fold(params: ForecasterParams, state: ServerModelState, at_s: float, pgp
     if state.ar_cnt <= 0.0:
         return _ar_restart_bucket(params, at_s, pgpu_w)
     if b <= state.ar_bucket_s:
-        return {"ar_bucket_s": state.ar_bucket_s, "ar_sum_w": state.ar_sum_w + pgpu_w,
-                "ar_cnt": state.ar_cnt + 1.0, "ar_y0": state.ar_y0, "ar_y1": state.ar_y1, "ar_ref": state.ar_ref,
-                "ar_n": state.ar_n, "ar_phi": state.ar_phi, "ar_kap": state.ar_kap, "ar_c": state.ar_c,
-                "ar_p00": state.ar_p00, "ar_p01": state.ar_p01, "ar_p02": state.ar_p02,
-                "ar_p11": state.ar_p11, "ar_p12": state.ar_p12, "ar_p22": state.ar_p22}
+        kept = {f: getattr(state, f) for f in AR_FIELDS}
+        return {**kept, "ar_sum_w": state.ar_sum_w + pgpu_w, "ar_cnt": state.ar_cnt + 1.0}
     y = state.ar_sum_w / state.ar_cnt
     opened = {"ar_bucket_s": b, "ar_sum_w": pgpu_w, "ar_cnt": 1.0}
     skipped = b > state.ar_bucket_s + 1.5 * params.ar_bucket_s

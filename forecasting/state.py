@@ -195,8 +195,9 @@ _STATE_FLOATS: tuple[str, ...] = (
     "ar_bucket_s", "ar_sum_w", "ar_cnt", "ar_y0", "ar_y1", "ar_ref", "ar_n", "ar_phi", "ar_kap", "ar_c",
     "ar_p00", "ar_p01", "ar_p02", "ar_p11", "ar_p12", "ar_p22",
 )
-#: Floats format 3 added (the oscillation model).
-_AR_FLOATS = 16
+#: The oscillation model's fields, which format 3 added.
+AR_FIELDS: tuple[str, ...] = tuple(n for n in _STATE_FLOATS if n.startswith("ar_"))
+_AR_FLOATS = len(AR_FIELDS)
 #: Format 2 added ``pjit_w`` and ``pgpu_w``, format 3 the ``ar_*`` oscillation model; older payloads
 #: still load, with the newer fields at 0 (an empty oscillation model restarts at the next bucket).
 _STATE_STRUCTS = {1: struct.Struct(f"<B{len(_STATE_FLOATS) - 2 - _AR_FLOATS}d"),
