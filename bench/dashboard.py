@@ -1,7 +1,7 @@
 """``tapas bench dashboard``: cost of the page's update callbacks with a 1,000-server view.
 
 The view is filled with forecasts, GPU samples, domain aggregates and actions built
-from ``tapas.topology.default_topology`` (the shapes the stream worker and controller
+from ``foundation.topology.default_topology`` (the shapes the stream worker and controller
 publish). Each repeat posts every periodic callback of the page through Dash's own
 HTTP endpoint (Flask test client: dispatch, our rendering, JSON serialisation), and
 ``update_ms_p50`` is the median of their summed time. The same-run baseline
@@ -32,7 +32,7 @@ from contracts import (
     ServerForecast,
     WorkloadContext,
 )
-from tapas.topology import Topology
+from foundation.topology import Topology
 
 HORIZONS_S = (10.0, 60.0, 300.0)
 
@@ -136,7 +136,7 @@ def synthetic_actions(topology: Topology, at: datetime, rng: np.random.Generator
 def build_view(num_servers: int, ticks: int, *, seed: int = 0) -> tuple[Any, Topology]:
     """A dashboard view filled with ``ticks`` seconds of a ``num_servers`` cluster."""
     from dashboard.view import DashboardView, FloorLayout
-    from tapas.topology import default_topology
+    from foundation.topology import default_topology
 
     topo = default_topology(num_servers)
     rng = np.random.default_rng(seed)

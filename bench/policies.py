@@ -12,10 +12,10 @@ import math
 from typing import Any
 
 from contracts.errors import ConfigError
+from foundation.settings import load_settings
+from foundation.topology import default_topology
 from simulator.engine import run as run_sim
 from simulator.workload import load_trace
-from tapas.settings import load_settings
-from tapas.topology import default_topology
 
 HEADLINE = ("thermal_throttle_events", "power_throttle_events", "throttled_gpu_seconds", "max_gpu_temp_c",
             "peak_row_power_frac", "slo_attainment", "p99_ttft_s", "quality_loss", "saas_perf_loss", "iaas_perf_loss")

@@ -93,8 +93,8 @@ def run(quick: bool = False) -> dict[str, Any]:
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
 
-    from tapas.broker import EmbeddedBroker, free_port
-    from tapas.settings import load_settings
+    from foundation.broker import EmbeddedBroker, free_port
+    from foundation.settings import load_settings
 
     num_samples = 5_000 if quick else 40_000
     repeats = 1 if quick else 3

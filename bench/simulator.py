@@ -13,10 +13,10 @@ import statistics
 import time
 from typing import Any
 
+from foundation.settings import load_settings
+from foundation.topology import default_topology
 from simulator.engine import Simulation
 from simulator.workload import load_trace
-from tapas.settings import load_settings
-from tapas.topology import default_topology
 
 TARGET = 60.0
 

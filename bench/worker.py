@@ -51,8 +51,8 @@ def _produce_backlog(bootstrap: str, num_servers: int, ticks: int, cluster_file:
     """Load ``ticks`` of simulated telemetry; returns (GPU samples, mean bytes, last tick's GPU samples)."""
     from kafka import KafkaProducer
 
+    from foundation.topology import load_topology
     from simulator.feed import TelemetryFeed
-    from tapas.topology import load_topology
 
     topo = load_topology(cluster_file)
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=ticks + 30)
@@ -119,8 +119,8 @@ def _floor_main(bootstrap: str, count: int, app_id: str, datadir: str) -> None:
 
     from contracts.errors import ContractError
     from contracts.messages import GpuSample, decode
+    from foundation.settings import load_settings
     from streams.app import tansu_safe_consumer_class
-    from tapas.settings import load_settings
 
     batch = load_settings().worker  # the worker's own batch size and wait: the floor batches exactly as it does
     app = faust.App(app_id, broker=f"kafka://{bootstrap}", value_serializer="raw", key_serializer="raw",
@@ -227,7 +227,7 @@ def run(quick: bool = False, *, latency_rate_per_s: float = 2000.0) -> dict[str,
     separates the latency of the path itself from queueing when the worker is saturated.
     """
     from contracts.messages import ServerForecast
-    from tapas.broker import EmbeddedBroker, free_port, stop_process_group
+    from foundation.broker import EmbeddedBroker, free_port, stop_process_group
 
     num_servers = 500 if quick else 2000
     ticks = 6 if quick else 20  # 40,000 samples: ~20 s of worker time, long enough to average the host's drift

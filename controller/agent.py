@@ -47,7 +47,7 @@ from typing import Any, Protocol
 
 from contracts import CommandStatus, Contract, ContractError, ControlEvent, ReconfigCommand, decode, topic_for
 from controller.safety import SafetyBounds, SafetyGate, refusal_event
-from tapas.settings import ControllerSettings, Settings, kafka_python_kwargs
+from foundation.settings import ControllerSettings, Settings, kafka_python_kwargs
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ acting on it. A command outside the bounds is *refused and reported* (a
 ``safety_refused`` :class:`~contracts.ControlEvent`), never applied; a command id seen
 before is reported as a duplicate and applied once only.
 
-Bounds (all from :class:`tapas.settings.ControllerSettings`):
+Bounds (all from :class:`foundation.settings.ControllerSettings`):
 
 * frequency cap within ``[min_frequency_mhz, max_frequency_mhz]``;
 * power limit within ``[min_power_limit_w, max_power_limit_w]``;
@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from contracts import ControlEvent, ReconfigCommand, ReconfigParams, SafetyViolation
-from tapas.settings import ControllerSettings
+from foundation.settings import ControllerSettings
 
 RATE_WINDOW_S = 60.0
 #: Actions the node agent applies on the host through NVML; the rest are for the serving layer.

@@ -85,8 +85,8 @@ from controller.core.snapshot import ReconfigParams as CoreReconfigParams
 from controller.metrics import ControllerMetrics
 from controller.safety import SafetyBounds, SafetyGate, make_command_id, refusal_event
 from controller.snapshot_builder import LiveState, build_snapshot
-from tapas.settings import ControllerSettings, Settings, kafka_python_kwargs
-from tapas.topology import Topology
+from foundation.settings import ControllerSettings, Settings, kafka_python_kwargs
+from foundation.topology import Topology
 
 log = logging.getLogger(__name__)
 

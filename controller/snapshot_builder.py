@@ -35,7 +35,7 @@ import numpy.typing as npt
 from contracts import DomainForecast, ServerForecast, WorkloadContext
 from controller.core.catalogue import Catalogue
 from controller.core.snapshot import FloatArray, IaasVms, IntArray, SaasInstances, Snapshot
-from tapas.topology import Topology
+from foundation.topology import Topology
 
 #: forecast_age_s reported before any forecast arrived (the core treats it as stale).
 NEVER_S = 1.0e9

@@ -45,8 +45,8 @@ from contracts import (
 )
 
 if TYPE_CHECKING:
-    from tapas.settings import KafkaSettings
-    from tapas.topology import Topology
+    from foundation.settings import KafkaSettings
+    from foundation.topology import Topology
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class FloorLayout:
 
     @classmethod
     def from_topology(cls, topology: Topology) -> FloorLayout:
-        """The full floor of a :class:`tapas.topology.Topology`, in its own order."""
+        """The full floor of a :class:`foundation.topology.Topology`, in its own order."""
         layout = cls()
         for row in topology.rows:
             layout.racks_by_row[row.row_id] = list(row.rack_ids)
@@ -697,7 +697,7 @@ class ViewConsumer:
     def _run(self) -> None:
         from kafka import KafkaConsumer
 
-        from tapas.settings import kafka_python_kwargs
+        from foundation.settings import kafka_python_kwargs
 
         models = self.topics.models_by_topic()
         try:

@@ -52,7 +52,7 @@ class ModelFollower:
     current forecaster stays in use.
 
     Args:
-        kafka_kwargs: connection arguments (``tapas.settings.kafka_python_kwargs``).
+        kafka_kwargs: connection arguments (``foundation.settings.kafka_python_kwargs``).
         registry_dir: this process's registry directory (artifacts must lie inside it).
         topic: the model topic.
         model_name: only announcements of this model are followed.

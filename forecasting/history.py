@@ -2,7 +2,7 @@
 
 The documented entry point for data scientists is :func:`load_history`::
 
-    from tapas.settings import load_settings
+    from foundation.settings import load_settings
     from streams.store.base import open_store
     from forecasting.history import load_history
 
@@ -99,7 +99,7 @@ def simulated_history(num_servers: int, hours: float, *, seed: int, scenario: st
         from simulator.feed import record_telemetry
     except ModuleNotFoundError as exc:  # pragma: no cover - depends on the simulator being installed
         raise ConfigError("--simulate needs simulator.feed.record_telemetry, which this checkout lacks") from exc
-    from tapas.topology import default_topology
+    from foundation.topology import default_topology
 
     topology = default_topology(num_servers)
     df = record_telemetry(topology, hours=hours, seed=seed, scenario=scenario, tick_s=tick_s,

@@ -264,7 +264,7 @@ class BufferedProducer:
         clock: monotonic seconds (injected for tests).
 
     Examples:
-        >>> from tapas.settings import load_settings  # doctest: +SKIP
+        >>> from foundation.settings import load_settings  # doctest: +SKIP
         >>> prod = BufferedProducer(kafka_connector(load_settings()), source="redfish")  # doctest: +SKIP
         >>> prod.publish_message(sample); prod.flush(10)  # doctest: +SKIP
     """
@@ -522,14 +522,14 @@ def key_caching_partitioner() -> Any:
 
 
 def kafka_producer_config(settings: Any) -> dict[str, Any]:
-    """kafka-python producer keyword arguments from :class:`tapas.settings.Settings`.
+    """kafka-python producer keyword arguments from :class:`foundation.settings.Settings`.
 
     kafka-python retries in order (one request in flight per connection, so a retried
     batch cannot be overtaken by a newer one of its partition) until the delivery
     timeout; idempotence is off because its producer id does not survive a broker that
     restarted with an empty log. See :class:`BufferedProducer` for the whole contract.
     """
-    from tapas.settings import kafka_python_kwargs
+    from foundation.settings import kafka_python_kwargs
 
     ing = settings.ingest
     compression = None if ing.compression == "none" else ing.compression

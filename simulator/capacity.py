@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from foundation.topology import DEFAULT_CLUSTER_FILE, _read_layout, build_topology
 from simulator.engine import RunResult, SimParams, run
 from simulator.workload import load_trace
-from tapas.topology import DEFAULT_CLUSTER_FILE, _read_layout, build_topology
 
 
 @dataclass(frozen=True)

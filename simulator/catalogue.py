@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from controller.core.catalogue import Catalogue, ConfigOption
+from foundation.topology import GpuSku
 from simulator.physics.perf import (
     POWER_FREQ_EXP,
     ConfigSpec,
@@ -32,7 +33,6 @@ from simulator.physics.perf import (
     prefill_time_s,
     tbt_s,
 )
-from tapas.topology import GpuSku
 
 SLO_UTILISATION = 0.7
 RELOAD_S = 45.0
@@ -146,7 +146,7 @@ def build_catalogue(
     """The controller-format catalogue and the physics spec behind every config id.
 
     Examples:
-        >>> from tapas.topology import SKUS
+        >>> from foundation.topology import SKUS
         >>> cat, specs = build_catalogue(SKUS["A100-SXM-80GB"])
         >>> cat.defaults["llm-70b"]
         'llm-70b:llama2-70b-tp8-fp16-1410mhz-b32'

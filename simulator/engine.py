@@ -55,6 +55,7 @@ from controller.core.snapshot import (
     Snapshot,
     TickActions,
 )
+from foundation.topology import Topology
 from simulator.catalogue import DEFAULT_ENDPOINTS, EndpointSpec, build_catalogue
 from simulator.metrics import LatencyHistogram, MetricsAccumulator
 from simulator.physics import power as pw
@@ -70,7 +71,6 @@ from simulator.physics.perf import (
 )
 from simulator.scenarios import Scenario, make_scenario
 from simulator.workload import Arrivals, Trace, generate_arrivals, generate_vms, load_trace, vm_util
-from tapas.topology import Topology
 
 F = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -216,7 +216,7 @@ class Simulation:
             scenario, duration_s=self.duration_s, seed=seed)
         if trace is None:
             if trace_path is None:
-                from tapas.settings import load_settings
+                from foundation.settings import load_settings
 
                 trace_path = load_settings().resolved_trace_file
             trace = load_trace(trace_path)

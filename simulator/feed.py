@@ -31,8 +31,8 @@ from contracts.messages import (
     PduPowerSample,
     WorkloadContext,
 )
+from foundation.topology import Topology
 from simulator.engine import SimParams, Simulation
-from tapas.topology import Topology
 
 OBSERVATION_COLUMNS = (
     "server_id", "at_s", "hottest_gpu_temp_c", "gpu_power_w", "server_power_w", "inlet_temp_c",

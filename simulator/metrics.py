@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from tapas.topology import Topology
+from foundation.topology import Topology
 
 F = npt.NDArray[np.float64]
 B = npt.NDArray[np.bool_]

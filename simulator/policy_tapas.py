@@ -43,8 +43,8 @@ from controller.core.snapshot import (
     Snapshot,
     TickActions,
 )
+from foundation.topology import Topology
 from simulator.policies import BaselinePolicy
-from tapas.topology import Topology
 
 
 @dataclass(frozen=True)

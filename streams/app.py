@@ -44,11 +44,11 @@ from contracts.messages import (
 )
 from contracts.topics import TOPIC_BY_NAME, topic_for
 from forecasting.online import OnlineForecaster
+from foundation.settings import Settings, aiokafka_kwargs, ssl_context
 from streams.aggregate import partials_from_bytes, partials_to_bytes
 from streams.joins import JoinWindows
 from streams.processor import BatchOutput, RawRecord, StreamProcessor, TopologyView
 from streams.store.base import HistoryStore, Point
-from tapas.settings import Settings, aiokafka_kwargs, ssl_context
 
 log = logging.getLogger(__name__)
 

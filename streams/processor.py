@@ -81,7 +81,7 @@ class TopologyView:
 
     @classmethod
     def from_topology(cls, topo: object | None, *, inlet_limit_c: float) -> TopologyView:
-        """Build from a ``tapas.topology.Topology`` (``None``: no places, no limits)."""
+        """Build from a ``foundation.topology.Topology`` (``None``: no places, no limits)."""
         if topo is None:
             empty: dict[DomainKind, tuple[str, ...]] = {k: () for k in DOMAIN_KINDS}
             return cls({}, {}, {}, DomainLimits(empty, {k: () for k in DOMAIN_KINDS},

@@ -27,8 +27,8 @@ from typing import IO
 
 from contracts.messages import PlacementRequest
 from contracts.topics import topic_for
-from tapas.broker import EmbeddedBroker
-from tapas.settings import Settings, kafka_python_kwargs
+from foundation.broker import EmbeddedBroker
+from foundation.settings import Settings, kafka_python_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class Demo:
 
     def _write_cluster_file(self) -> Path:
         """One cluster file for every child, so feed, worker, controller and dashboard agree on the topology."""
-        from tapas.topology import DEFAULT_CLUSTER_FILE
+        from foundation.topology import DEFAULT_CLUSTER_FILE
 
         src = self.settings.cluster_file or DEFAULT_CLUSTER_FILE
         text = Path(src).read_text()

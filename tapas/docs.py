@@ -12,7 +12,7 @@ from pathlib import Path
 import typer.main
 
 from contracts.topics import markdown_table
-from tapas.settings import settings_table
+from foundation.settings import settings_table
 
 
 def cli_table() -> str:

@@ -32,7 +32,7 @@ def artifacts_dir() -> Path:
 @pytest.fixture(scope="session")
 def broker() -> Iterator[object]:
     """One real embedded Tansu broker for the whole test session, on a free loopback port."""
-    from tapas.broker import EmbeddedBroker, free_port
+    from foundation.broker import EmbeddedBroker, free_port
 
     b = EmbeddedBroker(port=free_port())
     b.start()

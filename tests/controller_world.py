@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from contracts import GpuReading, GpuSample, HorizonForecast, ServerForecast, WorkloadContext
 from controller.core.catalogue import Catalogue, ConfigOption
-from tapas.topology import Topology, default_topology
+from foundation.topology import Topology, default_topology
 
 T0 = datetime(2026, 11, 25, 10, 0, 0, tzinfo=UTC)
 ENDPOINT = "chat-70b"

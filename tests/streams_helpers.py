@@ -15,7 +15,7 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
-from tapas.broker import free_port, stop_process_group
+from foundation.broker import free_port, stop_process_group
 
 
 class WorkerProcess:

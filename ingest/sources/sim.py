@@ -20,7 +20,7 @@ from contracts.messages import Contract
 def build_feed(*, num_servers: int, seed: int, scenario: str, policy: str, tick_s: float,
                cluster_file: Any = None, start_at: datetime | None = None) -> Any:
     """A ``TelemetryFeed`` over the default topology of ``num_servers`` servers (or ``cluster_file``)."""
-    from tapas.topology import default_topology, load_topology
+    from foundation.topology import default_topology, load_topology
 
     try:
         from simulator.feed import TelemetryFeed

@@ -29,7 +29,7 @@ from contracts.errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from tapas.settings import StoreSettings
+    from foundation.settings import StoreSettings
 
 #: Measurement names the worker writes (see the module docstring for their tags and fields).
 MEASUREMENTS: tuple[str, ...] = ("gpu", "inlet", "pdu", "forecast")

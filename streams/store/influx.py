@@ -21,7 +21,7 @@ from streams.store.base import Point
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from tapas.settings import StoreSettings
+    from foundation.settings import StoreSettings
 
 _FLUX_STRING = re.compile(r'["\\]')
 

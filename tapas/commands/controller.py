@@ -48,9 +48,9 @@ def controller(
         return
     from contracts.errors import ConfigError
     from controller.service import run_service
+    from foundation.settings import load_settings
+    from foundation.topology import default_topology, load_topology
     from simulator.catalogue import build_catalogue
-    from tapas.settings import load_settings
-    from tapas.topology import default_topology, load_topology
 
     if mode not in (None, "advisory", "enforce"):
         raise ConfigError(f"--mode={mode!r}: choose advisory or enforce")
@@ -73,7 +73,7 @@ def set_mode(
     """Switch the running controller between advisory and enforce (publishes on tapas.control.mode)."""
     from contracts.errors import ConfigError
     from controller.service import publish_mode
-    from tapas.settings import load_settings
+    from foundation.settings import load_settings
 
     if mode not in ("advisory", "enforce"):
         raise ConfigError(f"mode={mode!r}: choose advisory or enforce")
@@ -88,7 +88,7 @@ def agent(
 ) -> None:
     """Node agent: apply host reconfiguration commands (GPU clock locks, power limits) for one server."""
     from controller.agent import open_gpu_control, run_agent
-    from tapas.settings import load_settings
+    from foundation.settings import load_settings
 
     settings = load_settings()
     _quiet_kafka()

@@ -25,17 +25,17 @@ def dashboard(
     """Serve the dashboard. Without a cluster file the floor is learned from the forecasts' rack/row tags."""
     from dashboard.app import create_app
     from dashboard.view import DashboardView, FloorLayout, ViewConsumer
-    from tapas.settings import load_settings
+    from foundation.settings import load_settings
 
     settings = load_settings()
     d = settings.dashboard
     layout = None
     if servers is not None:
-        from tapas.topology import default_topology
+        from foundation.topology import default_topology
 
         layout = FloorLayout.from_topology(default_topology(servers))
     elif cluster_file is not None or settings.cluster_file is not None:
-        from tapas.topology import load_topology
+        from foundation.topology import load_topology
 
         layout = FloorLayout.from_topology(load_topology(cluster_file or settings.cluster_file))
     if d.username and d.password is None:

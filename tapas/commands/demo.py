@@ -25,8 +25,8 @@ def demo(
     no_dashboard: bool = typer.Option(False, "--no-dashboard", help="Run headless (for checks)."),
 ) -> None:
     """Start broker, simulator feed, worker(s), controller and dashboard; Ctrl-C stops them all."""
+    from foundation.settings import load_settings
     from tapas.demo import Demo, DemoPlan
-    from tapas.settings import load_settings
 
     settings = load_settings()
     trace = settings.resolved_trace_file

@@ -53,8 +53,8 @@ def _history(history: Path | None, simulate: bool, from_store: bool, last_hours:
             df = simulated_history(servers, hours, seed=seed, scenario=scenario,
                                    config_sweep_s=sweep_s if sweep_s > 0 else None)
         return df, f"simulator: {servers} servers, {hours:g} h, seed {seed}, scenario {scenario}{sweep}"
+    from foundation.settings import load_settings
     from streams.store.base import open_store
-    from tapas.settings import load_settings
 
     store = open_store(load_settings().store)
     try:
@@ -165,7 +165,7 @@ def train(
 ) -> None:
     """Train a forecaster version on history and write it to the registry with its metadata."""
     from forecasting.workflow import train_version
-    from tapas.settings import load_settings
+    from foundation.settings import load_settings
 
     settings = load_settings()
     reg = registry_dir or settings.registry_dir
@@ -183,7 +183,7 @@ def train(
 def _promote(registry_dir: Path, version: str, *, announce_it: bool) -> dict[str, Any]:
     from forecasting.announce import announce, announcement_from_record
     from forecasting.registry import promote
-    from tapas.settings import kafka_python_kwargs, load_settings
+    from foundation.settings import kafka_python_kwargs, load_settings
 
     record = promote(registry_dir, version)
     console.print(f"promoted {version}")
@@ -198,7 +198,7 @@ def _promote(registry_dir: Path, version: str, *, announce_it: bool) -> dict[str
 def models_list(registry_dir: Path = typer.Option(None, "--registry-dir", help="Registry (default: TAPAS_REGISTRY_DIR).")) -> None:
     """List registered versions (the promoted one marked)."""
     from forecasting.registry import list_versions
-    from tapas.settings import load_settings
+    from foundation.settings import load_settings
 
     reg = registry_dir or load_settings().registry_dir
     table = Table("version", "promoted", "created", "temp MAE@60s", "power MAE@60s %peak", "coverage_90",
@@ -220,7 +220,7 @@ def models_show(
     """Print a version's metadata: features, training range, metrics, library versions."""
     from contracts.errors import ConfigError
     from forecasting.registry import promoted, read_metadata
-    from tapas.settings import load_settings
+    from foundation.settings import load_settings
 
     reg = registry_dir or load_settings().registry_dir
     if version is None:
@@ -238,6 +238,6 @@ def models_promote(
     registry_dir: Path = typer.Option(None, "--registry-dir", help="Registry (default: TAPAS_REGISTRY_DIR)."),
 ) -> None:
     """Promote a version and announce it on tapas.models so running workers load it."""
-    from tapas.settings import load_settings
+    from foundation.settings import load_settings
 
     _promote(registry_dir or load_settings().registry_dir, version, announce_it=not no_announce)

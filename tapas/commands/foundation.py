@@ -42,8 +42,8 @@ def create_topics_cmd(
     wait: float = typer.Option(30.0, "--wait", help="Seconds to wait for the broker to answer first."),
 ) -> None:
     """Create every topic of the topic table on TAPAS_KAFKA__BOOTSTRAP_SERVERS (idempotent)."""
-    from tapas.broker import create_topics, wait_for_metadata
-    from tapas.settings import load_settings
+    from foundation.broker import create_topics, wait_for_metadata
+    from foundation.settings import load_settings
 
     bootstrap = load_settings().kafka.bootstrap_servers
     wait_for_metadata(bootstrap, wait)
@@ -54,7 +54,7 @@ def create_topics_cmd(
 @config_app.command("show")
 def show(as_table: bool = typer.Option(False, "--table", help="Print the settings reference table instead.")) -> None:
     """Print the effective settings (secrets masked), or the reference table with --table."""
-    from tapas.settings import load_settings, settings_table
+    from foundation.settings import load_settings, settings_table
 
     if as_table:
         print(settings_table())
@@ -67,8 +67,8 @@ def broker(
     host: str = typer.Option(None, "--host", help="Listen address (default 127.0.0.1)."),
 ) -> None:
     """Run the embedded Tansu broker on loopback, create the topics, stop cleanly on SIGINT/SIGTERM."""
-    from tapas.broker import EmbeddedBroker
-    from tapas.settings import load_settings
+    from foundation.broker import EmbeddedBroker
+    from foundation.settings import load_settings
 
     settings = load_settings()
     b = EmbeddedBroker(host or settings.broker.host, port or settings.broker.port,

@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _settings(bootstrap: str | None) -> Any:
-    from tapas.settings import load_settings
+    from foundation.settings import load_settings
 
     settings = load_settings()
     if bootstrap:

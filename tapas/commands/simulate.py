@@ -49,7 +49,7 @@ def _clean(x: Any) -> Any:
 
 
 def _trace(trace: Path | None) -> Path:
-    from tapas.settings import load_settings
+    from foundation.settings import load_settings
 
     return trace or load_settings().resolved_trace_file
 
@@ -80,10 +80,10 @@ def simulate(
     bad = [p for p in chosen if p not in names]
     if bad:
         raise typer.BadParameter(f"unknown policies {bad}; choose from {', '.join(names)}", param_hint="--compare")
+    from foundation.topology import default_topology, load_topology
     from simulator.engine import run
     from simulator.scenarios import SCENARIOS
     from simulator.workload import load_trace
-    from tapas.topology import default_topology, load_topology
 
     if scenario not in SCENARIOS:
         raise typer.BadParameter(f"choose from {', '.join(SCENARIOS)}", param_hint="--scenario")

@@ -18,11 +18,11 @@ def worker(
     """Consume telemetry, keep per-server models live, publish forecasts, write history (Ctrl-C stops)."""
     import faust
 
+    from foundation.settings import load_settings
+    from foundation.topology import load_topology
     from streams.app import WorkerApp, load_forecaster
     from streams.processor import TopologyView
     from streams.store.base import open_store
-    from tapas.settings import load_settings
-    from tapas.topology import load_topology
 
     settings = load_settings()
     if web_port is not None:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tapas.broker import stop_process_group
+from foundation.broker import stop_process_group
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 REPO = Path(__file__).resolve().parents[2]
@@ -64,7 +64,7 @@ class FeedControl:
 class PipelinePublisher:
     """Publishes, once a second, what the stream worker and controller publish for a simulated cluster.
 
-    Messages are built from ``tapas.topology.default_topology`` by
+    Messages are built from ``foundation.topology.default_topology`` by
     :func:`bench.dashboard.synthetic_tick` and go through the real embedded broker on
     per-test topics; the dashboard's consumer reads them back like production.
     """
@@ -221,8 +221,8 @@ def live_dashboard(broker: Any, topic_factory: Callable[..., str], data_dir: Pat
     """
     from dashboard.app import create_app
     from dashboard.view import DashboardTopics, DashboardView, FloorLayout, ViewConsumer
-    from tapas.settings import KafkaSettings
-    from tapas.topology import load_topology
+    from foundation.settings import KafkaSettings
+    from foundation.topology import load_topology
 
     started: list[LiveDashboard] = []
 

@@ -56,8 +56,8 @@ class SimPipeline:
     def _controller(self) -> Any:
         """The live controller's state machine, publishing to the dashboard's topics."""
         from controller.service import Controller, ControllerTopics
+        from foundation.settings import ControllerSettings
         from simulator.catalogue import build_catalogue
-        from tapas.settings import ControllerSettings
 
         t = self.topics
         catalogue, _ = build_catalogue(self.topology.servers[0].sku)
@@ -128,11 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--registry", type=Path, required=True)
     parser.add_argument("--events", type=Path, required=True)
     parser.add_argument("--ready", type=Path, required=True)
-    parser.add_argument("--layout", default="{}", help="JSON of tapas.topology layout overrides")
+    parser.add_argument("--layout", default="{}", help="JSON of foundation.topology layout overrides")
     args = parser.parse_args(argv)
 
     from dashboard.view import DashboardTopics
-    from tapas.topology import load_topology
+    from foundation.topology import load_topology
 
     topics = DashboardTopics(**json.loads(args.topics))
     pipeline = SimPipeline(args.bootstrap, topics, load_topology(None, num_servers=args.servers, **json.loads(args.layout)), trace_path=args.trace,

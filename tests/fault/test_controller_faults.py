@@ -18,8 +18,8 @@ from kafka import KafkaProducer
 from contracts import CommandStatus, ControlEvent, ReconfigCommand, ReconfigParams, RoutingWeights
 from controller.agent import DryRunGpuControl, GpuSetting, NodeAgent, run_agent
 from controller.service import Controller, Outgoing
-from tapas.broker import EmbeddedBroker, free_port
-from tapas.settings import ControllerSettings, Settings
+from foundation.broker import EmbeddedBroker, free_port
+from foundation.settings import ControllerSettings, Settings
 from tests.controller_world import T0, forecast, gpu_sample, world_catalogue, world_topology
 
 

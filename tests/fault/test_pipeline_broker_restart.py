@@ -61,11 +61,11 @@ import pytest
 
 from contracts.messages import GpuSample, ServerForecast, decode
 from contracts.topics import topic_for
+from foundation.broker import EmbeddedBroker, free_port
+from foundation.settings import load_settings
 from ingest.producer import BufferedProducer, build_producer
 from streams.state import ServerStates
 from streams.telemetry_factory import SyntheticTelemetry
-from tapas.broker import EmbeddedBroker, free_port
-from tapas.settings import load_settings
 from tests.streams_helpers import WorkerProcess, collect, end_consumer
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]

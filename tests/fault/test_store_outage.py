@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from foundation.broker import free_port
+from foundation.settings import StoreSettings
 from streams.store.base import Point, open_store
 from streams.store.buffered import BufferedStore
-from tapas.broker import free_port
-from tapas.settings import StoreSettings
 from tests.integration.test_store_influx_write import VM, _export
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from tapas.broker import stop_process_group
+from foundation.broker import stop_process_group
 
 SNMPSIM_HOME = Path("/opt/tapas-snmpsim")
 VENV = SNMPSIM_HOME / "venv"

@@ -14,7 +14,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from contracts import decode
-from tapas.broker import free_port, wait_for_metadata
+from foundation.broker import free_port, wait_for_metadata
 from tests.samples import example_messages
 
 pytestmark = pytest.mark.integration
@@ -69,7 +69,7 @@ def _broker_with_topic_and_producer(topic: str) -> tuple[Any, KafkaProducer]:
     """
     from kafka.admin import KafkaAdminClient, NewTopic
 
-    from tapas.broker import EmbeddedBroker
+    from foundation.broker import EmbeddedBroker
 
     first = EmbeddedBroker(port=free_port(), create_project_topics=False).start()
     admin = KafkaAdminClient(bootstrap_servers=first.bootstrap)
@@ -92,7 +92,7 @@ def test_tansu_acknowledges_a_produce_to_a_missing_topic_and_keeps_nothing() -> 
     """
     from kafka.admin import KafkaAdminClient, NewTopic
 
-    from tapas.broker import EmbeddedBroker
+    from foundation.broker import EmbeddedBroker
 
     first, producer = _broker_with_topic_and_producer("quirk")
     port = first.port
@@ -139,7 +139,7 @@ def test_tansu_reuses_an_offset_after_a_batch_that_beat_the_topic_and_aiokafka_s
     from aiokafka import TopicPartition as AioTopicPartition
     from kafka.admin import KafkaAdminClient, NewTopic
 
-    from tapas.broker import EmbeddedBroker
+    from foundation.broker import EmbeddedBroker
 
     first, producer = _broker_with_topic_and_producer("quirk2")
     port = first.port

@@ -13,7 +13,7 @@ from kafka import KafkaConsumer, TopicPartition
 from contracts import CommandStatus, ControlEvent, decode
 from controller.agent import DryRunGpuControl, NodeAgent, run_agent
 from controller.service import ControllerTopics, publish_mode
-from tapas.settings import Settings
+from foundation.settings import Settings
 from tests.integration.test_controller_service import Harness
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from contracts import ControlEvent, decode
-from tapas.broker import free_port
+from foundation.broker import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -23,7 +23,7 @@ from contracts import (
 )
 from controller.metrics import ControllerMetrics
 from controller.service import Controller, ControllerTopics, run_service
-from tapas.settings import Settings
+from foundation.settings import Settings
 from tests.controller_world import ENDPOINT, forecast, gpu_sample, world_catalogue, world_topology
 
 pytestmark = pytest.mark.integration

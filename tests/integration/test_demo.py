@@ -13,7 +13,7 @@ import psutil
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from tapas.broker import free_port
+from foundation.broker import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.demo]
 

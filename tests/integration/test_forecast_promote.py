@@ -22,7 +22,7 @@ import pytest
 from forecasting.announce import ModelFollower, announce, announcement_from_record
 from forecasting.registry import promote, save_version
 from forecasting.state import ForecasterParams
-from tapas.broker import free_port, stop_process_group
+from foundation.broker import free_port, stop_process_group
 
 pytestmark = pytest.mark.integration
 

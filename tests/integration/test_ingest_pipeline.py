@@ -17,9 +17,9 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from contracts import GpuReading, GpuSample, InletSample
+from foundation.broker import free_port
+from foundation.settings import load_settings
 from ingest.producer import build_producer, publish_all
-from tapas.broker import free_port
-from tapas.settings import load_settings
 
 pytestmark = pytest.mark.integration
 

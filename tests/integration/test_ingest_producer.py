@@ -19,9 +19,9 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from foundation.broker import EmbeddedBroker, free_port
+from foundation.settings import load_settings
 from ingest.producer import BufferedProducer, build_producer
-from tapas.broker import EmbeddedBroker, free_port
-from tapas.settings import load_settings
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ import pytest
 from pydantic import SecretStr
 
 from contracts.errors import StoreError
+from foundation.settings import StoreSettings
 from streams.store.base import HistoryStore, Point, open_store
-from tapas.settings import StoreSettings
 
 pytestmark = pytest.mark.integration
 

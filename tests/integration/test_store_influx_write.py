@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from contracts.errors import StoreError
+from foundation.broker import free_port
+from foundation.settings import StoreSettings
 from streams.store.base import Point, open_store
-from tapas.broker import free_port
-from tapas.settings import StoreSettings
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
 """Every client type TAPAS builds talks to the embedded broker over TLS, and a plaintext client cannot.
 
-The broker is the real embedded Tansu behind stunnel (``tapas.tls.TlsEmbeddedBroker``)
+The broker is the real embedded Tansu behind stunnel (``foundation.tls.TlsEmbeddedBroker``)
 with a certificate signed by a CA generated in the test; clients are configured only
 through ``Settings.kafka`` (``security_protocol="SSL"``, ``ssl_cafile``) and the
 project's own builders: ``kafka_python_kwargs``, ``aiokafka_kwargs`` and
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tapas.settings import KafkaSettings, Settings, WorkerSettings, aiokafka_kwargs, kafka_python_kwargs
-from tapas.tls import TlsEmbeddedBroker, TlsFiles, write_test_pki
+from foundation.settings import KafkaSettings, Settings, WorkerSettings, aiokafka_kwargs, kafka_python_kwargs
+from foundation.tls import TlsEmbeddedBroker, TlsFiles, write_test_pki
 
 pytestmark = [
     pytest.mark.integration,
@@ -63,7 +63,7 @@ def _api_versions_over_tls(kafka: KafkaSettings) -> bytes:
     import socket
     import struct
 
-    from tapas.settings import ssl_context
+    from foundation.settings import ssl_context
 
     host, port = kafka.bootstrap_servers.split(":")
     ctx = ssl_context(kafka)

@@ -2,7 +2,7 @@
 
 TLS (SECURITY.md, "Embedded broker"): Tansu 0.6's command line refuses ``--cert`` together
 with ``--key``, and with ``--cert`` alone it keeps listening in plaintext (a TLS client's
-handshake times out), which is why ``tapas.tls`` terminates TLS with stunnel.
+handshake times out), which is why ``foundation.tls`` terminates TLS with stunnel.
 
 Findings (SECURITY.md, "SASL"): Tansu 0.6 with ``--authentication`` offers only SCRAM
 (``SaslHandshake`` lists ``SCRAM-SHA-512``) and closes the connection when a client asks
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from tapas.broker import free_port, stop_process_group, tansu_binary
-from tapas.tls import wait_for_port
+from foundation.broker import free_port, stop_process_group, tansu_binary
+from foundation.tls import wait_for_port
 
 pytestmark = pytest.mark.integration
 
@@ -99,7 +99,7 @@ def test_kafka_client_without_credentials_is_refused(auth_broker: str) -> None:
 
 
 def test_tansu_refuses_cert_and_key_together(tmp_path: Path) -> None:
-    from tapas.tls import write_test_pki
+    from foundation.tls import write_test_pki
 
     pki = write_test_pki(tmp_path / "pki")
     url = f"tcp://127.0.0.1:{free_port()}"

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from contracts import CommandStatus, ControlEvent, ReconfigCommand, ReconfigParams
 from controller.agent import DryRunGpuControl, GpuSetting, NodeAgent, open_gpu_control
-from tapas.settings import ControllerSettings
+from foundation.settings import ControllerSettings
 
 T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 

@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from contracts.errors import ConfigError
-from tapas.broker import _accepts_tcp, free_port, wait_for_metadata
+from foundation.broker import _accepts_tcp, free_port, wait_for_metadata
 
 
 def test_accepts_tcp_sees_a_listener_and_not_a_free_port() -> None:

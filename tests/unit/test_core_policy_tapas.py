@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from controller.core.snapshot import Emergency, EmergencyPlan, Snapshot, TickActions
+from foundation.topology import default_topology
 from simulator.engine import Simulation
 from simulator.policies import POLICIES
 from simulator.policy_tapas import TapasPolicy
-from tapas.topology import default_topology
 
 TRACE = "azure-llm-inference-2023/AzureLLMInferenceTrace_code.csv"
 

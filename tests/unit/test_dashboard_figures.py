@@ -18,7 +18,7 @@ from bench.dashboard import synthetic_actions, synthetic_tick, tick_payloads
 from dashboard import figures, layout
 from dashboard.app import create_app
 from dashboard.view import ActionEntry, DashboardView, FloorLayout
-from tapas.topology import default_topology
+from foundation.topology import default_topology
 
 T0 = datetime(2026, 11, 25, 10, 0, 0, tzinfo=UTC)
 

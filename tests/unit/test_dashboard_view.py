@@ -20,7 +20,7 @@ from contracts import (
     ServerForecast,
 )
 from dashboard.view import DashboardView, FloorLayout, ViewLimits
-from tapas.topology import default_topology
+from foundation.topology import default_topology
 
 T0 = datetime(2026, 11, 25, 10, 0, 0, tzinfo=UTC)
 

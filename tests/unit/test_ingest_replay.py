@@ -84,8 +84,8 @@ def test_missing_columns_name_what_is_expected(tmp_path: Path) -> None:
 
 def test_simulator_recording_replays(tmp_path: Path) -> None:
     """What simulator.feed.record_telemetry writes is what replay reads."""
+    from foundation.topology import default_topology
     from simulator.feed import record_telemetry
-    from tapas.topology import default_topology
 
     df = record_telemetry(default_topology(4), hours=0.002, seed=3, scenario="normal")
     path = tmp_path / "sim.parquet"

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from contracts import ReconfigCommand, ReconfigParams, SafetyViolation
 from controller.safety import SafetyBounds, SafetyGate, check_bounds, make_command_id, refusal_event
-from tapas.settings import ControllerSettings
+from foundation.settings import ControllerSettings
 
 T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 BOUNDS = SafetyBounds(min_frequency_mhz=900, max_frequency_mhz=2000, min_power_limit_w=150,

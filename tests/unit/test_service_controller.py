@@ -17,7 +17,7 @@ from contracts import (
 )
 from controller.core.snapshot import ConfigChange
 from controller.service import Controller, Outgoing, raises_power
-from tapas.settings import ControllerSettings
+from foundation.settings import ControllerSettings
 from tests.controller_world import ENDPOINT, T0, forecast, gpu_sample, world_catalogue, world_topology
 
 

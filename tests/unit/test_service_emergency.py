@@ -7,7 +7,7 @@ from datetime import timedelta
 from contracts import ControlEvent, ReconfigCommand
 from controller.core.snapshot import ConfigChange
 from controller.service import Controller, to_emergency
-from tapas.settings import ControllerSettings
+from foundation.settings import ControllerSettings
 from tests.controller_world import T0, forecast, gpu_sample, world_catalogue, world_topology
 
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from contracts import PlacementHint, PlacementRequest, ReconfigCommand, RoutingWeights
 from controller.safety import SafetyBounds, check_bounds
 from controller.service import Controller
-from tapas.settings import ControllerSettings
+from foundation.settings import ControllerSettings
 from tests.controller_world import T0, forecast, gpu_sample, world_catalogue, world_topology
 
 TOPOLOGY = world_topology(8)

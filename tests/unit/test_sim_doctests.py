@@ -8,7 +8,7 @@ import importlib
 import pytest
 
 MODULES = (
-    "tapas.topology",
+    "foundation.topology",
     "simulator.physics.perf",
     "simulator.physics.thermal",
     "simulator.physics.power",

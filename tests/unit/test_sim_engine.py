@@ -13,11 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.core.snapshot import RoutingDecision, TickActions
+from foundation.topology import default_topology
 from simulator.catalogue import DEFAULT_ENDPOINTS
 from simulator.engine import SimParams, Simulation, run, water_fill_probs, weighted_water_fill_probs
 from simulator.physics import power as pw
 from simulator.workload import Arrivals, Trace
-from tapas.topology import default_topology
 
 GOLDEN = Path(__file__).parent / "golden" / "sim_golden.json"
 ONE_ENDPOINT = (replace(DEFAULT_ENDPOINTS[0], share=1.0),)

@@ -13,9 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from contracts.messages import ClockEventReason, GpuSample, decode
+from foundation.topology import default_topology
 from simulator.feed import LOCATION_COLUMNS, TelemetryFeed, record_telemetry
 from tapas.cli import app
-from tapas.topology import default_topology
 
 
 def _trace_csv(tmp_path: Path) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from contracts.errors import ConfigError
-from tapas.topology import build_topology, default_topology, load_topology
+from foundation.topology import build_topology, default_topology, load_topology
 
 
 def test_shipped_default_loads_and_is_consistent() -> None:

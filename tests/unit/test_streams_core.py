@@ -14,13 +14,13 @@ from hypothesis import strategies as st
 
 from contracts.messages import DeadLetter, DomainForecast, GpuSample, InletSample, ServerForecast, decode
 from forecasting.online import OnlineForecaster
+from foundation.topology import default_topology
 from streams.aggregate import DOMAIN_KINDS, DomainCombiner, partials_from_bytes, partials_to_bytes
 from streams.joins import JoinWindows, join_server_power
 from streams.processor import RawRecord, StreamProcessor, TopologyView
 from streams.publish import ServerPlace, iso_utc, power_headroom_w, server_forecast_json
 from streams.state import SCALARS, WINDOW, ServerStates
 from streams.telemetry_factory import SyntheticTelemetry
-from tapas.topology import default_topology
 
 T0 = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
 

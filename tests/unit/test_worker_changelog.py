@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from foundation.settings import load_settings
 from streams.app import BEFORE_COMMIT_ATTR, WorkerApp, load_forecaster
 from streams.processor import RawRecord, TopologyView
 from streams.telemetry_factory import SyntheticTelemetry
-from tapas.settings import load_settings
 
 
 def _worker(tmp_path: Path) -> WorkerApp:

@@ -11,7 +11,7 @@ opens (to the partition leader, the group coordinator) is TLS as well::
 
 The plaintext inner port must never be reachable from outside the host; it is bound
 to loopback. Production runs Apache Kafka with its own TLS listener instead; the client
-side (``tapas.settings.kafka_python_kwargs`` / ``aiokafka_kwargs`` /
+side (``foundation.settings.kafka_python_kwargs`` / ``aiokafka_kwargs`` /
 ``ssl_context``) is the same for both.
 """
 
@@ -33,8 +33,8 @@ from typing import Any
 
 from contracts.errors import ConfigError
 from contracts.topics import TOPICS
-from tapas.broker import free_port, stop_process_group, tansu_binary
-from tapas.settings import KafkaSettings, kafka_python_kwargs
+from foundation.broker import free_port, stop_process_group, tansu_binary
+from foundation.settings import KafkaSettings, kafka_python_kwargs
 
 log = logging.getLogger(__name__)
 
