@@ -42,12 +42,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from contracts import CommandStatus, Contract, ContractError, ControlEvent, ReconfigCommand, decode, topic_for
 from controller.safety import SafetyBounds, SafetyGate, refusal_event
-from foundation.settings import ControllerSettings, Settings, kafka_python_kwargs
+from foundation.kafka import KafkaClients, Since, assign_all
+from foundation.settings import ControllerSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +312,8 @@ class NodeAgent:
 # ---------------------------------------------------------------------- the Kafka shell
 
 
-def run_agent(settings: Settings, server_id: str, control: GpuControl, *, stop: threading.Event,
+def run_agent(settings: Settings, server_id: str, control: GpuControl, *, clients: KafkaClients,
+              stop: threading.Event,
               commands_topic: str | None = None, status_topic: str | None = None, events_topic: str | None = None,
               clock: Callable[[], datetime] | None = None, health_every_s: float = 5.0,
               on_ready: Callable[[NodeAgent], None] | None = None) -> NodeAgent:
@@ -321,39 +323,26 @@ def run_agent(settings: Settings, server_id: str, control: GpuControl, *, stop: 
     still valid when the agent (re)starts are applied; ids already applied are not
     applied again within one run.
     """
-    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-
     cs = settings.controller
     now_fn = clock or (lambda: datetime.now(UTC))
     commands_topic = commands_topic or topic_for(ReconfigCommand)
     status_topic = status_topic or topic_for(CommandStatus)
     events_topic = events_topic or topic_for(ControlEvent)
-    kw = kafka_python_kwargs(settings.kafka)
     agent = NodeAgent(server_id, control, cs)
     log.info("event=agent_started server=%s control=%s", server_id, control.describe())
     # An offset out of range (a broker that restarted with an empty log, or retention) resets to the
     # earliest retained command rather than the latest: the ledger drops ids already applied and the
     # expiry drops stale ones, while "latest" would skip commands published just after the restart.
-    consumer = KafkaConsumer(**kw, client_id=f"{settings.kafka.client_id}-agent-{server_id}", group_id=None,
-                             enable_auto_commit=False, request_timeout_ms=5000, fetch_max_wait_ms=500,
-                             reconnect_backoff_max_ms=2000, auto_offset_reset="earliest")
-    producer = KafkaProducer(**kw, client_id=f"{settings.kafka.client_id}-agent-{server_id}", acks=1,
-                             enable_idempotence=False,
-                             max_block_ms=1000, request_timeout_ms=5000, reconnect_backoff_max_ms=2000)
+    consumer = clients.consumer(f"agent-{server_id}", request_timeout_ms=5000, fetch_max_wait_ms=500,
+                                reconnect_backoff_max_ms=2000, auto_offset_reset="earliest")
+    producer = clients.producer(f"agent-{server_id}", acks=1, enable_idempotence=False, max_block_ms=1000,
+                                request_timeout_ms=5000, reconnect_backoff_max_ms=2000)
     outbox: deque[Contract] = deque(maxlen=10_000)
     key = server_id.encode()
     try:
-        parts = consumer.partitions_for_topic(commands_topic) or {0}
-        tps = [TopicPartition(commands_topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        since_ms = int((now_fn().timestamp() - cs.max_command_ttl_s) * 1000)
-        try:
-            for tp, off in consumer.offsets_for_times({tp: since_ms for tp in tps}).items():
-                if off is not None:
-                    consumer.seek(tp, off.offset)
-        except Exception:  # noqa: BLE001 - no timestamp index: read from the beginning, expiry filters
-            pass
+        # no record that late, or no timestamp index: read from the beginning, expiry filters
+        since = Since(now_fn() - timedelta(seconds=cs.max_command_ttl_s), otherwise="beginning")
+        tps = assign_all(consumer, {commands_topic: since}, metadata_wait_s=0.0)
         for tp in tps:  # resolve the lazy seeks before reporting ready
             consumer.position(tp)
         if on_ready is not None:

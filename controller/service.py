@@ -85,7 +85,8 @@ from controller.core.snapshot import ReconfigParams as CoreReconfigParams
 from controller.metrics import ControllerMetrics
 from controller.safety import SafetyBounds, SafetyGate, make_command_id, refusal_event
 from controller.snapshot_builder import LiveState, build_snapshot
-from foundation.settings import ControllerSettings, Settings, kafka_python_kwargs
+from foundation.kafka import KafkaClients, Publisher, Since, Start, assign_all
+from foundation.settings import ControllerSettings, Settings
 from foundation.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -726,8 +727,8 @@ def _age(age_s: float) -> str:
 # ---------------------------------------------------------------------- the Kafka shell
 
 
-def run_service(settings: Settings, topology: Topology, catalogue: Catalogue, *, stop: threading.Event,
-                mode: Mode | None = None, topics: ControllerTopics | None = None,
+def run_service(settings: Settings, topology: Topology, catalogue: Catalogue, *, clients: KafkaClients,
+                producer: Publisher, stop: threading.Event, mode: Mode | None = None, topics: ControllerTopics | None = None,
                 metrics: ControllerMetrics | None = None, clock: Callable[[], datetime] | None = None,
                 on_ready: Callable[[Controller], None] | None = None) -> Controller:
     """Run the controller until ``stop`` is set; returns the final Controller (for tests and reports).
@@ -735,45 +736,26 @@ def run_service(settings: Settings, topology: Topology, catalogue: Catalogue, *,
     The consumer is ``assign()``-ed to every partition of the input topics (no group
     join): forecasts, samples and requests from their end; events from
     ``max_command_ttl_s`` ago (an emergency announced just before a restart is still
-    planned); the mode topic from its beginning (the latest retained mode).
+    planned); the mode topic from its beginning (the latest retained mode). Outputs go
+    through ``producer`` (the collectors' buffered producer: bounded FIFO, in-order
+    retries across a broker outage, so a hint, weight or command decided while the
+    broker is away is delivered when it returns instead of crashing the loop); the
+    shell builds both (``tapas.bootstrap``).
     """
-    from kafka import KafkaConsumer, TopicPartition
-
-    from ingest.producer import build_producer
-
     now_fn = clock or (lambda: datetime.now(UTC))
     topics = topics or ControllerTopics()
     cs = settings.controller
-    kw = kafka_python_kwargs(settings.kafka)
     controller = Controller(topology, catalogue, cs, mode=mode, topics=topics, metrics=metrics, started_at=now_fn())
-    consumer = KafkaConsumer(**kw, client_id=f"{settings.kafka.client_id}-controller", enable_auto_commit=False,
-                             group_id=None)
-    # Outputs go through the collectors' buffered producer: bounded FIFO, in-order retries across a
-    # broker outage, so a hint, weight or command decided while the broker is away is delivered when it
-    # returns (agents drop commands that expired meanwhile) instead of crashing the loop.
-    producer = build_producer(settings, source="controller", client_id=f"{settings.kafka.client_id}-controller")
+    consumer = clients.consumer("controller")
     metrics_server = None
     try:
-        tps: list[TopicPartition] = []
-        for topic in topics.inputs:
-            parts = consumer.partitions_for_topic(topic) or {0}
-            tps += [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        consumer.seek_to_end()
-        mode_tps = [tp for tp in tps if tp.topic == topics.mode]
-        consumer.seek_to_beginning(*mode_tps)
-        event_tps = [tp for tp in tps if tp.topic == topics.events]
-        since_ms = int((now_fn().timestamp() - cs.max_command_ttl_s) * 1000)
-        try:
-            found = consumer.offsets_for_times({tp: since_ms for tp in event_tps})
-        except Exception:  # noqa: BLE001 - a broker without timestamp lookup: start at the end
-            found = {}
-        for tp, off in found.items():
-            if off is not None:
-                consumer.seek(tp, off.offset)
-        for tp in tps:  # resolve the lazy seeks now, so nothing sent after on_ready() is skipped
+        since = Since(now_fn() - timedelta(seconds=cs.max_command_ttl_s), otherwise="end")
+        starts: dict[str, Start] = {t: "end" for t in topics.inputs}
+        starts.update({topics.mode: "beginning", topics.events: since})
+        tps = assign_all(consumer, starts, metadata_wait_s=0.0)
+        for tp in tps:  # resolve any lazy seek now, so nothing sent after on_ready() is skipped
             consumer.position(tp)
-        restored = _restore_commands(kw, topics.commands, controller, now_fn(), cs.max_command_ttl_s)
+        restored = _restore_commands(clients, topics.commands, controller, now_fn(), cs.max_command_ttl_s)
         if restored:
             log.info("event=commands_restored live=%d", restored)
         if cs.metrics_port and metrics is None:
@@ -810,27 +792,16 @@ def run_service(settings: Settings, topology: Topology, catalogue: Catalogue, *,
     return controller
 
 
-def _restore_commands(kw: dict[str, object], topic: str, controller: Controller, now: datetime,
+def _restore_commands(clients: KafkaClients, topic: str, controller: Controller, now: datetime,
                       lookback_s: float) -> int:
     """Read back the commands published in the last ``lookback_s`` into ``controller`` (see Controller.restore)."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(**kw, enable_auto_commit=False, group_id=None)
+    consumer = clients.consumer("controller-restore")
     live = 0
     try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or {0})]
-        consumer.assign(tps)
+        # no record that late, or no timestamp lookup: from the beginning (restore drops expired commands)
+        tps = assign_all(consumer, {topic: Since(now - timedelta(seconds=lookback_s), otherwise="beginning")},
+                         metadata_wait_s=0.0)
         ends = consumer.end_offsets(tps, timeout_ms=10_000)
-        try:
-            starts = consumer.offsets_for_times({tp: int((now.timestamp() - lookback_s) * 1000) for tp in tps})
-        except Exception:  # noqa: BLE001 - no timestamp lookup: read from the beginning
-            starts = {}
-        for tp in tps:
-            off = starts.get(tp)
-            if off is None:
-                consumer.seek_to_beginning(tp)
-            else:
-                consumer.seek(tp, off.offset)
         pending = {tp for tp in tps if consumer.position(tp) < ends.get(tp, 0)}
         deadline = time.monotonic() + 30
         while pending and time.monotonic() < deadline:
@@ -867,12 +838,11 @@ def _dead_letter(topics: ControllerTopics, source: str, rec: object, exc: Contra
     return Outgoing(topics.deadletter, key.decode(errors="replace") if isinstance(key, bytes) else "", dl)
 
 
-def publish_mode(settings: Settings, mode: Mode, *, changed_by: str = "operator", topic: str | None = None) -> ControllerMode:
+def publish_mode(clients: KafkaClients, mode: Mode, *, changed_by: str = "operator",
+                 topic: str | None = None) -> ControllerMode:
     """Publish a ControllerMode message (``tapas controller mode ...``)."""
-    from kafka import KafkaProducer
-
     msg = ControllerMode(mode=mode, changed_at=datetime.now(UTC), changed_by=changed_by)
-    producer = KafkaProducer(**kafka_python_kwargs(settings.kafka), acks=1, enable_idempotence=False)
+    producer = clients.producer("controller-mode", acks=1, enable_idempotence=False)
     try:
         producer.send(topic or topic_for(ControllerMode), key=b"mode", value=msg.to_bytes()).get(timeout=10)
     finally:

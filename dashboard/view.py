@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -43,9 +42,9 @@ from contracts import (
     decode,
     topic_for,
 )
+from foundation.kafka import KafkaClients, Last, Start, assign_all
 
 if TYPE_CHECKING:
-    from foundation.settings import KafkaSettings
     from foundation.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -634,10 +633,10 @@ class ViewConsumer:
     message, and a group join on some brokers takes tens of seconds).
     """
 
-    def __init__(self, view: DashboardView, kafka: KafkaSettings, *, topics: DashboardTopics | None = None,
+    def __init__(self, view: DashboardView, *, clients: KafkaClients, topics: DashboardTopics | None = None,
                  poll_timeout_ms: int = 200) -> None:
         self.view = view
-        self.kafka = kafka
+        self.clients = clients
         self.topics = topics or DashboardTopics()
         self.poll_timeout_ms = poll_timeout_ms
         self._stop = threading.Event()
@@ -669,46 +668,21 @@ class ViewConsumer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _assign(self, consumer: object) -> None:
-        from kafka import TopicPartition
-
+    def _starts(self) -> dict[str, Start]:
         backlog = self.topics.backlog()
-        parts: list[TopicPartition] = []
-        deadline = time.monotonic() + 15.0
-        for topic in self.topics.models_by_topic():
-            ids = consumer.partitions_for_topic(topic)  # type: ignore[attr-defined]
-            while not ids and time.monotonic() < deadline:
-                time.sleep(0.1)
-                ids = consumer.partitions_for_topic(topic)  # type: ignore[attr-defined]
-            if not ids:
-                log.warning("event=dashboard_topic_missing topic=%s", topic)
-                continue
-            parts.extend(TopicPartition(topic, p) for p in sorted(ids))
-        consumer.assign(parts)  # type: ignore[attr-defined]
-        if not parts:
-            return
-        ends = consumer.end_offsets(parts)  # type: ignore[attr-defined]
-        begins = consumer.beginning_offsets(parts)  # type: ignore[attr-defined]
-        for tp in parts:
-            keep = backlog.get(tp.topic, 0)
-            start = begins[tp] if keep is None else max(begins[tp], ends[tp] - keep)
-            consumer.seek(tp, start)  # type: ignore[attr-defined]
+        return {topic: "beginning" if (keep := backlog.get(topic, 0)) is None else Last(keep)
+                for topic in self.topics.models_by_topic()}
 
     def _run(self) -> None:
-        from kafka import KafkaConsumer
-
-        from foundation.settings import kafka_python_kwargs
-
         models = self.topics.models_by_topic()
         try:
-            consumer = KafkaConsumer(**kafka_python_kwargs(self.kafka), group_id=None, enable_auto_commit=False,
-                                     client_id=f"{self.kafka.client_id}-dashboard")
+            consumer = self.clients.consumer("dashboard")
         except BaseException as exc:  # surfaced to start()
             self.error = exc
             self._ready.set()
             return
         try:
-            self._assign(consumer)
+            assign_all(consumer, self._starts(), metadata_wait_s=15.0, missing="skip")
             self._ready.set()
             while not self._stop.is_set():
                 batches = consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=5000)

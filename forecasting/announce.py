@@ -18,6 +18,7 @@ from contracts.errors import ContractError, TapasError
 from contracts.topics import topic_for
 from forecasting.online import OnlineForecaster
 from forecasting.registry import load_announced
+from foundation.kafka import KafkaClients, assign_all
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +31,10 @@ def announcement_from_record(record: dict[str, Any]) -> ModelAnnouncement:
                              artifact_path=record["artifact_path"], sha256=record["sha256"], metrics=metrics)
 
 
-def announce(kafka_kwargs: dict[str, Any], announcement: ModelAnnouncement, *, topic: str | None = None,
+def announce(clients: KafkaClients, announcement: ModelAnnouncement, *, topic: str | None = None,
              timeout_s: float = 15.0) -> None:
     """Publish ``announcement`` (key: model name) and wait until the broker has it."""
-    from kafka import KafkaProducer
-
-    producer = KafkaProducer(**kafka_kwargs, acks="all")
+    producer = clients.producer("model-announce", acks="all")
     try:
         producer.send(topic or topic_for(ModelAnnouncement), key=announcement.model_name.encode(),
                       value=announcement.to_bytes()).get(timeout=timeout_s)
@@ -52,23 +51,19 @@ class ModelFollower:
     current forecaster stays in use.
 
     Args:
-        kafka_kwargs: connection arguments (``foundation.settings.kafka_python_kwargs``).
+        clients: builds the consumer (``tapas.bootstrap.kafka_clients``).
         registry_dir: this process's registry directory (artifacts must lie inside it).
         topic: the model topic.
         model_name: only announcements of this model are followed.
     """
 
-    def __init__(self, kafka_kwargs: dict[str, Any], registry_dir: Path, *, topic: str | None = None,
+    def __init__(self, clients: KafkaClients, registry_dir: Path, *, topic: str | None = None,
                  model_name: str = "tapas-forecaster") -> None:
-        from kafka import KafkaConsumer, TopicPartition
-
         self.registry_dir = Path(registry_dir)
         self.model_name = model_name
         self.topic = topic or topic_for(ModelAnnouncement)
-        self._consumer = KafkaConsumer(**kafka_kwargs, enable_auto_commit=False, auto_offset_reset="earliest")
-        parts = self._consumer.partitions_for_topic(self.topic) or {0}
-        self._consumer.assign([TopicPartition(self.topic, p) for p in sorted(parts)])
-        self._consumer.seek_to_beginning()
+        self._consumer = clients.consumer("model-follower", auto_offset_reset="earliest")
+        assign_all(self._consumer, {self.topic: "beginning"}, metadata_wait_s=0.0)
 
     def poll(self, timeout_s: float = 0.0) -> OnlineForecaster | None:
         """The forecaster of the newest valid announcement since the last poll, or None."""

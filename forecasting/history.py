@@ -3,7 +3,7 @@
 The documented entry point for data scientists is :func:`load_history`::
 
     from foundation.settings import load_settings
-    from streams.store.base import open_store
+    from tapas.bootstrap import open_store
     from forecasting.history import load_history
 
     store = open_store(load_settings().store)

@@ -24,8 +24,8 @@ import numpy as np
 import numpy.typing as npt
 from sklearn.linear_model import Ridge
 
-from forecasting.backtest import FoldedHistory
 from forecasting.features import FEATURE_NAMES
+from forecasting.folded import FoldedHistory
 from forecasting.state import ForecasterParams
 
 F = npt.NDArray[np.float64]

@@ -44,7 +44,8 @@ from contracts.messages import (
 )
 from contracts.topics import TOPIC_BY_NAME, topic_for
 from forecasting.online import OnlineForecaster
-from foundation.settings import Settings, aiokafka_kwargs, ssl_context
+from foundation.kafka import KafkaClients, Last, assign_all_async
+from foundation.settings import Settings, ssl_context
 from streams.aggregate import partials_from_bytes, partials_to_bytes
 from streams.joins import JoinWindows
 from streams.processor import BatchOutput, RawRecord, StreamProcessor, TopologyView
@@ -179,8 +180,9 @@ class WorkerApp:
     """The stream worker: builds the Faust app around a processor, a store and the settings."""
 
     def __init__(self, settings: Settings, *, view: TopologyView, forecaster: OnlineForecaster,
-                 store: HistoryStore | None) -> None:
+                 store: HistoryStore | None, clients: KafkaClients) -> None:
         self.settings = settings
+        self.clients = clients
         w = settings.worker
         self.worker_id = uuid.uuid4().hex[:12]
         self.processor = StreamProcessor(
@@ -214,7 +216,7 @@ class WorkerApp:
         setattr(app, BEFORE_COMMIT_ATTR, self.flush_states_batched)
         self.changelog_name = self.table.changelog_topic.get_topic_name()
         app.transport.Consumer = tansu_safe_consumer_class(  # type: ignore[misc]
-            aiokafka_kwargs(settings.kafka), fetch_max_wait_ms=w.fetch_max_wait_ms)
+            clients.aiokafka_kwargs("end-offsets"), fetch_max_wait_ms=w.fetch_max_wait_ms)
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         self._wire()
 
@@ -413,21 +415,14 @@ class WorkerApp:
     # ------------------------------------------------------------------ broadcast inputs
     async def _consume_broadcast(self) -> None:
         """PDU power and model announcements: every partition, no consumer group (``assign``)."""
-        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from aiokafka import AIOKafkaConsumer
 
         pdu, models = topic_for(PduPowerSample), topic_for(ModelAnnouncement)
-        consumer = AIOKafkaConsumer(**aiokafka_kwargs(self.settings.kafka), enable_auto_commit=False,
-                                    client_id=f"{self.settings.kafka.client_id}-broadcast-{self.worker_id}")
+        consumer = AIOKafkaConsumer(**self.clients.aiokafka_kwargs(f"broadcast-{self.worker_id}"),
+                                    enable_auto_commit=False)
         await consumer.start()
-        try:
-            tps = [TopicPartition(t, p) for t in (pdu, models)
-                   for p in sorted(await _partitions(consumer, t))]
-            consumer.assign(tps)
-            begin = await consumer.beginning_offsets(tps)
-            end = await consumer.end_offsets(tps)
-            for tp in tps:  # models: whole (compacted) history; PDU: a bounded look-back
-                lookback = 10_000 if tp.topic == pdu else 1_000_000
-                consumer.seek(tp, max(begin[tp], end[tp] - lookback))
+        try:  # models: whole (compacted) history; PDU: a bounded look-back
+            await assign_all_async(consumer, {pdu: Last(10_000), models: Last(1_000_000)})
             while True:
                 got = await consumer.getmany(timeout_ms=500, max_records=5000)
                 for tp, msgs in got.items():
@@ -456,16 +451,6 @@ class WorkerApp:
             return
         self.processor.set_forecaster(forecaster)
         log.info("event=model_switched version=%s", forecaster.version)
-
-
-async def _partitions(consumer: Any, topic: str) -> set[int]:
-    for _ in range(100):
-        parts = consumer.partitions_for_topic(topic)
-        if parts:
-            return set(parts)
-        await consumer._client.force_metadata_update()  # noqa: SLF001 - aiokafka has no public refresh
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"topic {topic} has no partitions (was the broker's topic table created?)")
 
 
 def describe(app: WorkerApp) -> str:

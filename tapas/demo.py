@@ -23,12 +23,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from contracts.messages import PlacementRequest
 from contracts.topics import topic_for
 from foundation.broker import EmbeddedBroker
-from foundation.settings import Settings, kafka_python_kwargs
+from foundation.kafka import SyncConsumer
+from foundation.settings import Settings
+from tapas.bootstrap import kafka_clients
 
 log = logging.getLogger(__name__)
 
@@ -80,28 +82,28 @@ def child_commands(plan: DemoPlan, settings: Settings) -> list[Child]:
     return children
 
 
-def _end_offsets(consumer: object, topics: dict[str, str]) -> dict[str, int]:
+def _end_offsets(consumer: SyncConsumer, topics: dict[str, str]) -> dict[str, int]:
     from kafka import TopicPartition
 
     totals: dict[str, int] = {}
     for label, topic in topics.items():
-        parts = consumer.partitions_for_topic(topic) or set()  # type: ignore[attr-defined]
+        parts = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in parts]
-        ends = consumer.end_offsets(tps) if tps else {}  # type: ignore[attr-defined]
+        ends = consumer.end_offsets(tps) if tps else {}
         totals[label] = int(sum(ends.values()))
     return totals
 
 
-def _worker_lag(admin: object, consumer: object, group: str, topic: str) -> int | None:
+def _worker_lag(admin: Any, consumer: SyncConsumer, group: str, topic: str) -> int | None:
     from kafka import TopicPartition
 
     try:
-        committed = admin.list_consumer_group_offsets(group)  # type: ignore[attr-defined]
+        committed = admin.list_consumer_group_offsets(group)
     except Exception:  # noqa: BLE001 - the group may not exist yet
         return None
-    parts = consumer.partitions_for_topic(topic) or set()  # type: ignore[attr-defined]
+    parts = consumer.partitions_for_topic(topic) or set()
     tps = [TopicPartition(topic, p) for p in parts]
-    ends = consumer.end_offsets(tps) if tps else {}  # type: ignore[attr-defined]
+    ends = consumer.end_offsets(tps) if tps else {}
     lag = 0
     for tp in tps:
         meta = committed.get(tp)
@@ -186,9 +188,7 @@ class Demo:
 
     def _allocator_loop(self) -> None:
         """A stand-in VM allocator: asks for a placement every few seconds, as a downstream scheduler would."""
-        from kafka import KafkaProducer
-
-        producer = KafkaProducer(**kafka_python_kwargs(self.settings.kafka))
+        producer = kafka_clients(self.settings).producer("demo-allocator")
         topic = topic_for(PlacementRequest)
         i = 0
         try:
@@ -202,7 +202,7 @@ class Demo:
         finally:
             producer.close(5)
 
-    def _status_line(self, consumer: object, admin: object, prev: dict[str, int], dt: float) -> dict[str, int]:
+    def _status_line(self, consumer: SyncConsumer, admin: Any, prev: dict[str, int], dt: float) -> dict[str, int]:
         now = _end_offsets(consumer, STATUS_TOPICS)
         rates = {k: (now[k] - prev.get(k, 0)) / dt for k in now}
         lag = _worker_lag(admin, consumer, self.settings.worker.app_id, STATUS_TOPICS["samples"])
@@ -216,16 +216,14 @@ class Demo:
 
     def run(self, status_every_s: float = 5.0, until: Callable[[], bool] | None = None) -> None:
         """Start everything, print status until SIGINT/SIGTERM (or ``until()``), then stop everything."""
-        from kafka import KafkaAdminClient, KafkaConsumer
-
         prev_int = signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
         prev_term = signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
         allocator: threading.Thread | None = None
         try:
             self.start()
-            kw = kafka_python_kwargs(self.settings.kafka)
-            consumer = KafkaConsumer(**kw)
-            admin = KafkaAdminClient(**kw)
+            clients = kafka_clients(self.settings)
+            consumer = clients.consumer("demo-status")
+            admin = clients.admin("demo-status")
             allocator = threading.Thread(target=self._allocator_loop, name="demo-allocator", daemon=True)
             allocator.start()
             prev: dict[str, int] = {}

@@ -1,4 +1,4 @@
-"""The history-store interface every store implements, and ``open_store`` that picks one from settings.
+"""The history-store interface every store implements (``tapas.bootstrap.open_store`` picks one from settings).
 
 A store keeps time series of raw telemetry (down-sampled) and forecasts. The
 interface is deliberately small (write a batch of points, query one measurement
@@ -24,12 +24,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from contracts.errors import ConfigError
-
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from foundation.settings import StoreSettings
 
 #: Measurement names the worker writes (see the module docstring for their tags and fields).
 MEASUREMENTS: tuple[str, ...] = ("gpu", "inlet", "pdu", "forecast")
@@ -80,18 +77,3 @@ class HistoryStore(Protocol):
     def close(self) -> None:
         """Flush and release connections."""
         ...
-
-
-def open_store(settings: StoreSettings) -> HistoryStore:
-    """Build the store named by ``settings.kind`` (``embedded`` SQLite WAL or ``influx``)."""
-    if settings.kind == "embedded":
-        from streams.store.embedded import EmbeddedStore
-
-        return EmbeddedStore(settings.path)
-    if settings.kind == "influx":
-        if not settings.influx_url:
-            raise ConfigError("TAPAS_STORE__INFLUX_URL: required when TAPAS_STORE__KIND=influx")
-        from streams.store.influx import InfluxStore
-
-        return InfluxStore.from_settings(settings)
-    raise ConfigError(f"TAPAS_STORE__KIND: unknown store {settings.kind!r}; use embedded or influx")

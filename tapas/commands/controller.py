@@ -51,9 +51,11 @@ def controller(
     from foundation.settings import load_settings
     from foundation.topology import default_topology, load_topology
     from simulator.catalogue import build_catalogue
+    from tapas.bootstrap import collector_producer, kafka_clients
 
     if mode not in (None, "advisory", "enforce"):
         raise ConfigError(f"--mode={mode!r}: choose advisory or enforce")
+    chosen: Literal["advisory", "enforce"] | None = None if mode is None else "enforce" if mode == "enforce" else "advisory"
     settings = load_settings()
     _quiet_kafka()
     topology = default_topology(servers) if servers else load_topology(settings.cluster_file)
@@ -61,7 +63,9 @@ def controller(
     stop = _stop_on_signals()
     console.print(f"controller: {topology.num_servers} servers, endpoints {list(catalogue.endpoint_ids)}, "
                   f"mode {mode or settings.controller.mode}; Ctrl-C to stop")
-    ctl = run_service(settings, topology, catalogue, stop=stop, mode=mode)  # type: ignore[arg-type]
+    clients = kafka_clients(settings)
+    producer = collector_producer(settings, source="controller", client_id=f"{settings.kafka.client_id}-controller")
+    ctl = run_service(settings, topology, catalogue, clients=clients, producer=producer, stop=stop, mode=chosen)
     console.print(f"controller stopped: {ctl.num_commands} commands issued, {ctl.num_refused} refused")
 
 
@@ -74,11 +78,12 @@ def set_mode(
     from contracts.errors import ConfigError
     from controller.service import publish_mode
     from foundation.settings import load_settings
+    from tapas.bootstrap import kafka_clients
 
     if mode not in ("advisory", "enforce"):
         raise ConfigError(f"mode={mode!r}: choose advisory or enforce")
     chosen: Literal["advisory", "enforce"] = "enforce" if mode == "enforce" else "advisory"
-    msg = publish_mode(load_settings(), chosen, changed_by=changed_by)
+    msg = publish_mode(kafka_clients(load_settings()), chosen, changed_by=changed_by)
     console.print(f"controller mode -> {msg.mode} (published {msg.changed_at.isoformat()})")
 
 
@@ -89,11 +94,12 @@ def agent(
     """Node agent: apply host reconfiguration commands (GPU clock locks, power limits) for one server."""
     from controller.agent import open_gpu_control, run_agent
     from foundation.settings import load_settings
+    from tapas.bootstrap import kafka_clients
 
     settings = load_settings()
     _quiet_kafka()
     control = open_gpu_control(dry_run=dry_run)
     console.print(f"agent {server_id}: {control.describe()}")
     stop = _stop_on_signals()
-    a = run_agent(settings, server_id, control, stop=stop)
+    a = run_agent(settings, server_id, control, clients=kafka_clients(settings), stop=stop)
     console.print(f"agent stopped: {a.num_applied} commands applied ({'dry run' if control.dry_run else 'NVML'})")

@@ -26,6 +26,7 @@ def dashboard(
     from dashboard.app import create_app
     from dashboard.view import DashboardView, FloorLayout, ViewConsumer
     from foundation.settings import load_settings
+    from tapas.bootstrap import kafka_clients
 
     settings = load_settings()
     d = settings.dashboard
@@ -43,7 +44,7 @@ def dashboard(
     view = DashboardView(layout=layout, stale_after_s=d.stale_after_s)
     app = create_app(view, refresh_s=d.refresh_s, username=d.username,
                      password=d.password.get_secret_value() if d.password else None)
-    consumer = ViewConsumer(view, settings.kafka).start()
+    consumer = ViewConsumer(view, clients=kafka_clients(settings)).start()
     bind_host, bind_port = host or d.host, port or d.port
     console.print(f"dashboard on http://{bind_host}:{bind_port}/ (broker {settings.kafka.bootstrap_servers}"
                   f"{', basic auth on' if d.username else ''})")

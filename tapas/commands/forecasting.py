@@ -54,7 +54,7 @@ def _history(history: Path | None, simulate: bool, from_store: bool, last_hours:
                                    config_sweep_s=sweep_s if sweep_s > 0 else None)
         return df, f"simulator: {servers} servers, {hours:g} h, seed {seed}, scenario {scenario}{sweep}"
     from foundation.settings import load_settings
-    from streams.store.base import open_store
+    from tapas.bootstrap import open_store
 
     store = open_store(load_settings().store)
     try:
@@ -183,13 +183,14 @@ def train(
 def _promote(registry_dir: Path, version: str, *, announce_it: bool) -> dict[str, Any]:
     from forecasting.announce import announce, announcement_from_record
     from forecasting.registry import promote
-    from foundation.settings import kafka_python_kwargs, load_settings
+    from foundation.settings import load_settings
+    from tapas.bootstrap import kafka_clients
 
     record = promote(registry_dir, version)
     console.print(f"promoted {version}")
     if announce_it:
         settings = load_settings()
-        announce(kafka_python_kwargs(settings.kafka), announcement_from_record(record))
+        announce(kafka_clients(settings), announcement_from_record(record))
         console.print(f"announced {version} on tapas.models ({settings.kafka.bootstrap_servers})")
     return record
 

@@ -52,9 +52,9 @@ def _sink(source: str, *, stdout: bool, settings: Any, metrics_port: int | None)
         return StdoutSink()
     from prometheus_client import start_http_server
 
-    from ingest.producer import build_producer
+    from tapas.bootstrap import collector_producer
 
-    producer = build_producer(settings, source=source)
+    producer = collector_producer(settings, source=source)
     port = settings.ingest.metrics_port if metrics_port is None else metrics_port
     if port:
         start_http_server(port, registry=producer.metrics.registry)

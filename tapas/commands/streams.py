@@ -22,7 +22,7 @@ def worker(
     from foundation.topology import load_topology
     from streams.app import WorkerApp, load_forecaster
     from streams.processor import TopologyView
-    from streams.store.base import open_store
+    from tapas.bootstrap import kafka_clients, worker_store
 
     settings = load_settings()
     if web_port is not None:
@@ -31,12 +31,9 @@ def worker(
     view = TopologyView.from_topology(topo, inlet_limit_c=settings.worker.inlet_limit_c)
     store = None
     if not no_store and settings.worker.store_enabled:
-        from streams.store.buffered import buffered
-
-        # outages of the store are buffered and retried; the worker keeps forecasting
-        store = buffered(open_store(settings.store), max_buffered_points=settings.store.max_buffered_points,
-                         batch_size=settings.store.batch_size)
-    wa = WorkerApp(settings, view=view, forecaster=load_forecaster(settings.registry_dir), store=store)
+        store = worker_store(settings)  # outages of the store are buffered and retried
+    wa = WorkerApp(settings, view=view, forecaster=load_forecaster(settings.registry_dir), store=store,
+                   clients=kafka_clients(settings))
     try:
         faust.Worker(wa.app, loglevel=loglevel, quiet=True).execute_from_commandline()
     finally:

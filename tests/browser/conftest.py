@@ -223,6 +223,7 @@ def live_dashboard(broker: Any, topic_factory: Callable[..., str], data_dir: Pat
     from dashboard.view import DashboardTopics, DashboardView, FloorLayout, ViewConsumer
     from foundation.settings import KafkaSettings
     from foundation.topology import load_topology
+    from tapas.bootstrap import kafka_clients
 
     started: list[LiveDashboard] = []
 
@@ -234,7 +235,8 @@ def live_dashboard(broker: Any, topic_factory: Callable[..., str], data_dir: Pat
                                     for name in DashboardTopics.__dataclass_fields__})
         topo = load_topology(None, num_servers=num_servers, **(layout or {}))
         view = DashboardView(layout=FloorLayout.from_topology(topo), stale_after_s=stale_after_s)
-        consumer = ViewConsumer(view, KafkaSettings(bootstrap_servers=broker.bootstrap), topics=topics).start()
+        consumer = ViewConsumer(view, clients=kafka_clients(KafkaSettings(bootstrap_servers=broker.bootstrap)),
+                                topics=topics).start()
         publisher: Any
         if sim is not None:
             trace = data_dir / "azure-llm-inference-2023" / "AzureLLMInferenceTrace_code.csv"

@@ -20,6 +20,7 @@ from controller.agent import DryRunGpuControl, GpuSetting, NodeAgent, run_agent
 from controller.service import Controller, Outgoing
 from foundation.broker import EmbeddedBroker, free_port
 from foundation.settings import ControllerSettings, Settings
+from tapas.bootstrap import kafka_clients
 from tests.controller_world import T0, forecast, gpu_sample, world_catalogue, world_topology
 
 
@@ -151,7 +152,8 @@ def test_agent_applies_safe_cap_when_broker_is_lost_and_lifts_it_when_back(priva
         ready.set()
 
     t = threading.Thread(target=run_agent, args=(settings, "s1", ctl),
-                         kwargs=dict(stop=stop, health_every_s=0.5, on_ready=on_ready))
+                         kwargs=dict(clients=kafka_clients(settings), stop=stop, health_every_s=0.5,
+                                     on_ready=on_ready))
     t.start()
     try:
         assert ready.wait(20)
@@ -284,7 +286,8 @@ def test_broker_outage_controller_and_agent_resume_no_command_lost_or_applied_tw
             ready.set()
 
         t = threading.Thread(target=run_agent, args=(agent_settings, server, DryRunGpuControl(num_gpus=8)),
-                             kwargs=dict(stop=stop, health_every_s=0.5, on_ready=on_ready))
+                             kwargs=dict(clients=kafka_clients(agent_settings), stop=stop, health_every_s=0.5,
+                                         on_ready=on_ready))
         t.start()
         threads.append(t)
         assert ready.wait(30)

@@ -17,8 +17,9 @@ import pytest
 
 from foundation.broker import free_port
 from foundation.settings import StoreSettings
-from streams.store.base import Point, open_store
+from streams.store.base import Point
 from streams.store.buffered import BufferedStore
+from tapas.bootstrap import open_store
 from tests.integration.test_store_influx_write import VM, _export
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]

@@ -14,6 +14,7 @@ from contracts import CommandStatus, ControlEvent, decode
 from controller.agent import DryRunGpuControl, NodeAgent, run_agent
 from controller.service import ControllerTopics, publish_mode
 from foundation.settings import Settings
+from tapas.bootstrap import kafka_clients
 from tests.integration.test_controller_service import Harness
 
 pytestmark = pytest.mark.integration
@@ -35,7 +36,7 @@ def test_advisory_commands_are_shown_then_enforced_after_mode_switch(broker: obj
         ready.set()
 
     agent_thread = threading.Thread(target=run_agent, args=(settings, hot_server, gpus), kwargs=dict(
-        stop=stop, commands_topic=topics.commands, status_topic=topics.status, events_topic=topics.events,
+        clients=kafka_clients(settings), stop=stop, commands_topic=topics.commands, status_topic=topics.status, events_topic=topics.events,
         on_ready=on_ready))
     status = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     status.assign([TopicPartition(topics.status, 0), TopicPartition(topics.events, 0)])
@@ -64,7 +65,7 @@ def test_advisory_commands_are_shown_then_enforced_after_mode_switch(broker: obj
         assert any(r.status == "dry_run" and "advisory" in r.detail for r in reports)
         assert gpus.calls == 0 and agent_box["a"].num_applied == 0
         # operator switches to enforce through the mode topic
-        publish_mode(settings, "enforce", changed_by="test", topic=topics.mode)
+        publish_mode(kafka_clients(settings), "enforce", changed_by="test", topic=topics.mode)
         deadline = time.monotonic() + 20
         while agent_box["a"].num_applied == 0 and time.monotonic() < deadline:
             pump(0.5)

@@ -24,6 +24,7 @@ from contracts import (
 from controller.metrics import ControllerMetrics
 from controller.service import Controller, ControllerTopics, run_service
 from foundation.settings import Settings
+from tapas.bootstrap import collector_producer, kafka_clients
 from tests.controller_world import ENDPOINT, forecast, gpu_sample, world_catalogue, world_topology
 
 pytestmark = pytest.mark.integration
@@ -49,7 +50,8 @@ class Harness:
             self.ready.set()
 
         self.thread = threading.Thread(target=run_service, name="controller-under-test", kwargs=dict(
-            settings=settings, topology=self.topology, catalogue=world_catalogue(), stop=self.stop, topics=topics,
+            settings=settings, topology=self.topology, catalogue=world_catalogue(), clients=kafka_clients(settings),
+            producer=collector_producer(settings, source="controller"), stop=self.stop, topics=topics,
             metrics=ControllerMetrics(), on_ready=ready))
         self.producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
         self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)

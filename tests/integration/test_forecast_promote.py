@@ -23,6 +23,8 @@ from forecasting.announce import ModelFollower, announce, announcement_from_reco
 from forecasting.registry import promote, save_version
 from forecasting.state import ForecasterParams
 from foundation.broker import free_port, stop_process_group
+from foundation.settings import KafkaSettings
+from tapas.bootstrap import kafka_clients
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +82,7 @@ def test_train_promote_and_running_worker_switches(broker: Any, tmp_path: Path) 
 def test_follower_loads_verified_announcements_and_refuses_tampered_ones(broker: Any, tmp_path: Path,
                                                                         topic_factory: Any) -> None:
     topic = topic_factory("models")
-    kw = {"bootstrap_servers": [broker.bootstrap]}
+    kw = kafka_clients(KafkaSettings(bootstrap_servers=broker.bootstrap))
     registry = tmp_path / "registry"
     save_version(registry, ForecasterParams(version="good-1", tau_thermal_s=28.0), {})
     announce(kw, announcement_from_record(promote(registry, "good-1")), topic=topic)

@@ -16,7 +16,8 @@ from pydantic import SecretStr
 
 from contracts.errors import StoreError
 from foundation.settings import StoreSettings
-from streams.store.base import HistoryStore, Point, open_store
+from streams.store.base import HistoryStore, Point
+from tapas.bootstrap import open_store
 
 pytestmark = pytest.mark.integration
 

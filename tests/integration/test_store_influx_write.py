@@ -17,7 +17,8 @@ import pytest
 from contracts.errors import StoreError
 from foundation.broker import free_port
 from foundation.settings import StoreSettings
-from streams.store.base import Point, open_store
+from streams.store.base import Point
+from tapas.bootstrap import open_store
 
 pytestmark = pytest.mark.integration
 

@@ -13,13 +13,15 @@ from foundation.settings import load_settings
 from streams.app import BEFORE_COMMIT_ATTR, WorkerApp, load_forecaster
 from streams.processor import RawRecord, TopologyView
 from streams.telemetry_factory import SyntheticTelemetry
+from tapas.bootstrap import kafka_clients
 
 
 def _worker(tmp_path: Path) -> WorkerApp:
     settings = load_settings(kafka={"bootstrap_servers": "127.0.0.1:9"},
                              worker={"app_id": "unit-changelog", "data_dir": str(tmp_path / "faust")})
     view = TopologyView.from_topology(None, inlet_limit_c=27.0)
-    app = WorkerApp(settings, view=view, forecaster=load_forecaster(tmp_path / "reg"), store=None)
+    app = WorkerApp(settings, view=view, forecaster=load_forecaster(tmp_path / "reg"), store=None,
+                    clients=kafka_clients(settings))
     fleet = SyntheticTelemetry(["s1", "s2", "s3"], start_at=datetime(2026, 11, 25, tzinfo=UTC), seed=1)
     gpu, _, _ = fleet.step()
     app.processor.handle_gpu([RawRecord(g.server_id.encode(), g.to_bytes(), "gpu") for g in gpu])
