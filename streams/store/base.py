@@ -83,15 +83,19 @@ class HistoryStore(Protocol):
 
 
 def open_store(settings: StoreSettings) -> HistoryStore:
-    """Build the store named by ``settings.kind`` (``embedded`` SQLite WAL or ``influx``)."""
+    """Build the store named by ``settings.kind`` (``embedded`` SQLite WAL, ``influxql`` or ``influx`` Flux)."""
     if settings.kind == "embedded":
         from streams.store.embedded import EmbeddedStore
 
         return EmbeddedStore(settings.path)
+    if settings.kind == "influxql":
+        from streams.store.influxql import InfluxQLStore
+
+        return InfluxQLStore.from_settings(settings)
     if settings.kind == "influx":
         if not settings.influx_url:
             raise ConfigError("TAPAS_STORE__INFLUX_URL: required when TAPAS_STORE__KIND=influx")
         from streams.store.influx import InfluxStore
 
         return InfluxStore.from_settings(settings)
-    raise ConfigError(f"TAPAS_STORE__KIND: unknown store {settings.kind!r}; use embedded or influx")
+    raise ConfigError(f"TAPAS_STORE__KIND: unknown store {settings.kind!r}; use embedded, influxql or influx")
