@@ -89,6 +89,12 @@ class ControllerSettings(BaseModel):
     min_frequency_mhz: float = Field(default=900.0, gt=0, description="Safety floor for any frequency cap.")
     max_commands_per_instance_per_min: int = Field(default=6, ge=1, description="Rate limit per instance.")
     metrics_port: int = Field(default=9108, ge=0, le=65535, description="Prometheus gauges port (0 = off).")
+    metrics_host: str = Field(default="127.0.0.1", description="Bind address of the gauges (0.0.0.0 in a "
+                              "container, so Prometheus and routers can scrape them).")
+    health_port: int = Field(default=9109, ge=0, le=65535, description="Controller /healthz and /readyz "
+                             "port (0 = off).")
+    health_host: str = Field(default="127.0.0.1", description="Bind address of the controller's /healthz "
+                             "and /readyz (0.0.0.0 in a container).")
     max_frequency_mhz: float = Field(default=3000.0, gt=0, description="Safety ceiling for any frequency cap.")
     min_power_limit_w: float = Field(default=100.0, gt=0, description="Safety floor for any GPU power limit.")
     max_power_limit_w: float = Field(default=1200.0, gt=0, description="Safety ceiling for any GPU power limit.")
@@ -104,6 +110,10 @@ class ControllerSettings(BaseModel):
     stale_decay_s: float = Field(
         default=30.0, gt=0,
         description="Time constant over which stale routing weights decay to capacity-proportional ones.")
+    agent_health_port: int = Field(default=9110, ge=0, le=65535, description="Node agent: /healthz and "
+                                   "/readyz port (0 = off).")
+    agent_health_host: str = Field(default="127.0.0.1", description="Node agent: bind address of /healthz "
+                                   "and /readyz (0.0.0.0 in a pod, for the kubelet's probes).")
     agent_reconcile_s: float = Field(default=10.0, gt=0, description="Node agent: re-apply desired GPU settings period.")
     agent_broker_lost_after_s: float = Field(
         default=30.0, gt=0, description="Node agent: broker unreachable this long → apply the safe power cap.")
@@ -127,7 +137,11 @@ class WorkerSettings(BaseModel):
     """The Faust stream worker."""
 
     app_id: str = Field(default="tapas-worker", description="Faust app id (consumer group).")
-    web_port: int = Field(default=6066, ge=1, le=65535, description="Faust web port.")
+    web_port: int = Field(default=6066, ge=1, le=65535, description="Faust web port (also /healthz, /readyz).")
+    web_host: str = Field(default="127.0.0.1", description="Faust web bind address (0.0.0.0 in a container "
+                          "so health probes reach /healthz and /readyz).")
+    stale_after_s: float = Field(default=30.0, gt=0, description="/readyz answers 503 when no telemetry batch "
+                                 "arrived for this long.")
     data_dir: Path = Field(default=Path("var/faust"), description="Faust local table data directory.")
     horizons_s: list[float] = Field(default=[10.0, 60.0, 300.0], description="Forecast horizons.")
     tick_s: float = Field(default=1.0, gt=0, description="Forecast publication period per server.")
