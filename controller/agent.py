@@ -47,6 +47,7 @@ from typing import Any, Protocol
 
 from contracts import CommandStatus, Contract, ContractError, ControlEvent, ReconfigCommand, decode, topic_for
 from controller.safety import SafetyBounds, SafetyGate, refusal_event
+from foundation.health import HealthServer, Readiness, readiness, start_health_server
 from foundation.kafka import KafkaClients, Since, assign_all
 from foundation.settings import ControllerSettings, Settings
 
@@ -209,6 +210,20 @@ class NodeAgent:
         self.safe_mode = False
         self.num_applied = 0
         self.num_gpus = control.gpu_count()
+        self.last_polled_at: datetime | None = None
+        """When the loop last polled the commands topic (``/readyz``'s ``consuming``)."""
+        self.broker_ok_at: datetime | None = None
+        """When the broker last answered (``/readyz``'s freshness)."""
+
+    def readiness(self, now: datetime, *, poll_window_s: float = 15.0) -> Readiness:
+        """``/readyz``: polling, the broker answered within ``agent_broker_lost_after_s``, not in safe mode."""
+        polled = self.last_polled_at
+        consuming = polled is not None and (now - polled).total_seconds() <= poll_window_s
+        return readiness("agent", consuming=consuming, last_input_at=self.broker_ok_at, now=now,
+                         stale_after_s=self.settings.agent_broker_lost_after_s,
+                         not_ready_because="safe mode: GPUs at the safe power cap" if self.safe_mode else "",
+                         detail={"server_id": self.server_id, "safe_mode": self.safe_mode,
+                                 "active_commands": len(self.active)})
 
     # ------------------------------------------------------------------ commands
     def receive(self, cmd: ReconfigCommand, *, now: datetime) -> list[Contract]:
@@ -339,19 +354,27 @@ def run_agent(settings: Settings, server_id: str, control: GpuControl, *, client
                                 request_timeout_ms=5000, reconnect_backoff_max_ms=2000)
     outbox: deque[Contract] = deque(maxlen=10_000)
     key = server_id.encode()
+    health_server: HealthServer | None = None
     try:
         # no record that late, or no timestamp index: read from the beginning, expiry filters
         since = Since(now_fn() - timedelta(seconds=cs.max_command_ttl_s), otherwise="beginning")
         tps = assign_all(consumer, {commands_topic: since}, metadata_wait_s=0.0)
         for tp in tps:  # resolve the lazy seeks before reporting ready
             consumer.position(tp)
+        agent.broker_ok_at = agent.last_polled_at = now_fn()
+        if cs.agent_health_port:
+            health_server = start_health_server(
+                "agent", lambda: agent.readiness(now_fn(), poll_window_s=max(15.0, 3 * health_every_s)),
+                host=cs.agent_health_host, port=cs.agent_health_port)
         if on_ready is not None:
             on_ready(agent)
         last_ok = time.monotonic()
         next_health = last_ok + health_every_s
         next_reconcile = last_ok + cs.agent_reconcile_s
         while not stop.is_set():
-            for _tp, records in consumer.poll(timeout_ms=200).items():
+            polled = consumer.poll(timeout_ms=200)
+            agent.last_polled_at = now_fn()
+            for _tp, records in polled.items():
                 for rec in records:
                     if rec.key != key:
                         continue
@@ -368,6 +391,7 @@ def run_agent(settings: Settings, server_id: str, control: GpuControl, *, client
                 try:
                     consumer.end_offsets(tps, timeout_ms=int(health_every_s * 1000 * 0.8))
                     last_ok = time.monotonic()
+                    agent.broker_ok_at = now_fn()
                     agent.broker_back(now_fn())
                 except Exception:  # noqa: BLE001 - KafkaTimeoutError and connection errors
                     if time.monotonic() - last_ok >= cs.agent_broker_lost_after_s:
@@ -377,6 +401,8 @@ def run_agent(settings: Settings, server_id: str, control: GpuControl, *, client
                 outbox.extend(agent.reconcile(now_fn()))
             _flush(producer, outbox, status_topic, events_topic, key)
     finally:
+        if health_server is not None:
+            health_server.close()
         consumer.close()
         _flush(producer, outbox, status_topic, events_topic, key)
         producer.close(timeout=5)

@@ -2,9 +2,16 @@
 
 Routers such as the Gateway API Inference Extension or llm-d scrape per-endpoint and
 per-instance gauges; these follow the Prometheus naming guide (``tapas_`` prefix, base
-units: celsius, watts, seconds, tokens per second) and carry only the ``endpoint`` and
-``instance`` labels, whose cardinality is that of the deployment (never per request or
-per command).
+units: celsius, watts, seconds, tokens per second) and carry only the ``tapas_endpoint``
+and ``tapas_instance`` labels, whose cardinality is that of the deployment (never per
+request or per command).
+
+Why not ``endpoint`` and ``instance``: Prometheus sets ``instance`` (and the Prometheus
+Operator ``endpoint``) on every scraped series itself, so it renames a target's own
+labels of those names to ``exported_instance`` / ``exported_endpoint`` (or overwrites them
+with ``honor_labels``); a router querying ``tapas_routing_weight{instance="..."}`` would
+then match the scrape target, not the inference instance. Every exporter of these
+gauges (this one, a per-endpoint sidecar) takes the names from :data:`INSTANCE_LABELS`.
 
 Every gauge lives in the :class:`ControllerMetrics` object's own registry, so tests
 and several controllers in one process never collide; ``serve`` exposes it over HTTP.
@@ -19,7 +26,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 
 from controller.core.snapshot import RoutingDecision
 
-INSTANCE_LABELS = ("endpoint", "instance")
+#: Label naming the endpoint (model deployment) a series belongs to.
+ENDPOINT_LABEL = "tapas_endpoint"
+#: Label naming the inference instance a series belongs to.
+INSTANCE_LABEL = "tapas_instance"
+#: Labels of every per-instance gauge, in this order; per-endpoint gauges carry ``(ENDPOINT_LABEL,)``.
+INSTANCE_LABELS = (ENDPOINT_LABEL, INSTANCE_LABEL)
+ENDPOINT_LABELS = (ENDPOINT_LABEL,)
 
 
 class ControllerMetrics:
@@ -46,12 +59,12 @@ class ControllerMetrics:
                               INSTANCE_LABELS, registry=r)
         self.endpoint_thermal_headroom = Gauge("tapas_endpoint_thermal_headroom_celsius",
                                                "Smallest thermal headroom among the endpoint's active instances.",
-                                               ("endpoint",), registry=r)
+                                               ENDPOINT_LABELS, registry=r)
         self.endpoint_power_headroom = Gauge("tapas_endpoint_power_headroom_watts",
                                              "Smallest row power headroom among the endpoint's active instances.",
-                                             ("endpoint",), registry=r)
+                                             ENDPOINT_LABELS, registry=r)
         self.endpoint_capacity = Gauge("tapas_endpoint_capacity_tokens_per_second",
-                                       "Sum of the endpoint's instance capacities at SLO.", ("endpoint",), registry=r)
+                                       "Sum of the endpoint's instance capacities at SLO.", ENDPOINT_LABELS, registry=r)
         self.mode_enforce = Gauge("tapas_controller_enforce", "1 in enforce mode, 0 in advisory mode.", registry=r)
         self.forecast_age = Gauge("tapas_controller_forecast_age_seconds", "Age of the newest forecast.", registry=r)
         self.stale = Gauge("tapas_controller_forecasts_stale", "1 while forecasts are stale (safe fallback).",

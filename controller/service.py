@@ -84,7 +84,8 @@ from controller.core.snapshot import PlacementRequest as CorePlacementRequest
 from controller.core.snapshot import ReconfigParams as CoreReconfigParams
 from controller.metrics import ControllerMetrics
 from controller.safety import SafetyBounds, SafetyGate, make_command_id, refusal_event
-from controller.snapshot_builder import LiveState, build_snapshot
+from controller.snapshot_builder import NEVER_S, LiveState, build_snapshot
+from foundation.health import HealthServer, Readiness, readiness, start_health_server
 from foundation.kafka import KafkaClients, Publisher, Since, Start, assign_all
 from foundation.settings import ControllerSettings, Settings
 from foundation.topology import Topology
@@ -170,6 +171,8 @@ class Controller:
             home_layout=settings.home_layout)
         self.stale = False
         self.stale_since: datetime | None = None
+        self.last_polled_at: datetime | None = None
+        """When the Kafka shell last polled its inputs (``/readyz``'s ``consuming``)."""
         self.previous_routing: dict[str, RoutingDecision] = {}
         self.last_good_routing: dict[str, RoutingDecision] = {}
         self.emergencies: dict[str, ActiveEmergency] = {}
@@ -276,6 +279,15 @@ class Controller:
         return Outgoing(self.topics.placement_hints, req.request_id, hint)
 
     # ------------------------------------------------------------------ tick
+    def readiness(self, now: datetime) -> Readiness:
+        """``/readyz``: the input loop polled within five ticks (at least 5 s) and forecasts are fresh."""
+        polled = self.last_polled_at
+        consuming = polled is not None and (now - polled).total_seconds() <= max(5.0, 5 * self.settings.tick_s)
+        age_s = self.state.forecast_age_s(now)
+        last = None if age_s >= NEVER_S else now - timedelta(seconds=age_s)
+        return readiness("controller", consuming=consuming, last_input_at=last, now=now,
+                         stale_after_s=self.settings.stale_after_s)
+
     def tick(self, now: datetime) -> list[Outgoing]:
         """One decision tick: staleness, emergencies' end, routing weights, and (every period) reconfiguration."""
         t0 = time.perf_counter()
@@ -748,6 +760,7 @@ def run_service(settings: Settings, topology: Topology, catalogue: Catalogue, *,
     controller = Controller(topology, catalogue, cs, mode=mode, topics=topics, metrics=metrics, started_at=now_fn())
     consumer = clients.consumer("controller")
     metrics_server = None
+    health_server: HealthServer | None = None
     try:
         since = Since(now_fn() - timedelta(seconds=cs.max_command_ttl_s), otherwise="end")
         starts: dict[str, Start] = {t: "end" for t in topics.inputs}
@@ -758,8 +771,12 @@ def run_service(settings: Settings, topology: Topology, catalogue: Catalogue, *,
         restored = _restore_commands(clients, topics.commands, controller, now_fn(), cs.max_command_ttl_s)
         if restored:
             log.info("event=commands_restored live=%d", restored)
+        controller.last_polled_at = now_fn()  # assigned and positioned: consuming from here on
         if cs.metrics_port and metrics is None:
-            metrics_server = controller.metrics.serve(cs.metrics_port)
+            metrics_server = controller.metrics.serve(cs.metrics_port, addr=cs.metrics_host)
+        if cs.health_port:
+            health_server = start_health_server("controller", lambda: controller.readiness(now_fn()),
+                                                host=cs.health_host, port=cs.health_port)
         log.info("event=controller_started mode=%s servers=%d endpoints=%d", controller.mode, topology.num_servers,
                  len(catalogue.endpoint_ids))
         if on_ready is not None:
@@ -768,6 +785,7 @@ def run_service(settings: Settings, topology: Topology, catalogue: Catalogue, *,
         while not stop.is_set():
             wait_ms = max(0, int((next_tick - time.monotonic()) * 1000))
             batches = consumer.poll(timeout_ms=min(wait_ms, 200), max_records=2000)
+            controller.last_polled_at = now_fn()
             out: list[Outgoing] = []
             for tp, records in batches.items():
                 model = topics.inputs[tp.topic]
@@ -789,6 +807,8 @@ def run_service(settings: Settings, topology: Topology, catalogue: Catalogue, *,
         producer.close(5)
         if metrics_server is not None:
             metrics_server.shutdown()  # type: ignore[attr-defined]
+        if health_server is not None:
+            health_server.close()
     return controller
 
 

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from typing import Any
 
 import dash
@@ -133,11 +135,17 @@ class PageUpdater:
 
 
 def create_app(view: DashboardView, *, refresh_s: float = 1.5, username: str | None = None,
-               password: str | None = None, title: str = "TAPAS · operations") -> dash.Dash:
-    """Build the Dash app over a view (the caller starts the consumer that feeds it)."""
+               password: str | None = None, title: str = "TAPAS · operations",
+               consuming: Callable[[], bool] | None = None) -> dash.Dash:
+    """Build the Dash app over a view (the caller starts the consumer that feeds it).
+
+    ``consuming`` tells ``/readyz`` whether that consumer still runs (``ViewConsumer.alive``);
+    without it only staleness decides.
+    """
     app = dash.Dash(__name__, title=title, update_title="", suppress_callback_exceptions=False)
     app.index_string = layout.INDEX_STRING
     app.layout = layout.page(refresh_s)
+    _add_probes(app, view, consuming or (lambda: True))
     if username:
         from dashboard.auth import install_basic_auth
 
@@ -198,6 +206,21 @@ def create_app(view: DashboardView, *, refresh_s: float = 1.5, username: str | N
         return server or no_update
 
     return app
+
+
+def _add_probes(app: dash.Dash, view: DashboardView, consuming: Callable[[], bool]) -> None:
+    """``/healthz`` and ``/readyz`` as real Flask routes (Dash's catch-all would answer them with the page)."""
+    from flask import Response
+
+    from foundation.health import probe_response
+
+    def probe(path: str) -> Response:
+        answer = probe_response(path, "dashboard", lambda: view.readiness(consuming=consuming()))
+        status, body = answer or (404, {"error": f"no probe {path}"})
+        return Response(json.dumps(body), status, mimetype="application/json")
+
+    app.server.add_url_rule("/healthz", "tapas_healthz", lambda: probe("/healthz"))
+    app.server.add_url_rule("/readyz", "tapas_readyz", lambda: probe("/readyz"))
 
 
 def _clicked_cell(click: dict[str, Any] | None) -> tuple[int, int] | None:

@@ -12,6 +12,8 @@ import hmac
 
 from flask import Flask, Response, request
 
+from foundation.health import HEALTH_PATHS
+
 REALM = "TAPAS dashboard"
 
 
@@ -41,10 +43,15 @@ def credentials_match(header: str | None, username: str, password: str) -> bool:
 
 
 def install_basic_auth(server: Flask, username: str, password: str) -> None:
-    """Refuse every request without the right credentials (401 with a Basic challenge)."""
+    """Refuse every request without the right credentials (401 with a Basic challenge).
+
+    The health probes (``/healthz``, ``/readyz``) stay open: orchestrators send no credentials.
+    """
 
     @server.before_request
     def _require_auth() -> Response | None:
+        if request.path in HEALTH_PATHS:
+            return None
         if credentials_match(request.headers.get("Authorization"), username, password):
             return None
         return Response("authentication required\n", 401, {"WWW-Authenticate": f'Basic realm="{REALM}"'})

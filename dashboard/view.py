@@ -42,6 +42,7 @@ from contracts import (
     decode,
     topic_for,
 )
+from foundation.health import Readiness, readiness
 from foundation.kafka import KafkaClients, Last, Start, assign_all
 
 if TYPE_CHECKING:
@@ -377,6 +378,13 @@ class DashboardView:
         self._num_rejected = 0
         self._num_actions = 0
 
+    def readiness(self, *, consuming: bool) -> Readiness:
+        """``/readyz``'s verdict: consuming and a message within ``stale_after_s`` (the stale banner's rule)."""
+        with self._lock:
+            last = self._last_message_at
+        return readiness("dashboard", consuming=consuming, last_input_at=last, now=self._clock(),
+                         stale_after_s=self.stale_after_s)
+
     # ----------------------------------------------------------------- folding
     def apply(self, message: Contract, received_at: datetime | None = None) -> None:
         """Fold one decoded message into the view."""
@@ -654,6 +662,11 @@ class ViewConsumer:
         if self.error is not None:
             raise self.error
         return self
+
+    @property
+    def alive(self) -> bool:
+        """True while the consumer thread runs and has not failed (``/readyz``'s ``consuming``)."""
+        return self._thread is not None and self._thread.is_alive() and self.error is None
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop the thread and close the consumer."""

@@ -47,14 +47,33 @@ class BrokerSettings(BaseModel):
 
 
 class StoreSettings(BaseModel):
-    """The history store: embedded SQLite (default) or InfluxDB 2.x."""
+    """The history store: embedded SQLite (default), InfluxQL v1 (InfluxDB 1.x/2.x/3.x) or Flux (InfluxDB 2.x)."""
 
-    kind: Literal["embedded", "influx"] = Field(default="embedded", description="Which store implementation.")
+    kind: Literal["embedded", "influxql", "influx"] = Field(
+        default="embedded", description="Which store implementation: embedded (SQLite), influxql (InfluxDB "
+        "1.x, 2.x v1 API or 3.x: /write + /query) or influx (InfluxDB 2.x, Flux through influxdb-client).")
     path: Path = Field(default=Path("var/history.sqlite"), description="Embedded store file (SQLite, WAL mode).")
-    influx_url: str | None = Field(default=None, description="InfluxDB 2.x URL, e.g. http://influxdb:8086.")
-    influx_token: SecretStr | None = Field(default=None, description="InfluxDB API token.")
-    influx_org: str = Field(default="tapas", description="InfluxDB organisation.")
-    influx_bucket: str = Field(default="tapas", description="InfluxDB bucket.")
+    influx_url: str | None = Field(default=None, description="InfluxDB URL, e.g. http://influxdb:8086 (influxql "
+                                   "and influx kinds).")
+    influx_token: SecretStr | None = Field(default=None, description="InfluxDB API token (sent as 'Authorization: "
+                                           "Token ...'; InfluxDB 2.x and 3.x).")
+    influx_org: str = Field(default="tapas", description="InfluxDB organisation (influx kind).")
+    influx_bucket: str = Field(default="tapas", description="InfluxDB bucket (influx kind).")
+    influx_database: str = Field(default="tapas", description="InfluxQL database (influxql kind; on 2.x the "
+                                 "database of a DBRP mapping, on 3.x the database).")
+    influx_retention_policy: str | None = Field(default=None, description="InfluxQL retention policy; unset "
+                                                "uses the database's default.")
+    influx_username: str | None = Field(default=None, description="InfluxQL user (1.x auth, or 2.x v1 "
+                                        "user); sent with HTTP basic auth.")
+    influx_password: SecretStr | None = Field(default=None, description="InfluxQL password (with "
+                                              "influx_username; on 2.x a token works as the password).")
+    influx_create_database: bool = Field(default=True, description="influxql kind: create the database when "
+                                         "a write finds it missing (1.x; 2.x needs a DBRP mapping instead).")
+    influx_timeout_s: float = Field(default=30.0, gt=0, description="Timeout of one InfluxQL HTTP request.")
+    influx_max_retries: int = Field(default=3, ge=0, description="Retries of an InfluxQL request that failed "
+                                    "for a transient reason (connection, 429, 5xx) before StoreError.")
+    query_max_rows: int = Field(default=1_000_000, ge=1, description="A store query returning more rows "
+                                "than this fails with StoreError (narrow the range) instead of exhausting memory.")
     downsample_s: float = Field(default=10.0, ge=0, description="Raw telemetry is written at most once per this period per server.")
     batch_size: int = Field(default=5000, ge=1, description="Points per store write batch.")
     max_buffered_points: int = Field(default=500_000, ge=1000, description="Backpressure threshold of the writer.")
@@ -70,6 +89,12 @@ class ControllerSettings(BaseModel):
     min_frequency_mhz: float = Field(default=900.0, gt=0, description="Safety floor for any frequency cap.")
     max_commands_per_instance_per_min: int = Field(default=6, ge=1, description="Rate limit per instance.")
     metrics_port: int = Field(default=9108, ge=0, le=65535, description="Prometheus gauges port (0 = off).")
+    metrics_host: str = Field(default="127.0.0.1", description="Bind address of the gauges (0.0.0.0 in a "
+                              "container, so Prometheus and routers can scrape them).")
+    health_port: int = Field(default=9109, ge=0, le=65535, description="Controller /healthz and /readyz "
+                             "port (0 = off).")
+    health_host: str = Field(default="127.0.0.1", description="Bind address of the controller's /healthz "
+                             "and /readyz (0.0.0.0 in a container).")
     max_frequency_mhz: float = Field(default=3000.0, gt=0, description="Safety ceiling for any frequency cap.")
     min_power_limit_w: float = Field(default=100.0, gt=0, description="Safety floor for any GPU power limit.")
     max_power_limit_w: float = Field(default=1200.0, gt=0, description="Safety ceiling for any GPU power limit.")
@@ -85,6 +110,10 @@ class ControllerSettings(BaseModel):
     stale_decay_s: float = Field(
         default=30.0, gt=0,
         description="Time constant over which stale routing weights decay to capacity-proportional ones.")
+    agent_health_port: int = Field(default=9110, ge=0, le=65535, description="Node agent: /healthz and "
+                                   "/readyz port (0 = off).")
+    agent_health_host: str = Field(default="127.0.0.1", description="Node agent: bind address of /healthz "
+                                   "and /readyz (0.0.0.0 in a pod, for the kubelet's probes).")
     agent_reconcile_s: float = Field(default=10.0, gt=0, description="Node agent: re-apply desired GPU settings period.")
     agent_broker_lost_after_s: float = Field(
         default=30.0, gt=0, description="Node agent: broker unreachable this long → apply the safe power cap.")
@@ -108,7 +137,11 @@ class WorkerSettings(BaseModel):
     """The Faust stream worker."""
 
     app_id: str = Field(default="tapas-worker", description="Faust app id (consumer group).")
-    web_port: int = Field(default=6066, ge=1, le=65535, description="Faust web port.")
+    web_port: int = Field(default=6066, ge=1, le=65535, description="Faust web port (also /healthz, /readyz).")
+    web_host: str = Field(default="127.0.0.1", description="Faust web bind address (0.0.0.0 in a container "
+                          "so health probes reach /healthz and /readyz).")
+    stale_after_s: float = Field(default=30.0, gt=0, description="/readyz answers 503 when no telemetry batch "
+                                 "arrived for this long.")
     data_dir: Path = Field(default=Path("var/faust"), description="Faust local table data directory.")
     horizons_s: list[float] = Field(default=[10.0, 60.0, 300.0], description="Forecast horizons.")
     tick_s: float = Field(default=1.0, gt=0, description="Forecast publication period per server.")

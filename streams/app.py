@@ -28,6 +28,8 @@ import base64
 import json
 import logging
 import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,7 @@ from contracts.messages import (
 )
 from contracts.topics import TOPIC_BY_NAME, topic_for
 from forecasting.online import OnlineForecaster
+from foundation.health import Readiness, probe_response, readiness
 from foundation.kafka import KafkaClients, Last, assign_all_async
 from foundation.settings import Settings, ssl_context
 from streams.aggregate import partials_from_bytes, partials_to_bytes
@@ -72,7 +75,7 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         value_serializer="raw", key_serializer="raw", store="memory://",
         topic_partitions=TOPIC_BY_NAME[topic_for(GpuSample)].partitions, topic_replication_factor=1,
         topic_disable_leader=True, table_standby_replicas=0,
-        web_port=w.web_port, web_host="127.0.0.1", web_bind="127.0.0.1", datadir=str(w.data_dir),
+        web_port=w.web_port, web_host=w.web_host, web_bind=w.web_host, datadir=str(w.data_dir),
         broker_session_timeout=w.session_timeout_s, broker_heartbeat_interval=w.heartbeat_interval_s,
         broker_max_poll_interval=w.max_poll_interval_s, broker_rebalance_timeout=w.rebalance_timeout_s,
         consumer_auto_offset_reset="earliest", producer_linger_ms=30, producer_max_batch_size=256 * 1024, broker_commit_interval=2.0,
@@ -180,10 +183,14 @@ class WorkerApp:
     """The stream worker: builds the Faust app around a processor, a store and the settings."""
 
     def __init__(self, settings: Settings, *, view: TopologyView, forecaster: OnlineForecaster,
-                 store: HistoryStore | None, clients: KafkaClients) -> None:
+                 store: HistoryStore | None, clients: KafkaClients,
+                 clock: Callable[[], datetime] | None = None) -> None:
         self.settings = settings
         self.clients = clients
         w = settings.worker
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self.last_input_at: datetime | None = None
+        """When the agents last took a telemetry batch (``/readyz``'s freshness)."""
         self.worker_id = uuid.uuid4().hex[:12]
         self.processor = StreamProcessor(
             view, forecaster, horizons_s=w.horizons_s, tick_s=w.tick_s,
@@ -347,6 +354,21 @@ class WorkerApp:
             except Exception as exc:  # StoreError or a client error: log, keep streaming
                 log.error("event=store_write_failed points=%d error=%s", len(points[i:i + size]), exc)
 
+    # ------------------------------------------------------------------ health
+    def readiness(self) -> Readiness:
+        """Ready while telemetry partitions are assigned (not mid-rebalance) and a batch arrived lately."""
+        try:
+            assigned = {tp.topic for tp in self.app.assignor.assigned_actives()}
+        except Exception:  # noqa: BLE001 - before the first assignment the assignor has no table
+            assigned = set()
+        consuming = (not self.app.rebalancing
+                     and bool(assigned & {self.gpu_topic.get_topic_name(), self.inlet_topic.get_topic_name()}))
+        return readiness("worker", consuming=consuming, last_input_at=self.last_input_at, now=self._clock(),
+                         stale_after_s=self.settings.worker.stale_after_s)
+
+    def _note_input(self) -> None:
+        self.last_input_at = self._clock()
+
     # ------------------------------------------------------------------ agents
     def _wire(self) -> None:
         app, w = self.app, self.settings.worker
@@ -358,6 +380,7 @@ class WorkerApp:
         @app.agent(self.gpu_topic, name="gpu-samples")
         async def gpu_samples(stream: Any) -> None:
             async for events in stream.take_events(w.batch_max, within=w.batch_within_s):
+                self._note_input()
                 batch = records(events)
                 self._restore_unknown(batch)
                 await self._send(self.processor.handle_gpu(batch))
@@ -365,6 +388,7 @@ class WorkerApp:
         @app.agent(self.inlet_topic, name="inlet-samples")
         async def inlet_samples(stream: Any) -> None:
             async for events in stream.take_events(w.batch_max, within=w.batch_within_s):
+                self._note_input()
                 batch = records(events)
                 self._restore_unknown(batch)
                 await self._send(self.processor.handle_inlet(batch))
@@ -396,6 +420,16 @@ class WorkerApp:
         @app.task  # type: ignore[untyped-decorator]
         async def broadcast_inputs() -> None:
             await self._consume_broadcast()
+
+        def probe_page(path: str) -> Any:
+            async def page(web: Any, request: Any) -> Any:
+                status, body = probe_response(path, "worker", self.readiness) or (404, {})
+                return web.json(body, status=status)
+            page.__name__ = page.__qualname__ = f"probe_{path.strip('/')}"
+            return page
+
+        for path in ("/healthz", "/readyz"):  # unauthenticated, like the rest of the worker's loopback web
+            app.page(path)(probe_page(path))
 
         @app.page("/tapas/state/")
         async def state_page(web: Any, request: Any) -> Any:

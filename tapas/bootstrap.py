@@ -71,18 +71,22 @@ def kafka_clients(settings: Settings | KafkaSettings) -> SettingsKafkaClients:
 
 
 def open_store(settings: StoreSettings) -> HistoryStore:
-    """The store named by ``settings.kind`` (``embedded`` SQLite WAL or ``influx``)."""
+    """The store named by ``settings.kind`` (``embedded`` SQLite WAL, ``influxql`` or ``influx`` Flux)."""
     if settings.kind == "embedded":
         from streams.store.embedded import EmbeddedStore
 
         return EmbeddedStore(settings.path)
+    if settings.kind == "influxql":
+        from streams.store.influxql import InfluxQLStore
+
+        return InfluxQLStore.from_settings(settings)
     if settings.kind == "influx":
         if not settings.influx_url:
             raise ConfigError("TAPAS_STORE__INFLUX_URL: required when TAPAS_STORE__KIND=influx")
         from streams.store.influx import InfluxStore
 
         return InfluxStore.from_settings(settings)
-    raise ConfigError(f"TAPAS_STORE__KIND: unknown store {settings.kind!r}; use embedded or influx")
+    raise ConfigError(f"TAPAS_STORE__KIND: unknown store {settings.kind!r}; use embedded, influxql or influx")
 
 
 def worker_store(settings: Settings) -> BufferedStore:

@@ -75,3 +75,22 @@ def _hygiene() -> Iterator[None]:
         t.join(timeout=5)
     still = [t.name for t in leaked if t.is_alive()]
     assert not still, f"test leaked threads {still}"
+
+
+@pytest.fixture(scope="session")
+def influxql_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a real InfluxQL server: ``TAPAS_INFLUXQL_URL`` (``.ci/run`` starts one) or an ``influxd`` started here."""
+    from tests.influxd_env import URL_VARIABLE, influxd_binary, start_influxd, stop_influxd
+
+    url = os.environ.get(URL_VARIABLE)
+    if url:
+        yield url
+        return
+    if influxd_binary() is None:
+        pytest.skip(f"InfluxQL store tests skipped: set {URL_VARIABLE} to an InfluxDB server, or install "
+                    "influxd (apt-get install influxdb) so the tests start one")
+    proc, url = start_influxd(tmp_path_factory.mktemp("influxd"))
+    try:
+        yield url
+    finally:
+        stop_influxd(proc)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -21,13 +22,13 @@ from foundation.broker import free_port, stop_process_group
 class WorkerProcess:
     """``tapas worker`` as a child process with its own app id, web port and folders."""
 
-    def __init__(self, bootstrap: str, workdir: Path) -> None:
+    def __init__(self, bootstrap: str, workdir: Path, extra_env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.env = dict(os.environ, TAPAS_KAFKA__BOOTSTRAP_SERVERS=bootstrap,
                         TAPAS_WORKER__APP_ID=f"test-worker-{uuid.uuid4().hex[:8]}",
                         TAPAS_WORKER__DATA_DIR=str(workdir / "faust"), TAPAS_STORE__PATH=str(workdir / "h.sqlite"),
-                        TAPAS_REGISTRY_DIR=str(workdir / "registry"))
+                        TAPAS_REGISTRY_DIR=str(workdir / "registry"), **(extra_env or {}))
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -51,6 +52,14 @@ class WorkerProcess:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.3)
+
+    def probe(self, path: str) -> tuple[int, dict[str, Any]]:
+        """Status and JSON body of ``/healthz`` or ``/readyz`` (503 answers included)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
 
     def kill(self) -> None:
         assert self.proc is not None

@@ -42,9 +42,11 @@ def dashboard(
     if d.username and d.password is None:
         raise typer.BadParameter("TAPAS_DASHBOARD__USERNAME is set but TAPAS_DASHBOARD__PASSWORD is not")
     view = DashboardView(layout=layout, stale_after_s=d.stale_after_s)
+    consumer = ViewConsumer(view, clients=kafka_clients(settings))
     app = create_app(view, refresh_s=d.refresh_s, username=d.username,
-                     password=d.password.get_secret_value() if d.password else None)
-    consumer = ViewConsumer(view, clients=kafka_clients(settings)).start()
+                     password=d.password.get_secret_value() if d.password else None,
+                     consuming=lambda: consumer.alive)
+    consumer.start()
     bind_host, bind_port = host or d.host, port or d.port
     console.print(f"dashboard on http://{bind_host}:{bind_port}/ (broker {settings.kafka.bootstrap_servers}"
                   f"{', basic auth on' if d.username else ''})")

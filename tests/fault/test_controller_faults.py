@@ -141,7 +141,7 @@ def private_broker() -> Iterator[EmbeddedBroker]:
 @pytest.mark.fault
 def test_agent_applies_safe_cap_when_broker_is_lost_and_lifts_it_when_back(private_broker: EmbeddedBroker) -> None:
     settings = Settings(kafka={"bootstrap_servers": private_broker.bootstrap},
-                        controller={"agent_broker_lost_after_s": 2.0, "agent_reconcile_s": 1.0,
+                        controller={"agent_broker_lost_after_s": 2.0, "agent_reconcile_s": 1.0, "agent_health_port": 0,
                                     "agent_safe_power_frac": 0.75})
     ctl = DryRunGpuControl(num_gpus=2, default_limit_w=400.0)
     stop, ready = threading.Event(), threading.Event()
@@ -274,7 +274,8 @@ def test_broker_outage_controller_and_agent_resume_no_command_lost_or_applied_tw
     # server 0 runs hot before the outage, server 1 after it: one agent each
     servers = harness.topology.server_ids[:2]
     agent_settings = Settings(kafka={"bootstrap_servers": bootstrap},
-                              controller={"agent_broker_lost_after_s": 60.0, "agent_reconcile_s": 1.0})
+                              controller={"agent_broker_lost_after_s": 60.0, "agent_reconcile_s": 1.0,
+                                          "agent_health_port": 0})
     stop = threading.Event()
     agents: dict[str, NodeAgent] = {}
     threads = []

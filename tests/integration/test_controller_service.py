@@ -3,11 +3,15 @@ no new aggressive command while forecasts are stale, recovery when they return."
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -23,6 +27,7 @@ from contracts import (
 )
 from controller.metrics import ControllerMetrics
 from controller.service import Controller, ControllerTopics, run_service
+from foundation.broker import free_port
 from foundation.settings import Settings
 from tapas.bootstrap import collector_producer, kafka_clients
 from tests.controller_world import ENDPOINT, forecast, gpu_sample, world_catalogue, world_topology
@@ -35,12 +40,13 @@ STALE_AFTER_S = 3.0
 class Harness:
     """The service in a thread, a producer for inputs and a collector for outputs."""
 
-    def __init__(self, bootstrap: str, topics: ControllerTopics, **controller: object) -> None:
+    def __init__(self, bootstrap: str, topics: ControllerTopics, *, clock: Callable[[], datetime] | None = None,
+                 **controller: object) -> None:
         self.topics = topics
         self.topology = world_topology(8)
         settings = Settings(kafka={"bootstrap_servers": bootstrap},
                             controller={"tick_s": 0.5, "stale_after_s": STALE_AFTER_S, "reconfig_period_s": 1.0,
-                                        "metrics_port": 0, "stale_decay_s": 5.0, **controller})
+                                        "metrics_port": 0, "health_port": 0, "stale_decay_s": 5.0, **controller})
         self.stop = threading.Event()
         self.ready = threading.Event()
         self.controller: Controller | None = None
@@ -52,7 +58,7 @@ class Harness:
         self.thread = threading.Thread(target=run_service, name="controller-under-test", kwargs=dict(
             settings=settings, topology=self.topology, catalogue=world_catalogue(), clients=kafka_clients(settings),
             producer=collector_producer(settings, source="controller"), stop=self.stop, topics=topics,
-            metrics=ControllerMetrics(), on_ready=ready))
+            metrics=ControllerMetrics(), on_ready=ready, clock=clock))
         self.producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
         self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
         outs = [topics.placement_hints, topics.routing_weights, topics.commands, topics.events]
@@ -209,3 +215,43 @@ def test_power_emergency_through_the_broker_is_planned_within_its_deadline(harne
     assert caps, "the plan must reduce power with emergency commands"
     assert latency_s < 10.0, f"plan published {latency_s:.1f} s after the event (power deadline 10 s)"
     print(f"emergency plan published {latency_s * 1000:.0f} ms after the event")
+
+
+def _probe(url: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_healthz_and_readyz_follow_forecasts_and_the_injected_clock(broker: object,
+                                                                   topic_factory: Callable[..., str]) -> None:
+    topics = ControllerTopics(**{f.name: topic_factory(f.name) for f in fields(ControllerTopics)})
+    skew = [timedelta(0)]
+    port = free_port()
+    h = Harness(broker.bootstrap, topics, clock=lambda: datetime.now(UTC) + skew[0],  # type: ignore[attr-defined]
+                health_port=port)
+    h.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        assert _probe(f"{base}/healthz") == (200, {"service": "controller", "alive": True})
+        status, body = _probe(f"{base}/readyz")
+        assert status == 503 and body["reason"] == "no input received yet" and body["stale"]
+        deadline = time.monotonic() + 15
+        while (status := _probe(f"{base}/readyz")[0]) != 200 and time.monotonic() < deadline:
+            h.feed()
+            time.sleep(0.3)
+        status, body = _probe(f"{base}/readyz")
+        assert status == 200 and body["consuming"] and body["age_s"] <= STALE_AFTER_S, body
+        skew[0] = timedelta(seconds=STALE_AFTER_S + 5)  # no forecast for longer than stale_after_s
+        deadline = time.monotonic() + 10  # until the loop has polled under the new clock
+        while not (body := _probe(f"{base}/readyz")[1])["consuming"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        status, body = _probe(f"{base}/readyz")
+        assert status == 503 and body["stale"] and body["age_s"] > STALE_AFTER_S and body["consuming"], body
+        assert body["reason"].startswith("newest input is")
+    finally:
+        h.close()
+    with pytest.raises(OSError):  # the health server is gone with the service
+        urllib.request.urlopen(f"{base}/healthz", timeout=2)

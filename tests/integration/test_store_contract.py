@@ -1,4 +1,9 @@
-"""One contract suite that every history store passes (embedded SQLite WAL always, InfluxDB when configured)."""
+"""One contract suite that every history store passes.
+
+The embedded SQLite WAL store and the InfluxQL store (against a real ``influxd``: the
+one ``.ci/run`` starts, named by ``TAPAS_INFLUXQL_URL``, or one the ``influxql_url``
+fixture starts) always run it; the Flux store when ``TAPAS_INFLUX_URL`` names an InfluxDB 2.x.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ def _store_params() -> list[object]:
               "TAPAS_INFLUX_BUCKET) to an InfluxDB >= 2.0 server to run it")
     return [
         pytest.param("embedded", id="embedded"),
+        pytest.param("influxql", id="influxql"),
         pytest.param("influx", id="influx", marks=pytest.mark.skipif(not influx_url, reason=reason)),
     ]
 
@@ -38,6 +44,9 @@ def _store_params() -> list[object]:
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HistoryStore]:
     if request.param == "embedded":
         settings = StoreSettings(kind="embedded", path=tmp_path / "history.sqlite")
+    elif request.param == "influxql":
+        settings = StoreSettings(kind="influxql", influx_url=request.getfixturevalue("influxql_url"),
+                                 influx_database="tapas_contract")
     else:
         settings = StoreSettings(kind="influx", influx_url=os.environ["TAPAS_INFLUX_URL"],
                                  influx_token=SecretStr(os.environ.get("TAPAS_INFLUX_TOKEN", "")),

@@ -28,11 +28,13 @@ pytestmark = pytest.mark.integration
 
 NUM_SERVERS = 36
 HORIZONS = [10.0, 60.0, 300.0]
+STALE_AFTER_S = 4.0
 
 
 @pytest.fixture(scope="module")
 def worker(broker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    w = WorkerProcess(broker.bootstrap, tmp_path_factory.mktemp("worker"))
+    w = WorkerProcess(broker.bootstrap, tmp_path_factory.mktemp("worker"),
+                      extra_env={"TAPAS_WORKER__STALE_AFTER_S": str(STALE_AFTER_S)})
     w.start()
     try:
         yield w
@@ -124,6 +126,31 @@ def test_forecasts_for_every_server_and_dead_letters_for_every_malformed_message
     assert by_key[f"inlet-{tag}"].field == "inlet_temp_c"
     fc.close()
     dl.close()
+
+
+def test_healthz_is_alive_and_readyz_follows_the_telemetry(
+        worker: WorkerProcess, producer: KafkaProducer, fleet: SyntheticTelemetry) -> None:
+    """/readyz: 200 while telemetry flows, 503 with the age once none arrived for stale_after_s (no auth)."""
+    worker.state()  # waits until the web server answers
+    assert worker.probe("/healthz") == (200, {"service": "worker", "alive": True})
+
+    def poll(want: int, timeout_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status, body = worker.probe("/readyz")
+            if status == want or time.monotonic() > deadline:
+                assert status == want, (body, worker.log_tail())
+                return body
+            time.sleep(0.2)
+
+    _send_ticks(producer, fleet, 1)
+    ready = poll(200, 60)
+    assert ready["consuming"] and not ready["stale"] and ready["age_s"] <= STALE_AFTER_S
+    stale = poll(503, 10 * STALE_AFTER_S)
+    assert stale["consuming"] and stale["stale"] and stale["age_s"] > STALE_AFTER_S
+    assert stale["reason"].startswith("newest input is") and stale["stale_after_s"] == STALE_AFTER_S
+    _send_ticks(producer, fleet, 1)
+    assert poll(200, 60)["ready"]
 
 
 def _diff(a: dict[str, bytes], b: dict[str, bytes]) -> list[str]:

@@ -83,3 +83,22 @@ def test_every_tapas_service_command_exists_in_the_cli() -> None:
         assert result.exit_code == 0, f"service {name}: `tapas {' '.join(path)} --help` failed: {result.output}"
         checked += 1
     assert checked >= 5
+
+
+def test_tapas_services_health_checks_call_the_healthz_their_settings_serve() -> None:
+    """The check's port is the one the service's settings bind (a renamed default would break compose)."""
+    from foundation.settings import Settings
+
+    services = _compose()["services"]
+    assert isinstance(services, dict)
+    controller_env = services["controller"]["environment"]
+    settings = Settings(controller={"metrics_host": controller_env["TAPAS_CONTROLLER__METRICS_HOST"],
+                                    "health_host": controller_env["TAPAS_CONTROLLER__HEALTH_HOST"]})
+    assert settings.controller.metrics_host == "0.0.0.0", "the gauges must be scrapeable from other containers"  # noqa: S104
+    want = {"worker": settings.worker.web_port, "controller": settings.controller.health_port,
+            "dashboard": settings.dashboard.port}
+    for name, port in want.items():
+        test = services[name]["healthcheck"]["test"]
+        assert test[-1] == f"http://127.0.0.1:{port}/healthz", f"{name}: {test}"
+    published = {p.rsplit(":", 1)[-1] for p in services["controller"]["ports"]}
+    assert {str(settings.controller.metrics_port), str(settings.controller.health_port)} <= published

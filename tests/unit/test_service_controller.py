@@ -64,9 +64,9 @@ def test_routing_weights_every_tick_drain_hot_instance() -> None:
     hot = next(x for x in w1.weights if x.server_id == c.topology.server_ids[0])
     assert hot.state == "drain" and hot.weight == 0.0
     assert c.metrics.registry.get_sample_value("tapas_routing_weight",
-                                               {"endpoint": ENDPOINT, "instance": hot.instance_id}) == 0.0
+                                               {"tapas_endpoint": ENDPOINT, "tapas_instance": hot.instance_id}) == 0.0
     assert c.metrics.registry.get_sample_value("tapas_thermal_headroom_celsius",
-                                               {"endpoint": ENDPOINT, "instance": hot.instance_id}) < 0
+                                               {"tapas_endpoint": ENDPOINT, "tapas_instance": hot.instance_id}) < 0
 
 
 def test_hot_instance_gets_a_command_with_id_expiry_reason_and_mode_follows_switch() -> None:

@@ -1,11 +1,11 @@
-"""Prometheus gauges: base units, tapas_ prefix, only endpoint/instance labels, departed instances removed."""
+"""Prometheus gauges: base units, tapas_ prefix, only tapas_endpoint/tapas_instance labels, departed instances removed."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from controller.core.snapshot import RoutingDecision
-from controller.metrics import ControllerMetrics
+from controller.metrics import INSTANCE_LABELS, ControllerMetrics
 
 
 def decision(ids: tuple[str, ...], weights: list[float]) -> RoutingDecision:
@@ -21,13 +21,13 @@ def test_gauges_follow_decisions_and_drop_departed_instances() -> None:
     m = ControllerMetrics()
     get = m.registry.get_sample_value
     m.observe_routing(decision(("a", "b", "c"), [0.5, 0.5, 0.0]))
-    assert get("tapas_routing_weight", {"endpoint": "ep", "instance": "a"}) == 0.5
-    assert get("tapas_instance_draining", {"endpoint": "ep", "instance": "c"}) == 1.0
-    assert get("tapas_endpoint_thermal_headroom_celsius", {"endpoint": "ep"}) == 2.0  # min over active a, b
-    assert get("tapas_endpoint_capacity_tokens_per_second", {"endpoint": "ep"}) == 3000.0
+    assert get("tapas_routing_weight", {"tapas_endpoint": "ep", "tapas_instance": "a"}) == 0.5
+    assert get("tapas_instance_draining", {"tapas_endpoint": "ep", "tapas_instance": "c"}) == 1.0
+    assert get("tapas_endpoint_thermal_headroom_celsius", {"tapas_endpoint": "ep"}) == 2.0  # min over active a, b
+    assert get("tapas_endpoint_capacity_tokens_per_second", {"tapas_endpoint": "ep"}) == 3000.0
     m.observe_routing(decision(("a", "b"), [0.25, 0.75]))
-    assert get("tapas_routing_weight", {"endpoint": "ep", "instance": "c"}) is None
-    assert get("tapas_routing_weight", {"endpoint": "ep", "instance": "b"}) == 0.75
+    assert get("tapas_routing_weight", {"tapas_endpoint": "ep", "tapas_instance": "c"}) is None
+    assert get("tapas_routing_weight", {"tapas_endpoint": "ep", "tapas_instance": "b"}) == 0.75
 
 
 def test_every_series_is_prefixed_and_low_cardinality() -> None:
@@ -37,4 +37,4 @@ def test_every_series_is_prefixed_and_low_cardinality() -> None:
     for family in m.registry.collect():
         assert family.name.startswith("tapas_")
         for sample in family.samples:
-            assert set(sample.labels) <= {"endpoint", "instance", "action", "feasible", "step"}, sample
+            assert set(sample.labels) <= {*INSTANCE_LABELS, "action", "feasible", "step"}, sample

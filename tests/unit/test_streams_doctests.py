@@ -8,7 +8,7 @@ import importlib
 import pytest
 
 MODULES = ["streams.state", "streams.joins", "streams.publish", "streams.aggregate", "streams.store.embedded",
-           "streams.store.influx"]
+           "streams.store.influx", "streams.store.influxql"]
 
 
 @pytest.mark.parametrize("name", MODULES)
