@@ -36,6 +36,7 @@ Behaviour an operator relies on:
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import math
 import threading
@@ -188,12 +189,20 @@ class Controller:
         """Take one decoded input message; returns what it causes to be published right away."""
         if isinstance(message, ServerForecast):
             seen = len(self.state.unknown_server_ids)
-            if not self.state.add_server_forecast(message, received_at=now) and seen < len(
-                    self.state.unknown_server_ids) <= 10:
-                log.warning("event=unknown_server server=%s (not in the topology: check TAPAS_CLUSTER_FILE or "
-                            "--servers)", message.server_id)
-            self._snapshot = None
-            return []
+            if self.state.add_server_forecast(message, received_at=now):
+                self._snapshot = None
+                return []
+            self.metrics.unknown_forecasts.inc()
+            if len(self.state.unknown_server_ids) == seen:
+                return []  # already reported once
+            log.warning("event=unknown_server server=%s (not in the inventory: check TAPAS_TOPOLOGY__INVENTORY)",
+                        message.server_id)
+            digest = hashlib.sha1(message.server_id.encode(), usedforsecurity=False).hexdigest()[:12]
+            return [self._event("unknown_server", "warning", now, domain_kind="server",
+                                domain_id=message.server_id[:128], event_id=f"ctl-unknown_server-{digest}", detail=(
+                                    f"forecast for server {message.server_id!r}, which the inventory does not "
+                                    f"list: ignored (counted in tapas_controller_unknown_server_forecasts_total); "
+                                    f"add it to TAPAS_TOPOLOGY__INVENTORY or fix the agent's server id"))]
         if isinstance(message, DomainForecast):
             self.state.add_domain_forecast(message)
             self._snapshot = None
@@ -583,8 +592,8 @@ class Controller:
 
     # ------------------------------------------------------------------ helpers
     def _event(self, kind: str, severity: str, now: datetime, *, domain_kind: str = "cluster",
-               domain_id: str = "cluster", detail: str = "") -> Outgoing:
-        ev = ControlEvent(event_id=f"ctl-{kind}-{int(now.timestamp() * 1000)}"[:64], event_kind=kind,  # type: ignore[arg-type]
+               domain_id: str = "cluster", detail: str = "", event_id: str | None = None) -> Outgoing:
+        ev = ControlEvent(event_id=(event_id or f"ctl-{kind}-{int(now.timestamp() * 1000)}")[:64], event_kind=kind,  # type: ignore[arg-type]
                           severity=severity, occurred_at=now, domain_kind=domain_kind,  # type: ignore[arg-type]
                           domain_id=domain_id, detail=detail)
         return Outgoing(self.topics.events, domain_id, ev)
