@@ -182,6 +182,8 @@ class Controller:
         self._snapshot_at: datetime | None = None
         self.num_refused = 0
         self.num_commands = 0
+        self.lock = threading.RLock()
+        """Held by the service loop while it handles input and ticks, and by the placement API (controller.api)."""
         self.metrics.mode_enforce.set(1.0 if self.mode == "enforce" else 0.0)
 
     # ------------------------------------------------------------------ input
@@ -761,7 +763,7 @@ def run_service(settings: Settings, topology: Topology, catalogue: Catalogue, *,
     # broker outage, so a hint, weight or command decided while the broker is away is delivered when it
     # returns (agents drop commands that expired meanwhile) instead of crashing the loop.
     producer = build_producer(settings, source="controller", client_id=f"{settings.kafka.client_id}-controller")
-    metrics_server = None
+    metrics_server = api_server = None
     try:
         tps: list[TopicPartition] = []
         for topic in topics.inputs:
@@ -787,6 +789,10 @@ def run_service(settings: Settings, topology: Topology, catalogue: Catalogue, *,
             log.info("event=commands_restored live=%d", restored)
         if cs.metrics_port and metrics is None:
             metrics_server = controller.metrics.serve(cs.metrics_port)
+        if settings.api.port:  # the synchronous placement API (controller.api)
+            from controller.api import start_api
+
+            api_server = start_api(controller, settings.api, now=now_fn)
         log.info("event=controller_started mode=%s servers=%d endpoints=%d", controller.mode, topology.num_servers,
                  len(catalogue.endpoint_ids))
         if on_ready is not None:
@@ -816,6 +822,8 @@ def run_service(settings: Settings, topology: Topology, catalogue: Catalogue, *,
         producer.close(5)
         if metrics_server is not None:
             metrics_server.shutdown()  # type: ignore[attr-defined]
+        if api_server is not None:
+            api_server.close()
     return controller
 
 
@@ -858,9 +866,11 @@ def _restore_commands(kw: dict[str, object], topic: str, controller: Controller,
 
 
 def _contained(controller: Controller, what: str, step: Callable[[], list[Outgoing]]) -> list[Outgoing]:
-    """Run one decision step; a bug in it is logged and counted, and the service keeps running."""
+    """Run one decision step (holding the controller's lock); a bug in it is logged and counted, and the service
+    keeps running."""
     try:
-        return step()
+        with controller.lock:
+            return step()
     except Exception:  # noqa: BLE001 - a live service must outlive one bad decision
         controller.metrics.decision_errors.labels(what).inc()
         log.exception("event=decision_failed step=%s", what)

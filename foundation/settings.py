@@ -154,7 +154,8 @@ class ApiSettings(BaseModel):
                       "(0 = off).")
     max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576,
                                 description="Largest request body accepted; bigger ones get 413.")
-    threads: int = Field(default=16, ge=1, le=512, description="Worker threads answering requests.")
+    max_connections: int = Field(default=256, ge=1, le=4096, description="Open connections served at once (one "
+                                 "thread each, keep-alive); more are answered 503.")
 
 
 class IngestSettings(BaseModel):
