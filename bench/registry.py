@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, str] = {
     "simulator": "bench.simulator:run",
     "dashboard": "bench.dashboard:run",
     "policies": "bench.policies:run",
+    "placement_api": "bench.placement_api:run",
 }
 
 

@@ -504,6 +504,7 @@ EventKind = Literal[
     "mode_changed",
     "emergency_plan",
     "emergency_cleared",
+    "unknown_server",
 ]
 
 

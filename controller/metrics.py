@@ -78,6 +78,9 @@ class ControllerMetrics:
         self.decision_errors = Counter("tapas_controller_decision_errors_total",
                                        "Decision steps that raised (logged; the service kept running).",
                                        ("step",), registry=r)
+        self.unknown_forecasts = Counter("tapas_controller_unknown_server_forecasts_total",
+                                         "Forecasts for servers not in the inventory (ignored; one "
+                                         "unknown_server event per server).", registry=r)
         self.tick_seconds = Gauge("tapas_controller_tick_duration_seconds", "Wall time of the last decision tick.",
                                   registry=r)
         self._instances: dict[str, set[str]] = {}

@@ -36,6 +36,7 @@ Behaviour an operator relies on:
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import math
 import threading
@@ -185,6 +186,8 @@ class Controller:
         self._snapshot_at: datetime | None = None
         self.num_refused = 0
         self.num_commands = 0
+        self.lock = threading.RLock()
+        """Held by the service loop while it handles input and ticks, and by the placement API (controller.api)."""
         self.metrics.mode_enforce.set(1.0 if self.mode == "enforce" else 0.0)
 
     # ------------------------------------------------------------------ input
@@ -192,12 +195,20 @@ class Controller:
         """Take one decoded input message; returns what it causes to be published right away."""
         if isinstance(message, ServerForecast):
             seen = len(self.state.unknown_server_ids)
-            if not self.state.add_server_forecast(message, received_at=now) and seen < len(
-                    self.state.unknown_server_ids) <= 10:
-                log.warning("event=unknown_server server=%s (not in the topology: check TAPAS_CLUSTER_FILE or "
-                            "--servers)", message.server_id)
-            self._snapshot = None
-            return []
+            if self.state.add_server_forecast(message, received_at=now):
+                self._snapshot = None
+                return []
+            self.metrics.unknown_forecasts.inc()
+            if len(self.state.unknown_server_ids) == seen:
+                return []  # already reported once
+            log.warning("event=unknown_server server=%s (not in the inventory: check TAPAS_TOPOLOGY__INVENTORY)",
+                        message.server_id)
+            digest = hashlib.sha1(message.server_id.encode(), usedforsecurity=False).hexdigest()[:12]
+            return [self._event("unknown_server", "warning", now, domain_kind="server",
+                                domain_id=message.server_id[:128], event_id=f"ctl-unknown_server-{digest}", detail=(
+                                    f"forecast for server {message.server_id!r}, which the inventory does not "
+                                    f"list: ignored (counted in tapas_controller_unknown_server_forecasts_total); "
+                                    f"add it to TAPAS_TOPOLOGY__INVENTORY or fix the agent's server id"))]
         if isinstance(message, DomainForecast):
             self.state.add_domain_forecast(message)
             self._snapshot = None
@@ -596,8 +607,8 @@ class Controller:
 
     # ------------------------------------------------------------------ helpers
     def _event(self, kind: str, severity: str, now: datetime, *, domain_kind: str = "cluster",
-               domain_id: str = "cluster", detail: str = "") -> Outgoing:
-        ev = ControlEvent(event_id=f"ctl-{kind}-{int(now.timestamp() * 1000)}"[:64], event_kind=kind,  # type: ignore[arg-type]
+               domain_id: str = "cluster", detail: str = "", event_id: str | None = None) -> Outgoing:
+        ev = ControlEvent(event_id=(event_id or f"ctl-{kind}-{int(now.timestamp() * 1000)}")[:64], event_kind=kind,  # type: ignore[arg-type]
                           severity=severity, occurred_at=now, domain_kind=domain_kind,  # type: ignore[arg-type]
                           domain_id=domain_id, detail=detail)
         return Outgoing(self.topics.events, domain_id, ev)
@@ -759,7 +770,7 @@ def run_service(settings: Settings, topology: Topology, catalogue: Catalogue, *,
     cs = settings.controller
     controller = Controller(topology, catalogue, cs, mode=mode, topics=topics, metrics=metrics, started_at=now_fn())
     consumer = clients.consumer("controller")
-    metrics_server = None
+    metrics_server = api_server = None
     health_server: HealthServer | None = None
     try:
         since = Since(now_fn() - timedelta(seconds=cs.max_command_ttl_s), otherwise="end")
@@ -777,6 +788,10 @@ def run_service(settings: Settings, topology: Topology, catalogue: Catalogue, *,
         if cs.health_port:
             health_server = start_health_server("controller", lambda: controller.readiness(now_fn()),
                                                 host=cs.health_host, port=cs.health_port)
+        if settings.api.port:  # the synchronous placement API (controller.api)
+            from controller.api import start_api
+
+            api_server = start_api(controller, settings.api, now=now_fn)
         log.info("event=controller_started mode=%s servers=%d endpoints=%d", controller.mode, topology.num_servers,
                  len(catalogue.endpoint_ids))
         if on_ready is not None:
@@ -809,6 +824,8 @@ def run_service(settings: Settings, topology: Topology, catalogue: Catalogue, *,
             metrics_server.shutdown()  # type: ignore[attr-defined]
         if health_server is not None:
             health_server.close()
+        if api_server is not None:
+            api_server.close()
     return controller
 
 
@@ -840,9 +857,11 @@ def _restore_commands(clients: KafkaClients, topic: str, controller: Controller,
 
 
 def _contained(controller: Controller, what: str, step: Callable[[], list[Outgoing]]) -> list[Outgoing]:
-    """Run one decision step; a bug in it is logged and counted, and the service keeps running."""
+    """Run one decision step (holding the controller's lock); a bug in it is logged and counted, and the service
+    keeps running."""
     try:
-        return step()
+        with controller.lock:
+            return step()
     except Exception:  # noqa: BLE001 - a live service must outlive one bad decision
         controller.metrics.decision_errors.labels(what).inc()
         log.exception("event=decision_failed step=%s", what)

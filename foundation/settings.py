@@ -172,6 +172,25 @@ class WorkerSettings(BaseModel):
                                 "history store.")
 
 
+class TopologySettings(BaseModel):
+    """Where the fleet's layout comes from (foundation.inventory)."""
+
+    inventory: Path | None = Field(default=None, description="Inventory TOML of named servers, rows and zones "
+                                   "(docs/inventory.md); when set every service uses it instead of cluster_file.")
+
+
+class ApiSettings(BaseModel):
+    """The controller's synchronous placement API (``/v1/placement``, ``/v1/headroom``, scheduler extender)."""
+
+    host: str = Field(default="127.0.0.1", description="Bind address of the placement API (0.0.0.0 in a container).")
+    port: int = Field(default=0, ge=0, le=65535, description="Port of the placement API inside `tapas controller` "
+                      "(0 = off).")
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576,
+                                description="Largest request body accepted; bigger ones get 413.")
+    max_connections: int = Field(default=256, ge=1, le=4096, description="Open connections served at once (one "
+                                 "thread each, keep-alive); more are answered 503.")
+
+
 class IngestSettings(BaseModel):
     """The collectors (``tapas ingest``) and their buffered Kafka producer."""
 
@@ -219,6 +238,8 @@ class Settings(BaseSettings):
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
+    topology: TopologySettings = Field(default_factory=TopologySettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
 
     @classmethod
     def settings_customise_sources(

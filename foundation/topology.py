@@ -3,7 +3,9 @@
 One model serves the simulator, the live controller (limits and the rack/row/PDU/zone
 of each server), the stream worker (aggregation keys) and the dashboard (floor map).
 
-A cluster file is TOML with a parametric layout (rows of racks of identical servers)
+Two sources build it: an explicit inventory (``foundation.inventory``: named servers,
+mixed SKUs, declared budgets; what a real fleet uses) and, for simulations and
+tests, a cluster file: TOML with a parametric layout (rows of racks of identical servers)
 so a 1,000-server floor is a dozen lines; ``default_topology`` builds the same shape
 for any server count. Power budgets follow the provider's oversubscription practice:
 ``budget = nameplate / oversubscription`` per row (the row busway/PDU under the UPS).
@@ -89,6 +91,12 @@ class Server:
     recirculation_weight: float
     #: Thermal resistance GPU die ← inlet air, °C per W of GPU power.
     thermal_resistance_c_per_w: float
+    #: DNS host name; None = the server id (parametric layouts).
+    hostname: str | None = None
+    #: Kubernetes node name (the scheduler extender's host); None = the server id.
+    node_name: str | None = None
+    #: BMC (Redfish) address, for the collectors; None when not declared.
+    bmc_address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -175,6 +183,21 @@ class Topology:
     def by_id(self) -> dict[str, Server]:
         """Server lookup by id."""
         return {s.server_id: s for s in self.servers}
+
+    @cached_property
+    def by_node_name(self) -> dict[str, Server]:
+        """Server lookup by Kubernetes node name (the server id where none is declared)."""
+        return {s.node_name or s.server_id: s for s in self.servers}
+
+    @cached_property
+    def skus(self) -> tuple[GpuSku, ...]:
+        """The distinct GPU SKUs of the floor, most common first (ties: first seen)."""
+        counts: dict[str, int] = {}
+        first: dict[str, GpuSku] = {}
+        for s in self.servers:
+            counts[s.sku.name] = counts.get(s.sku.name, 0) + 1
+            first.setdefault(s.sku.name, s.sku)
+        return tuple(first[n] for n in sorted(counts, key=lambda n: -counts[n]))
 
     # ----------------------------------------------------------------- arrays
     def _index_array(self, attr: str, ids: tuple[str, ...]) -> npt.NDArray[np.int64]:

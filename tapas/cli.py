@@ -24,6 +24,7 @@ app = typer.Typer(
 #: Modules under tapas.commands that each define ``register(app)``. One line per area.
 COMMAND_MODULES = (
     "foundation",
+    "inventory",
     "simulate",
     "controller",
     "forecasting",

@@ -41,15 +41,16 @@ def controller(
     mode: str = typer.Option(None, "--mode", help="advisory or enforce (default: TAPAS_CONTROLLER__MODE, or the "
                                                   "latest mode on tapas.control.mode)."),
     servers: int = typer.Option(None, "--servers", help="Use the default layout resized to N servers (as `tapas "
-                                                        "ingest sim --servers N`) instead of the cluster file."),
+                                                        "ingest sim --servers N`) instead of the inventory or cluster file."),
 ) -> None:
     """Run the controller service until SIGINT/SIGTERM (when no subcommand is given)."""
     if ctx.invoked_subcommand is not None:
         return
     from contracts.errors import ConfigError
     from controller.service import run_service
+    from foundation.inventory import topology_from_settings
     from foundation.settings import load_settings
-    from foundation.topology import default_topology, load_topology
+    from foundation.topology import default_topology
     from simulator.catalogue import build_catalogue
     from tapas.bootstrap import collector_producer, kafka_clients
 
@@ -58,8 +59,8 @@ def controller(
     chosen: Literal["advisory", "enforce"] | None = None if mode is None else "enforce" if mode == "enforce" else "advisory"
     settings = load_settings()
     _quiet_kafka()
-    topology = default_topology(servers) if servers else load_topology(settings.cluster_file)
-    catalogue, _specs = build_catalogue(topology.servers[0].sku)
+    topology = default_topology(servers) if servers else topology_from_settings(settings)
+    catalogue, _specs = build_catalogue(topology.skus[0])  # the fleet's most common SKU
     stop = _stop_on_signals()
     console.print(f"controller: {topology.num_servers} servers, endpoints {list(catalogue.endpoint_ids)}, "
                   f"mode {mode or settings.controller.mode}; Ctrl-C to stop")

@@ -35,10 +35,14 @@ def dashboard(
         from foundation.topology import default_topology
 
         layout = FloorLayout.from_topology(default_topology(servers))
-    elif cluster_file is not None or settings.cluster_file is not None:
+    elif cluster_file is not None:
         from foundation.topology import load_topology
 
-        layout = FloorLayout.from_topology(load_topology(cluster_file or settings.cluster_file))
+        layout = FloorLayout.from_topology(load_topology(cluster_file))
+    elif settings.topology.inventory is not None or settings.cluster_file is not None:
+        from foundation.inventory import topology_from_settings
+
+        layout = FloorLayout.from_topology(topology_from_settings(settings))
     if d.username and d.password is None:
         raise typer.BadParameter("TAPAS_DASHBOARD__USERNAME is set but TAPAS_DASHBOARD__PASSWORD is not")
     view = DashboardView(layout=layout, stale_after_s=d.stale_after_s)

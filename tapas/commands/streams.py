@@ -18,8 +18,8 @@ def worker(
     """Consume telemetry, keep per-server models live, publish forecasts, write history (Ctrl-C stops)."""
     import faust
 
+    from foundation.inventory import topology_from_settings
     from foundation.settings import load_settings
-    from foundation.topology import load_topology
     from streams.app import WorkerApp, load_forecaster
     from streams.processor import TopologyView
     from tapas.bootstrap import kafka_clients, worker_store
@@ -27,7 +27,7 @@ def worker(
     settings = load_settings()
     if web_port is not None:
         settings = settings.model_copy(update={"worker": settings.worker.model_copy(update={"web_port": web_port})})
-    topo = load_topology(settings.cluster_file)
+    topo = topology_from_settings(settings)
     view = TopologyView.from_topology(topo, inlet_limit_c=settings.worker.inlet_limit_c)
     store = None
     if not no_store and settings.worker.store_enabled:
