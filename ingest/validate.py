@@ -43,6 +43,8 @@ RANGES: Mapping[str, Range] = {
     "gpu_util_pct": Range(0.0, 100.0),
     "fb_used_mib": Range(0.0, 1.0e7),
     "total_energy_mj": Range(0.0, 1.0e19),
+    "power_violation_us": Range(0.0, 1.0e19),
+    "thermal_violation_us": Range(0.0, 1.0e19),
     "inlet_temp_c": Range(-20.0, 80.0),
     "chassis_power_w": Range(0.0, 100_000.0),
     "pdu_power_w": Range(0.0, 5_000_000.0),

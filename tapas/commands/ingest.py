@@ -1,4 +1,4 @@
-"""``tapas ingest nvml|redfish|snmp|replay|sim``: collectors publishing contract messages to Kafka.
+"""``tapas ingest nvml|dcgm|redfish|snmp|fleet|replay|sim``: collectors publishing contract messages to Kafka.
 
 Every source takes ``--once`` (one round), ``--stdout`` (print JSON lines instead of
 publishing, to check a BMC or PDU by hand), ``--interval`` and ``--metrics-port``.
@@ -18,7 +18,8 @@ import typer
 
 from contracts.errors import ConfigError
 
-ingest_app = typer.Typer(help="Collectors: GPUs (NVML), BMCs (Redfish), PDUs (SNMP), replay and the simulator.",
+ingest_app = typer.Typer(help="Collectors: GPUs (NVML, dcgm-exporter), BMCs (Redfish), PDUs (SNMP), a fleet of "
+                         "BMCs and PDUs in one process, replay and the simulator.",
                          no_args_is_help=True)
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,24 @@ def nvml_cmd(
 
     source = NvmlSource(open_nvml(), server_id=server_id)
     _poll(source, "nvml", once=once, stdout=stdout, interval=interval, metrics_port=metrics_port,
+          bootstrap=bootstrap, max_rounds=max_rounds)
+
+
+@ingest_app.command("dcgm")
+def dcgm_cmd(
+    url: str = typer.Option(..., "--url", help="dcgm-exporter metrics URL, e.g. http://gpu-node-07:9400/metrics"),
+    server_id: str = typer.Option(None, "--server-id", help="Server id (Kafka key); default: each line's "
+                                  "Hostname label."),
+    once: bool = ONCE, stdout: bool = STDOUT, interval: float = INTERVAL, metrics_port: int = METRICS_PORT,
+    bootstrap: str = BOOTSTRAP, max_rounds: int = MAX_ROUNDS,
+) -> None:
+    """GPU readings from dcgm-exporter's Prometheus text (what GPU-Operator nodes already serve) into gpu_sample."""
+    from ingest.sources.dcgm import DcgmSource, RequestsTextGetter
+
+    settings = _settings(bootstrap)
+    source = DcgmSource(url, getter=RequestsTextGetter(timeout_s=settings.ingest.device_timeout_s),
+                        server_id=server_id)
+    _poll(source, "dcgm", once=once, stdout=stdout, interval=interval, metrics_port=metrics_port,
           bootstrap=bootstrap, max_rounds=max_rounds)
 
 
