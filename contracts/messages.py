@@ -165,6 +165,9 @@ class GpuReading(BaseModel):
     slowdown_temp_c: SlowdownCelsius = Field(
         default=None, description="The GPU's own slowdown threshold, °C (NVML_TEMPERATURE_THRESHOLD_SLOWDOWN)."
     )
+    memory_max_temp_c: SlowdownCelsius = Field(
+        default=None, description="The HBM's own maximum operating temperature, °C (NVML_TEMPERATURE_THRESHOLD_MEM_MAX, "
+        "DCGM_FI_DEV_MEM_MAX_OP_TEMP); the headroom of memory_temp_c is taken against it. Since 1.1.")
     power_violation_us: Microseconds = Field(
         default=None, description="Time throttled by power constraints since driver load, µs; a counter "
         "(DCGM_FI_DEV_POWER_VIOLATION, nvmlDeviceGetViolationStatus(NVML_PERF_POLICY_POWER)). Since 1.1.")

@@ -36,6 +36,7 @@ RANGES: Mapping[str, Range] = {
     "gpu_temp_c": Range(-40.0, 150.0),
     "memory_temp_c": Range(-40.0, 150.0),
     "slowdown_temp_c": Range(40.0, 150.0),
+    "memory_max_temp_c": Range(40.0, 150.0),
     "power_usage_w": Range(0.0, 2000.0),
     "power_limit_w": Range(0.0, 2000.0),
     "sm_clock_mhz": Range(0.0, 5000.0),

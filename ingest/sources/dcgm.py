@@ -49,6 +49,7 @@ FIELDS: dict[str, str] = {
     "fb_used_mib": "DCGM_FI_DEV_FB_USED",
     "total_energy_mj": "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
     "slowdown_temp_c": "DCGM_FI_DEV_SLOWDOWN_TEMP",
+    "memory_max_temp_c": "DCGM_FI_DEV_MEM_MAX_OP_TEMP",
     "power_violation_us": "DCGM_FI_DEV_POWER_VIOLATION",
     "thermal_violation_us": "DCGM_FI_DEV_THERMAL_VIOLATION",
 }

@@ -115,6 +115,14 @@ def _power(nvml: Any, handle: Any) -> tuple[Checked, PowerKind]:
 NS_TO_US = 0.001
 
 
+def _threshold(nvml: Any, handle: Any, kind_name: str, field: str) -> Checked:
+    """A temperature threshold by its NVML name (absent where this nvidia-ml-py lacks the constant)."""
+    kind = getattr(nvml, kind_name, None)
+    if kind is None:
+        return ABSENT
+    return _reading(nvml, "nvmlDeviceGetTemperatureThreshold", handle, kind, field=field)
+
+
 def _violation_us(nvml: Any, handle: Any, policy_name: str, field: str) -> Checked:
     """Cumulative throttled time for one perf policy (``nvmlDeviceGetViolationStatus``), ns → µs."""
     policy = getattr(nvml, policy_name, None)
@@ -157,6 +165,8 @@ def read_gpu(nvml: Any, index: int) -> GpuReading:
         slowdown_temp_c=fc.take("slowdown_temp_c", _reading(
             nvml, "nvmlDeviceGetTemperatureThreshold", handle, nvml.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN,
             field="slowdown_temp_c")),
+        memory_max_temp_c=fc.take("memory_max_temp_c", _threshold(nvml, handle, "NVML_TEMPERATURE_THRESHOLD_MEM_MAX",
+                                                                  "memory_max_temp_c")),
         power_violation_us=fc.take("power_violation_us", _violation_us(
             nvml, handle, "NVML_PERF_POLICY_POWER", "power_violation_us")),
         thermal_violation_us=fc.take("thermal_violation_us", _violation_us(

@@ -41,6 +41,7 @@ class FakeGpu:
     slowdown_c: Any = 87
     mem_temp_c: Any = 71
     mem_temp_ret: int = 0
+    mem_max_c: Any = 95
     instant_mw: Any = None  # None: the driver has no NVML_FI_DEV_POWER_INSTANT (NOT_SUPPORTED)
     power_violation_ns: Any = 4_000_000_000
     thermal_violation_ns: Any = 1_500_000
@@ -89,6 +90,7 @@ class FakeNvml:
     NVML_ERROR_GPU_IS_LOST = 15
     NVML_TEMPERATURE_GPU = 0
     NVML_TEMPERATURE_THRESHOLD_SLOWDOWN = 1
+    NVML_TEMPERATURE_THRESHOLD_MEM_MAX = 5
     NVML_CLOCK_SM = 1
     NVML_CLOCK_MEM = 2
     NVML_FI_DEV_MEMORY_TEMP = 82
@@ -140,6 +142,8 @@ class FakeNvml:
         return self._get(h, "reasons", self.gpus[h].reasons)
 
     def nvmlDeviceGetTemperatureThreshold(self, h: int, kind: int) -> Any:  # noqa: N802
+        if kind == self.NVML_TEMPERATURE_THRESHOLD_MEM_MAX:
+            return self._get(h, "mem_max", self.gpus[h].mem_max_c)
         assert kind == self.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN
         return self._get(h, "slowdown", self.gpus[h].slowdown_c)
 
@@ -168,7 +172,7 @@ class FakeNvml:
 
 def test_units_are_converted_to_the_contract() -> None:
     r = read_gpu(FakeNvml([FakeGpu()]), 0)
-    assert r.gpu_temp_c == 61 and r.slowdown_temp_c == 87 and r.memory_temp_c == 71
+    assert r.gpu_temp_c == 61 and r.slowdown_temp_c == 87 and r.memory_temp_c == 71 and r.memory_max_temp_c == 95
     assert r.power_usage_w == 345.25 and r.power_limit_w == 700.0  # mW -> W
     assert r.sm_clock_mhz == 1980 and r.mem_clock_mhz == 2619 and r.gpu_util_pct == 87
     assert r.fb_used_mib == 60 * 1024  # bytes -> MiB
