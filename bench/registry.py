@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, str] = {
     "simulator": "bench.simulator:run",
     "dashboard": "bench.dashboard:run",
     "policies": "bench.policies:run",
+    "collectors": "bench.collectors:run",
 }
 
 

@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
 
 def bench(
     name: str = typer.Argument(None, help="One benchmark (producer, worker, forecast, controller, simulator, "
-                               "dashboard, policies); all when omitted."),
+                               "dashboard, policies, collectors); all when omitted."),
     json_out: Path = typer.Option(None, "--json", help="Write the figures as JSON here."),
     quick: bool = typer.Option(False, "--quick", help="Short runs (smoke test); figures are less stable."),
 ) -> None:
