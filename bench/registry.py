@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, str] = {
     "dashboard": "bench.dashboard:run",
     "policies": "bench.policies:run",
     "placement_api": "bench.placement_api:run",
+    "collectors": "bench.collectors:run",
 }
 
 

@@ -40,10 +40,12 @@ from pydantic import (
 from contracts.errors import ContractError
 
 SCHEMA_MAJOR = 1
-SCHEMA_MINOR = 0
+SCHEMA_MINOR = 1
 SCHEMA_VERSION = f"{SCHEMA_MAJOR}.{SCHEMA_MINOR}"
 
 Timestamp = AwareDatetime
+#: What a GPU power reading is (see ``GpuReading.power_kind``).
+PowerKind = Literal["instant", "average", "unknown"]
 
 
 class ClockEventReason(IntFlag):
@@ -91,6 +93,7 @@ MemClockMhz = Annotated[float | None, PhysicalRange(0.0, 20000.0, "MHz expected"
 Percent = Annotated[float | None, PhysicalRange(0.0, 100.0, "percent 0-100 expected")]
 Mebibytes = Annotated[float | None, PhysicalRange(0.0, 1.0e7, "MiB expected")]
 Millijoules = Annotated[float | None, PhysicalRange(0.0, 1.0e19, "mJ expected")]
+Microseconds = Annotated[float | None, PhysicalRange(0.0, 1.0e19, "µs expected; nanoseconds?")]
 SlowdownCelsius = Annotated[float | None, PhysicalRange(40.0, 150.0, "°C expected")]
 InletCelsius = Annotated[float | None, PhysicalRange(-20.0, 80.0, "°C expected; Kelvin or °F?")]
 ChassisWatts = Annotated[float | None, PhysicalRange(0.0, 100_000.0, "W expected")]
@@ -143,7 +146,11 @@ class GpuReading(BaseModel):
     uuid: str | None = Field(default=None, description="NVML GPU UUID, when known.")
     gpu_temp_c: Celsius = Field(description="GPU die temperature, °C (DCGM_FI_DEV_GPU_TEMP).")
     memory_temp_c: Celsius = Field(default=None, description="HBM temperature, °C (DCGM_FI_DEV_MEMORY_TEMP).")
-    power_usage_w: GpuWatts = Field(description="Power draw, W (DCGM_FI_DEV_POWER_USAGE).")
+    power_usage_w: GpuWatts = Field(description="Power draw, W (DCGM_FI_DEV_POWER_USAGE); ``power_kind`` says which.")
+    power_kind: PowerKind = Field(
+        default="unknown", description="What power_usage_w is: 'instant' (NVML_FI_DEV_POWER_INSTANT, "
+        "DCGM_FI_DEV_POWER_USAGE_INSTANT), 'average' (nvmlDeviceGetPowerUsage: a 1 s mean on Ampere and newer) "
+        "or 'unknown' (simulator, replay, older producers). Since 1.1.")
     power_limit_w: GpuWatts = Field(default=None, description="Enforced power limit, W (DCGM_FI_DEV_ENFORCED_POWER_LIMIT).")
     sm_clock_mhz: SmClockMhz = Field(default=None, description="SM clock, MHz (DCGM_FI_DEV_SM_CLOCK).")
     mem_clock_mhz: MemClockMhz = Field(default=None, description="Memory clock, MHz (DCGM_FI_DEV_MEM_CLOCK).")
@@ -158,6 +165,15 @@ class GpuReading(BaseModel):
     slowdown_temp_c: SlowdownCelsius = Field(
         default=None, description="The GPU's own slowdown threshold, °C (NVML_TEMPERATURE_THRESHOLD_SLOWDOWN)."
     )
+    memory_max_temp_c: SlowdownCelsius = Field(
+        default=None, description="The HBM's own maximum operating temperature, °C (NVML_TEMPERATURE_THRESHOLD_MEM_MAX, "
+        "DCGM_FI_DEV_MEM_MAX_OP_TEMP); the headroom of memory_temp_c is taken against it. Since 1.1.")
+    power_violation_us: Microseconds = Field(
+        default=None, description="Time throttled by power constraints since driver load, µs; a counter "
+        "(DCGM_FI_DEV_POWER_VIOLATION, nvmlDeviceGetViolationStatus(NVML_PERF_POLICY_POWER)). Since 1.1.")
+    thermal_violation_us: Microseconds = Field(
+        default=None, description="Time throttled by thermal constraints since driver load, µs; a counter "
+        "(DCGM_FI_DEV_THERMAL_VIOLATION, nvmlDeviceGetViolationStatus(NVML_PERF_POLICY_THERMAL)). Since 1.1.")
     invalid_fields: list[str] = Field(
         default_factory=list, description="Fields whose raw reading was a sentinel or impossible; their value is null."
     )

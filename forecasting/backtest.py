@@ -83,6 +83,7 @@ def _observations(g: pd.DataFrame) -> list[Observation]:
             frequency_cap_mhz=opt("frequency_cap_mhz", i),
             config_id=None if cfg is None or (isinstance(cfg, float) and math.isnan(cfg)) else str(cfg),
             num_gpus=int(num("num_gpus", i, 8.0)), slowdown_temp_c=num("slowdown_temp_c", i, 87.0),
+            hottest_gpu_power_w=opt("hottest_gpu_power_w", i),
         ))
     return out
 
@@ -209,6 +210,8 @@ def fold_history(df: pd.DataFrame, params: ForecasterParams, horizons_s: Sequenc
         inlet = g["inlet_temp_c"].ffill().bfill().to_numpy(dtype=float) if "inlet_temp_c" in g.columns else None
         num_gpus = g["num_gpus"].to_numpy(dtype=float) if "num_gpus" in g.columns else np.full(n, 8.0)
         pgpu = gpu_p / np.maximum(num_gpus, 1.0)
+        if "hottest_gpu_power_w" in g.columns:  # the thermal model's input: the hottest GPU's own power
+            pgpu = np.where(np.isnan(hot := g["hottest_gpu_power_w"].to_numpy(dtype=float)), pgpu, hot)
         parts["known_power_temp_c"].append(_known_power_forecast(params, horizons, temp, pgpu, inlet, th, 2.0 * tol))
         parts["known_level_temp_c"].append(_known_power_forecast(
             params, horizons, temp, _centred_mean(at, pgpu, FUTURE_MINUTE_S), inlet, th, 2.0 * tol))

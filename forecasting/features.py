@@ -109,8 +109,9 @@ def _start(params: ForecasterParams, state: ServerModelState, obs: Observation, 
     n = max(obs.num_gpus, 1)
     # Pick the filtered power that makes the lag model agree with the observed temperature, so a
     # server caught mid-warm-up is not mistaken for one with a different offset.
-    implied = (obs.hottest_gpu_temp_c - inlet_c - state.th_b) * 100.0 / state.th_r if state.th_r > 0 else pgpu_w
-    pgpu_f = min(max(implied, 0.0), max(2.0 * pgpu_w, 100.0))
+    phot_w = pgpu_w if obs.hottest_gpu_power_w is None else obs.hottest_gpu_power_w
+    implied = (obs.hottest_gpu_temp_c - inlet_c - state.th_b) * 100.0 / state.th_r if state.th_r > 0 else phot_w
+    pgpu_f = min(max(implied, 0.0), max(2.0 * phot_w, 100.0))
     base = obs.server_power_w - obs.gpu_power_w if obs.server_power_w is not None else n * params.base_w_per_gpu
     tok_total = obs.prefill_tokens_per_s + obs.decode_tokens_per_s
     return replace(
@@ -120,7 +121,7 @@ def _start(params: ForecasterParams, state: ServerModelState, obs: Observation, 
         prefill_frac=obs.prefill_tokens_per_s / tok_total if tok_total > 0 else 0.0,
         batch_fast=obs.batch_size,
         freq_cap_mhz=0.0 if obs.frequency_cap_mhz is None else obs.frequency_cap_mhz,
-        num_obs=state.num_obs + 1.0, config_key=config_key(obs),
+        num_obs=state.num_obs + 1.0, config_key=config_key(obs), phot_dev_w=phot_w - pgpu_w,
         **_ar_restart_bucket(params, obs.at_s, pgpu_w),
     )
 
@@ -151,7 +152,10 @@ def advance_state(params: ForecasterParams, state: ServerModelState, obs: Observ
     a_th = math.exp(-dt / params.tau_thermal_s)
     a_fast = math.exp(-dt / params.tau_fast_s)
     a_slow = math.exp(-dt / params.tau_slow_s)
-    pgpu_f = a_th * state.pgpu_f_w + (1.0 - a_th) * pgpu
+    # The thermal model's input is the hottest GPU's own power where the sample has per-GPU power.
+    phot = pgpu if obs.hottest_gpu_power_w is None else obs.hottest_gpu_power_w
+    pgpu_f = a_th * state.pgpu_f_w + (1.0 - a_th) * phot
+    phot_dev = a_fast * state.phot_dev_w + (1.0 - a_fast) * (phot - pgpu)
     inlet_f = a_th * state.inlet_f_c + (1.0 - a_th) * inlet
 
     # Thermal RLS as a random-walk Kalman filter: T - inlet_f = b + R * pgpu_f / 100. Process noise
@@ -232,6 +236,7 @@ def advance_state(params: ForecasterParams, state: ServerModelState, obs: Observ
         num_obs=state.num_obs + 1.0,
         pjit_w=_ewma(state.pjit_w, min(abs(pgpu - state.pgpu_w), params.jitter_clip_w), dt, params.tau_jitter_s),
         pgpu_w=pgpu,
+        phot_dev_w=phot_dev,
         config_key=key,
         # a new configuration steps the power level: the oscillation model restarts rather than fit across it
         **(_ar_restart_bucket(params, obs.at_s, pgpu) if changed else _ar_fold(params, state, obs.at_s, pgpu)),
@@ -387,8 +392,8 @@ def feature_vector(params: ForecasterParams, state: ServerModelState, obs: Obser
     base = [
         1.0,
         state.temp_c - model_temp_c(state),
-        (state.pgpu_fast_w - state.pgpu_f_w) / 100.0,
-        (state.pgpu_f_w - state.pgpu_slow_w) / 100.0,
+        (state.pgpu_fast_w + state.phot_dev_w - state.pgpu_f_w) / 100.0,
+        (state.pgpu_f_w - state.phot_dev_w - state.pgpu_slow_w) / 100.0,
         state.temp_c - state.temp_fast_c,
         state.inlet_c - state.inlet_slow_c,
         state.prefill_frac,
@@ -412,7 +417,8 @@ def physics_forecast(params: ForecasterParams, state: ServerModelState,
     ``g * (slow + (fast - slow) exp(-t / tau_revert_s))``, and smooth load that follows the
     oscillation model, ``(1 - g) * s(t)`` (:func:`smooth_power_path`; the last reading while that
     model is not ready). The temperature solves ``dT/dt = (T_ss(t) - T) / tau`` from the last reading
-    with ``T_ss(t) = inlet + b + R * p(t) / 100``, exactly for both parts.
+    with ``T_ss(t) = inlet + b + R * (p(t) + d) / 100``, exactly for both parts, where ``d`` is the hottest
+    GPU's filtered power above the mean (``phot_dev_w``; 0 without per-GPU power).
     """
     if not horizons_s:
         return []
@@ -422,7 +428,7 @@ def physics_forecast(params: ForecasterParams, state: ServerModelState,
     p_level = g * state.pgpu_slow_w + (1.0 - g) * state.pgpu_w
     dev = state.pgpu_fast_w - state.pgpu_slow_w
     k = state.th_r / 100.0
-    a = state.inlet_c + state.th_b + k * p_level
+    a = state.inlet_c + state.th_b + k * (p_level + state.phot_dev_w)  # the hottest GPU sits phot_dev_w above
     out: list[tuple[float, float]] = []
     for h in horizons_s:
         e = math.exp(-h / tau)

@@ -38,6 +38,9 @@ class Observation:
         config_id: catalogue configuration name, when the serving layer reports it.
         num_gpus: GPUs in the server.
         slowdown_temp_c: the GPUs' thermal slowdown threshold, °C.
+        hottest_gpu_power_w: the hottest GPU's own power draw, W, when the sample carries per-GPU power (the
+            thermal model's input: the hottest GPU is not at the mean power when GPUs of a server carry
+            different loads). None: taken as the mean (older histories).
     """
 
     server_id: str
@@ -54,6 +57,7 @@ class Observation:
     config_id: str | None
     num_gpus: int
     slowdown_temp_c: float
+    hottest_gpu_power_w: float | None = None
 
 
 #: Columns of a history DataFrame that map one-to-one onto :class:`Observation`.
@@ -194,16 +198,19 @@ _STATE_FLOATS: tuple[str, ...] = (
     "num_obs", "pjit_w", "pgpu_w",
     "ar_bucket_s", "ar_sum_w", "ar_cnt", "ar_y0", "ar_y1", "ar_ref", "ar_n", "ar_phi", "ar_kap", "ar_c",
     "ar_p00", "ar_p01", "ar_p02", "ar_p11", "ar_p12", "ar_p22",
+    "phot_dev_w",
 )
 #: The oscillation model's fields, which format 3 added.
 AR_FIELDS: tuple[str, ...] = tuple(n for n in _STATE_FLOATS if n.startswith("ar_"))
 _AR_FLOATS = len(AR_FIELDS)
-#: Format 2 added ``pjit_w`` and ``pgpu_w``, format 3 the ``ar_*`` oscillation model; older payloads
-#: still load, with the newer fields at 0 (an empty oscillation model restarts at the next bucket).
-_STATE_STRUCTS = {1: struct.Struct(f"<B{len(_STATE_FLOATS) - 2 - _AR_FLOATS}d"),
-                  2: struct.Struct(f"<B{len(_STATE_FLOATS) - _AR_FLOATS}d"),
-                  3: struct.Struct(f"<B{len(_STATE_FLOATS)}d")}
-_STATE_FORMAT_VERSION = 3
+#: Format 2 added ``pjit_w`` and ``pgpu_w``, format 3 the ``ar_*`` oscillation model, format 4
+#: ``phot_dev_w``; older payloads still load, with the newer fields at 0 (an empty oscillation model
+#: restarts at the next bucket; a zero hot-GPU offset is the mean-power model of formats 1-3).
+_STATE_STRUCTS = {1: struct.Struct(f"<B{len(_STATE_FLOATS) - 3 - _AR_FLOATS}d"),
+                  2: struct.Struct(f"<B{len(_STATE_FLOATS) - 1 - _AR_FLOATS}d"),
+                  3: struct.Struct(f"<B{len(_STATE_FLOATS) - 1}d"),
+                  4: struct.Struct(f"<B{len(_STATE_FLOATS)}d")}
+_STATE_FORMAT_VERSION = 4
 _STATE_STRUCT = _STATE_STRUCTS[_STATE_FORMAT_VERSION]
 
 
@@ -218,7 +225,7 @@ class ServerModelState:
         inlet_c: last inlet temperature, °C.
         inlet_f_c: inlet filtered with the thermal time constant.
         inlet_slow_c: inlet filtered with ``tau_inlet_slow_s`` (trend reference).
-        pgpu_f_w: per-GPU power filtered with the thermal time constant, W.
+        pgpu_f_w: the hottest GPU's power filtered with the thermal time constant, W (the thermal model's input).
         pgpu_fast_w: per-GPU power, recent level, W.
         pgpu_slow_w: per-GPU power, mean level, W.
         base_w: non-GPU server power (server minus GPUs), W.
@@ -243,6 +250,8 @@ class ServerModelState:
             :func:`forecasting.features.smooth_power_path`).
         ar_p00 ... ar_p22: their RLS covariance (upper triangle).
         config_key: configuration and frequency cap the power map was learned under.
+        phot_dev_w: the hottest GPU's power above the server's mean per-GPU power, recent level (``tau_fast_s``),
+            W (0 without per-GPU power): the forecast's temperature target adds it to the mean power path.
     """
 
     at_s: float = 0.0
@@ -293,6 +302,7 @@ class ServerModelState:
     ar_p11: float = 0.0
     ar_p12: float = 0.0
     ar_p22: float = 0.0
+    phot_dev_w: float = 0.0
     config_key: str = ""
 
     def to_bytes(self) -> bytes:

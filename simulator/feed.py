@@ -37,7 +37,7 @@ from simulator.engine import SimParams, Simulation
 OBSERVATION_COLUMNS = (
     "server_id", "at_s", "hottest_gpu_temp_c", "gpu_power_w", "server_power_w", "inlet_temp_c",
     "mean_gpu_util_pct", "prefill_tokens_per_s", "decode_tokens_per_s", "batch_size", "frequency_cap_mhz",
-    "config_id", "num_gpus", "slowdown_temp_c",
+    "config_id", "num_gpus", "slowdown_temp_c", "hottest_gpu_power_w",
 )
 LOCATION_COLUMNS = ("rack_id", "row_id", "zone_id", "pdu_id")
 
@@ -219,6 +219,7 @@ def observation_rows(sim: Simulation, at_s: float) -> dict[str, Any]:
         "config_id": cfg,
         "num_gpus": np.full(n, sim.G),
         "slowdown_temp_c": sim.slowdown.copy(),
+        "hottest_gpu_power_w": sim.gpu_power[np.arange(n), sim.gpu_temp.argmax(axis=1)],
         "rack_id": [s.rack_id for s in t.servers],
         "row_id": [s.row_id for s in t.servers],
         "zone_id": [s.zone_id for s in t.servers],

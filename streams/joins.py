@@ -35,7 +35,7 @@ class JoinWindows:
 
 @dataclass(frozen=True, slots=True)
 class GpuSummary:
-    """What the worker keeps of a GPU sample: the hottest GPU, total power and the load context."""
+    """What the worker keeps of a GPU sample: the hottest GPU (temperature and its own power), total power, load."""
 
     at_s: float
     hottest_gpu_temp_c: float
@@ -43,6 +43,7 @@ class GpuSummary:
     mean_gpu_util_pct: float
     num_gpus: int
     slowdown_temp_c: float | None
+    hottest_gpu_power_w: float = math.nan
 
 
 def summarize_gpu(sample: GpuSample) -> GpuSummary | None:
@@ -60,6 +61,7 @@ def summarize_gpu(sample: GpuSample) -> GpuSummary | None:
     temps = [g.gpu_temp_c for g in sample.gpus if g.gpu_temp_c is not None]
     if not temps:
         return None
+    hottest = max((g for g in sample.gpus if g.gpu_temp_c is not None), key=lambda g: g.gpu_temp_c or 0.0)
     powers = [g.power_usage_w for g in sample.gpus if g.power_usage_w is not None]
     n = len(sample.gpus)
     power = sum(powers) * n / len(powers) if powers else math.nan
@@ -69,6 +71,7 @@ def summarize_gpu(sample: GpuSample) -> GpuSummary | None:
         at_s=sample.sampled_at.timestamp(), hottest_gpu_temp_c=max(temps), gpu_power_w=power,
         mean_gpu_util_pct=sum(utils) / len(utils) if utils else 0.0, num_gpus=n,
         slowdown_temp_c=min(slowdowns) if slowdowns else None,
+        hottest_gpu_power_w=math.nan if hottest.power_usage_w is None else hottest.power_usage_w,
     )
 
 
@@ -84,6 +87,7 @@ def apply_gpu(states: ServerStates, sample: GpuSample, summary: GpuSummary, *,
     a["hottest_gpu_temp_c"][i] = summary.hottest_gpu_temp_c
     a["gpu_power_w"][i] = summary.gpu_power_w if not math.isnan(summary.gpu_power_w) else a["gpu_power_w"][i]
     a["mean_gpu_util_pct"][i] = summary.mean_gpu_util_pct
+    a["hottest_gpu_power_w"][i] = summary.hottest_gpu_power_w  # NaN (mean used) when that GPU's power is flagged
     a["num_gpus"][i] = summary.num_gpus
     a["slowdown_temp_c"][i] = (summary.slowdown_temp_c if summary.slowdown_temp_c is not None
                                else default_slowdown_temp_c)

@@ -396,7 +396,8 @@ class StreamProcessor:
                   "mean_gpu_util_pct": obs.mean_gpu_util_pct, "prefill_tokens_per_s": obs.prefill_tokens_per_s,
                   "decode_tokens_per_s": obs.decode_tokens_per_s, "batch_size": obs.batch_size,
                   "num_gpus": float(obs.num_gpus), "slowdown_temp_c": obs.slowdown_temp_c,
-                  "window_max_temp_c": w.max_temp_c}
+                  "window_max_temp_c": w.max_temp_c,
+                  "hottest_gpu_power_w": math.nan if obs.hottest_gpu_power_w is None else obs.hottest_gpu_power_w}
         if obs.server_power_w is not None:
             fields["server_power_w"] = obs.server_power_w
         if obs.frequency_cap_mhz is not None:

@@ -25,12 +25,15 @@ SCALARS: tuple[str, ...] = (
     "decode_tokens_per_s", "batch_size", "frequency_cap_mhz", "num_gpus", "slowdown_temp_c",
     "inlet_temp_c", "inlet_at_s", "chassis_power_w", "chassis_at_s", "pdu_share_w", "pdu_at_s",
     "server_power_w", "last_forecast_at_s", "last_store_at_s", "num_samples",
-    "window_pos", "window_len",
+    "window_pos", "window_len", "hottest_gpu_power_w",
 )
 #: Samples kept in each server's rolling window (at 1 s samples: the last minute).
 WINDOW = 60
-_FORMAT_VERSION = 1
-_HEAD = struct.Struct(f"<BH{len(SCALARS)}d")
+#: Format 2 added ``hottest_gpu_power_w``; a format-1 slot loads with it unknown (NaN).
+_FORMAT_VERSION = 2
+_NUM_SCALARS = {1: len(SCALARS) - 1, 2: len(SCALARS)}
+_HEADS = {v: struct.Struct(f"<BH{n}d") for v, n in _NUM_SCALARS.items()}
+_HEAD = _HEADS[_FORMAT_VERSION]
 _HEAD_PREFIX = struct.Struct("<BH")
 _WINDOW_BYTES = 2 * WINDOW * 8
 _LEN = struct.Struct("<HI")
@@ -138,14 +141,19 @@ class ServerStates:
 
     def load_slot(self, server_id: str, raw: bytes) -> int:
         """Restore ``server_id`` from :meth:`slot_bytes` output; raises ``ValueError`` on foreign bytes."""
-        if len(raw) < _HEAD.size + _WINDOW_BYTES + _LEN.size:
+        if len(raw) < _HEAD_PREFIX.size:
             raise ValueError(f"server state {server_id}: {len(raw)} bytes is too short")
-        values = _HEAD.unpack_from(raw)
-        if values[0] != _FORMAT_VERSION or values[1] != WINDOW:
-            raise ValueError(f"server state {server_id}: format {values[0]}/window {values[1]} unknown")
+        version, window = _HEAD_PREFIX.unpack_from(raw)
+        head = _HEADS.get(version)
+        if head is None or window != WINDOW:
+            raise ValueError(f"server state {server_id}: format {version}/window {window} unknown")
+        if len(raw) < head.size + _WINDOW_BYTES + _LEN.size:
+            raise ValueError(f"server state {server_id}: {len(raw)} bytes is too short")
         i = self.slot(server_id)
-        self.matrix[i] = np.frombuffer(raw, dtype=np.float64, count=len(SCALARS), offset=_HEAD_PREFIX.size)
-        off = _HEAD.size
+        count = _NUM_SCALARS[version]
+        self.matrix[i] = np.nan
+        self.matrix[i, :count] = np.frombuffer(raw, dtype=np.float64, count=count, offset=_HEAD_PREFIX.size)
+        off = head.size
         self.temp_window[i] = np.frombuffer(raw, dtype=np.float64, count=WINDOW, offset=off)
         self.power_window[i] = np.frombuffer(raw, dtype=np.float64, count=WINDOW, offset=off + WINDOW * 8)
         off += _WINDOW_BYTES
@@ -173,4 +181,5 @@ class ServerStates:
             decode_tokens_per_s=float(a["decode_tokens_per_s"][i]), batch_size=float(a["batch_size"][i]),
             frequency_cap_mhz=None if math.isnan(cap) else cap, config_id=self.config_ids[i] or None,
             num_gpus=int(a["num_gpus"][i]), slowdown_temp_c=float(a["slowdown_temp_c"][i]),
+            hottest_gpu_power_w=None if math.isnan(hot_w := float(a["hottest_gpu_power_w"][i])) else hot_w,
         )

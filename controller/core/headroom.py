@@ -1,4 +1,4 @@
-"""Small shared thermal estimates used by placement, routing and reconfiguration."""
+"""Small shared thermal estimates used by placement, routing and reconfiguration (GPU die and HBM)."""
 
 from __future__ import annotations
 
@@ -25,4 +25,41 @@ def thermal_offset_c(snapshot: Snapshot) -> FloatArray:
         p[inst.server_index] = inst.gpu_power_w
     resid = snapshot.gpu_temp_hi_c - snapshot.inlet_hi_c - snapshot.thermal_resistance_c_per_w * p
     out: FloatArray = np.clip(resid, 0.0, MAX_OFFSET_C)
+    return out
+
+
+def hbm_headroom_c(snapshot: Snapshot) -> FloatArray:
+    """Per-server HBM headroom: the memory's own maximum operating temperature minus its temperature, °C.
+
+    HBM has its own limit (``NVML_TEMPERATURE_THRESHOLD_MEM_MAX``, nvidia-smi's "Memory Max
+    Operating Temp", read per device) and can run hot under memory-bound decode while the
+    die stays cool, so the die's slowdown margin can hide it; crossing it sets the
+    SW-thermal clock-event reason like the die's limit does. ``+inf`` where the temperature or the
+    threshold is unknown (no collector reports HBM, or the GPU has no such sensor).
+
+    Examples:
+        >>> from dataclasses import replace
+        >>> import numpy as np
+        >>> from controller.core.synthetic import synthetic_snapshot
+        >>> s = synthetic_snapshot(np.random.default_rng(0), num_servers=3, num_instances=1, num_vms=1)
+        >>> s = replace(s, memory_temp_c=np.array([80.0, np.nan, 93.0]), memory_max_temp_c=np.full(3, 95.0))
+        >>> hbm_headroom_c(s).tolist()
+        [15.0, inf, 2.0]
+    """
+    n = snapshot.num_servers
+    temp, limit = snapshot.memory_temp_c, snapshot.memory_max_temp_c
+    if temp.size != n or limit.size != n:
+        return np.full(n, np.inf)
+    head = limit - temp
+    out: FloatArray = np.where(np.isnan(head), np.inf, head)
+    return out
+
+
+def thermal_headroom_c(snapshot: Snapshot) -> FloatArray:
+    """Per-server thermal headroom, °C: the smaller of the GPU die's forecast margin to slowdown and the HBM's margin.
+
+    The die term is ``slowdown_temp_c - gpu_temp_hi_c`` (the forecast-high hottest GPU); the
+    HBM term is :func:`hbm_headroom_c` on its latest reading (no HBM forecast exists yet).
+    """
+    out: FloatArray = np.minimum(snapshot.thermal_headroom_hi_c, hbm_headroom_c(snapshot))
     return out

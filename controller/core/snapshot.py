@@ -150,6 +150,10 @@ class Snapshot:
 
     gpu_max_freq_mhz: FloatArray = field(default_factory=_empty_f)
     """Per-server maximum GPU clock (empty when unknown)."""
+    memory_temp_c: FloatArray = field(default_factory=_empty_f)
+    """Per-server hottest HBM temperature, °C (empty when no collector reports it; NaN for a server without)."""
+    memory_max_temp_c: FloatArray = field(default_factory=_empty_f)
+    """Per-server HBM maximum operating temperature, °C: the HBM's own threshold (empty/NaN when unknown)."""
 
     @property
     def num_servers(self) -> int:

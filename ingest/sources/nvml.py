@@ -1,5 +1,10 @@
 """Every local GPU through NVML (nvidia-ml-py): temperatures, power, clocks, utilisation, throttle reasons.
 
+Power is the instant field (``NVML_FI_DEV_POWER_INSTANT``) where the driver has it and
+``nvmlDeviceGetPowerUsage`` (a 1 s average on Ampere and newer) otherwise, with
+``power_kind`` saying which; the power and thermal violation counters
+(``nvmlDeviceGetViolationStatus``) say how long the GPU has been held back by each.
+
 The reader takes the NVML module as an argument (``pynvml`` in production, a fake
 with the same functions and constants in tests), so the parsing — units, sentinels,
 "not supported" versus "failed" — is tested without a GPU. Units as NVML reports
@@ -19,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from contracts.errors import SourceError
-from contracts.messages import GpuReading, GpuSample
+from contracts.messages import GpuReading, GpuSample, PowerKind
 from ingest.validate import ABSENT, Checked, FieldChecker, check
 
 log = logging.getLogger(__name__)
@@ -67,10 +72,10 @@ def _clock_event_reasons(nvml: Any, handle: Any) -> tuple[int, bool]:
 _VALUE_FIELDS = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal", 6: "usVal"}
 
 
-def _memory_temp(nvml: Any, handle: Any) -> Checked:
-    """HBM temperature from the NVML field API (``NVML_FI_DEV_MEMORY_TEMP``); absent where unsupported."""
+def _field_value(nvml: Any, handle: Any, field_name: str, *, field: str, scale: float = 1.0) -> Checked:
+    """One value from the NVML field API (``nvmlDeviceGetFieldValues``); absent where the driver lacks it."""
     fn = getattr(nvml, "nvmlDeviceGetFieldValues", None)
-    field_id = getattr(nvml, "NVML_FI_DEV_MEMORY_TEMP", None)
+    field_id = getattr(nvml, field_name, None)
     if fn is None or field_id is None:
         return ABSENT
     values, failed = _call(nvml, fn, handle, [field_id])
@@ -85,7 +90,46 @@ def _memory_temp(nvml: Any, handle: Any) -> Checked:
     if ret != 0:
         return Checked(None, True)
     raw = getattr(entry.value, _VALUE_FIELDS.get(int(entry.valueType), "uiVal"))
-    return check(raw, "memory_temp_c")
+    return check(raw, field, scale=scale)
+
+
+def _memory_temp(nvml: Any, handle: Any) -> Checked:
+    """HBM temperature from the NVML field API (``NVML_FI_DEV_MEMORY_TEMP``); absent where unsupported."""
+    return _field_value(nvml, handle, "NVML_FI_DEV_MEMORY_TEMP", field="memory_temp_c")
+
+
+def _power(nvml: Any, handle: Any) -> tuple[Checked, PowerKind]:
+    """GPU power and its kind: the instant field where the driver has it, else ``nvmlDeviceGetPowerUsage``.
+
+    ``nvmlDeviceGetPowerUsage`` is a 1 s average on Ampere and newer, which hides the
+    sub-second bursts of LLM prefill; ``NVML_FI_DEV_POWER_INSTANT`` (driver 535+) is not.
+    A broken instant field is not papered over with the average: it is flagged.
+    """
+    instant = _field_value(nvml, handle, "NVML_FI_DEV_POWER_INSTANT", field="power_usage_w", scale=MW_TO_W)
+    if instant.value is not None or instant.invalid:
+        return instant, "instant"
+    average = _reading(nvml, "nvmlDeviceGetPowerUsage", handle, field="power_usage_w", scale=MW_TO_W)
+    return average, "average" if average.value is not None or average.invalid else "unknown"
+
+
+NS_TO_US = 0.001
+
+
+def _threshold(nvml: Any, handle: Any, kind_name: str, field: str) -> Checked:
+    """A temperature threshold by its NVML name (absent where this nvidia-ml-py lacks the constant)."""
+    kind = getattr(nvml, kind_name, None)
+    if kind is None:
+        return ABSENT
+    return _reading(nvml, "nvmlDeviceGetTemperatureThreshold", handle, kind, field=field)
+
+
+def _violation_us(nvml: Any, handle: Any, policy_name: str, field: str) -> Checked:
+    """Cumulative throttled time for one perf policy (``nvmlDeviceGetViolationStatus``), ns → µs."""
+    policy = getattr(nvml, policy_name, None)
+    if policy is None:
+        return ABSENT
+    return _reading(nvml, "nvmlDeviceGetViolationStatus", handle, policy, field=field, scale=NS_TO_US,
+                    pick=lambda v: v.violationTime)
 
 
 def read_gpu(nvml: Any, index: int) -> GpuReading:
@@ -97,14 +141,15 @@ def read_gpu(nvml: Any, index: int) -> GpuReading:
         uuid = uuid.decode(errors="replace")
     reasons, reasons_failed = _clock_event_reasons(nvml, handle)
     invalid_extra = ["clocks_event_reasons"] if reasons_failed else []
+    power, power_kind = _power(nvml, handle)
     reading = GpuReading(
         gpu_index=index,
         uuid=uuid,
         gpu_temp_c=fc.take("gpu_temp_c", _reading(nvml, "nvmlDeviceGetTemperature", handle,
                                                   nvml.NVML_TEMPERATURE_GPU, field="gpu_temp_c")),
         memory_temp_c=fc.take("memory_temp_c", _memory_temp(nvml, handle)),
-        power_usage_w=fc.take("power_usage_w", _reading(nvml, "nvmlDeviceGetPowerUsage", handle,
-                                                        field="power_usage_w", scale=MW_TO_W)),
+        power_usage_w=fc.take("power_usage_w", power),
+        power_kind=power_kind,
         power_limit_w=fc.take("power_limit_w", _reading(nvml, "nvmlDeviceGetEnforcedPowerLimit", handle,
                                                         field="power_limit_w", scale=MW_TO_W)),
         sm_clock_mhz=fc.take("sm_clock_mhz", _reading(nvml, "nvmlDeviceGetClockInfo", handle, nvml.NVML_CLOCK_SM,
@@ -120,6 +165,12 @@ def read_gpu(nvml: Any, index: int) -> GpuReading:
         slowdown_temp_c=fc.take("slowdown_temp_c", _reading(
             nvml, "nvmlDeviceGetTemperatureThreshold", handle, nvml.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN,
             field="slowdown_temp_c")),
+        memory_max_temp_c=fc.take("memory_max_temp_c", _threshold(nvml, handle, "NVML_TEMPERATURE_THRESHOLD_MEM_MAX",
+                                                                  "memory_max_temp_c")),
+        power_violation_us=fc.take("power_violation_us", _violation_us(
+            nvml, handle, "NVML_PERF_POLICY_POWER", "power_violation_us")),
+        thermal_violation_us=fc.take("thermal_violation_us", _violation_us(
+            nvml, handle, "NVML_PERF_POLICY_THERMAL", "thermal_violation_us")),
         clocks_event_reasons=reasons,
         invalid_fields=[*fc.invalid_fields, *invalid_extra],
     )

@@ -9,7 +9,7 @@ Measurements written by the stream worker (tags / fields):
 
 * ``gpu``: tags ``server_id``; fields ``hottest_gpu_temp_c``, ``gpu_power_w``,
   ``mean_gpu_util_pct``, ``prefill_tokens_per_s``, ``decode_tokens_per_s``, ``batch_size``,
-  ``frequency_cap_mhz`` (when known), ``num_gpus``, ``slowdown_temp_c``.
+  ``frequency_cap_mhz`` (when known), ``num_gpus``, ``slowdown_temp_c``, ``hottest_gpu_power_w`` (when known).
 * ``inlet``: tags ``server_id``; fields ``inlet_temp_c``, ``chassis_power_w`` (when known).
 * ``pdu``: tags ``pdu_id``; fields ``power_w``, ``current_a`` (when known).
 * ``forecast``: tags ``server_id``, ``horizon_s``; fields ``gpu_temp_c``, ``gpu_temp_lo_c``,

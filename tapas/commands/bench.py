@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from bench.registry import BENCHMARKS
+
 console = Console()
 
 
@@ -17,13 +19,12 @@ def register(app: typer.Typer) -> None:
 
 
 def bench(
-    name: str = typer.Argument(None, help="One benchmark (producer, worker, forecast, controller, simulator, "
-                               "dashboard, policies, placement_api); all when omitted."),
+    name: str = typer.Argument(None, help=f"One benchmark ({', '.join(BENCHMARKS)}); all when omitted."),
     json_out: Path = typer.Option(None, "--json", help="Write the figures as JSON here."),
     quick: bool = typer.Option(False, "--quick", help="Short runs (smoke test); figures are less stable."),
 ) -> None:
     """Run benchmarks; each prints its figures beside a baseline measured in the same run."""
-    from bench.registry import BENCHMARKS, available, load
+    from bench.registry import available, load
 
     if name is not None and name not in BENCHMARKS:
         raise typer.BadParameter(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")

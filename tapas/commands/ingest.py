@@ -1,4 +1,4 @@
-"""``tapas ingest nvml|redfish|snmp|replay|sim``: collectors publishing contract messages to Kafka.
+"""``tapas ingest nvml|dcgm|redfish|snmp|fleet|replay|sim``: collectors publishing contract messages to Kafka.
 
 Every source takes ``--once`` (one round), ``--stdout`` (print JSON lines instead of
 publishing, to check a BMC or PDU by hand), ``--interval`` and ``--metrics-port``.
@@ -16,9 +16,10 @@ from typing import Any
 
 import typer
 
-from contracts.errors import ConfigError
+from contracts.errors import ConfigError, SourceError
 
-ingest_app = typer.Typer(help="Collectors: GPUs (NVML), BMCs (Redfish), PDUs (SNMP), replay and the simulator.",
+ingest_app = typer.Typer(help="Collectors: GPUs (NVML, dcgm-exporter), BMCs (Redfish), PDUs (SNMP), a fleet of "
+                         "BMCs and PDUs in one process, replay and the simulator.",
                          no_args_is_help=True)
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,24 @@ def nvml_cmd(
           bootstrap=bootstrap, max_rounds=max_rounds)
 
 
+@ingest_app.command("dcgm")
+def dcgm_cmd(
+    url: str = typer.Option(..., "--url", help="dcgm-exporter metrics URL, e.g. http://gpu-node-07:9400/metrics"),
+    server_id: str = typer.Option(None, "--server-id", help="Server id (Kafka key); default: each line's "
+                                  "Hostname label."),
+    once: bool = ONCE, stdout: bool = STDOUT, interval: float = INTERVAL, metrics_port: int = METRICS_PORT,
+    bootstrap: str = BOOTSTRAP, max_rounds: int = MAX_ROUNDS,
+) -> None:
+    """GPU readings from dcgm-exporter's Prometheus text (what GPU-Operator nodes already serve) into gpu_sample."""
+    from ingest.sources.dcgm import DcgmSource, RequestsTextGetter
+
+    settings = _settings(bootstrap)
+    source = DcgmSource(url, getter=RequestsTextGetter(timeout_s=settings.ingest.device_timeout_s),
+                        server_id=server_id)
+    _poll(source, "dcgm", once=once, stdout=stdout, interval=interval, metrics_port=metrics_port,
+          bootstrap=bootstrap, max_rounds=max_rounds)
+
+
 @ingest_app.command("redfish")
 def redfish_cmd(
     url: str = typer.Option(..., "--url", help="BMC base URL, e.g. https://10.0.3.7"),
@@ -155,6 +174,49 @@ def snmp_cmd(
     source = SnmpSource(SnmpClient(target), pdu_id=pdu_id, profile=profile, server_ids=ids)
     _poll(source, "snmp", once=once, stdout=stdout, interval=interval, metrics_port=metrics_port,
           bootstrap=bootstrap, max_rounds=max_rounds)
+
+
+@ingest_app.command("fleet")
+def fleet_cmd(
+    config: Path = typer.Option(..., "--config", help="Fleet TOML: [[redfish]] BMCs and [[snmp]] PDUs "
+                                "(docs/ingest.md#fleet)."),
+    max_in_flight: int = typer.Option(None, "--max-in-flight", help="Polls running at once (default: the "
+                                      "file's [defaults].max_in_flight)."),
+    duration: float = typer.Option(None, "--duration", help="Stop after this many seconds (default: run until "
+                                   "stopped)."),
+    seed: int = typer.Option(None, "--seed", help="Seed of the start and backoff jitter (default: random)."),
+    once: bool = typer.Option(False, "--once", help="Poll every source once and stop; exit 2 if any failed."),
+    stdout: bool = STDOUT, metrics_port: int = METRICS_PORT, bootstrap: str = BOOTSTRAP,
+) -> None:
+    """Many BMCs (Redfish) and PDUs (SNMP) from one process, each on its own interval (jittered, bounded, backed off)."""
+    import numpy as np
+
+    from ingest.fleet import FleetMetrics, FleetPoller, describe, fleet_specs, load_fleet_config
+
+    cfg = load_fleet_config(config)
+    specs = fleet_specs(cfg)
+    settings = _settings(bootstrap)
+    _stop_on_sigterm()
+    sink = _sink("fleet", stdout=stdout, settings=settings, metrics_port=metrics_port)
+    producer = getattr(sink, "producer", None)
+    metrics = FleetMetrics(producer.metrics.registry if producer is not None else None)
+    poller = FleetPoller(specs, sink.write, max_in_flight=max_in_flight or cfg.defaults.max_in_flight,
+                         max_backoff_s=cfg.defaults.max_backoff_s, rng=np.random.default_rng(seed), metrics=metrics)
+    log.info("event=fleet_started sources=%s max_in_flight=%d", describe(specs), poller.max_in_flight)
+    try:
+        stats = poller.run(duration_s=duration, once=once)
+    except KeyboardInterrupt:
+        stats = poller.stats
+    finally:
+        poller.close()
+        sink.close()
+    log.info("event=fleet_stopped polls=%d errors=%d late=%d max_lateness_s=%.3f", stats.num_polls,
+             stats.num_errors, stats.num_late, stats.max_lateness_s)
+    failed = poller.failures()
+    if once and failed:
+        name, error = next(iter(failed.items()))
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        raise SourceError(f"fleet: {len(failed)} of {len(specs)} sources failed; {name}: {error}{more}")
 
 
 def _stream(rounds: Any, name: str, *, once: bool, stdout: bool, metrics_port: int | None, bootstrap: str | None,

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from contracts import ClockEventReason, SourceError
+from contracts import ClockEventReason, GpuSample, SourceError
 from ingest.sources.nvml import NvmlSource, read_gpu
 
 T0 = datetime(2026, 11, 25, tzinfo=UTC)
@@ -41,6 +41,10 @@ class FakeGpu:
     slowdown_c: Any = 87
     mem_temp_c: Any = 71
     mem_temp_ret: int = 0
+    mem_max_c: Any = 95
+    instant_mw: Any = None  # None: the driver has no NVML_FI_DEV_POWER_INSTANT (NOT_SUPPORTED)
+    power_violation_ns: Any = 4_000_000_000
+    thermal_violation_ns: Any = 1_500_000
     errors: dict[str, int] = field(default_factory=dict)
 
 
@@ -70,6 +74,14 @@ class Value:
     uiVal: int
 
 
+@dataclass
+class ViolationTime:
+    """Shaped like pynvml's c_nvmlViolationTime_t (reference time in µs, violation time in ns)."""
+
+    referenceTime: int  # noqa: N815 - pynvml names
+    violationTime: int  # noqa: N815
+
+
 class FakeNvml:
     """The subset of pynvml the reader calls, with the real constants."""
 
@@ -78,9 +90,13 @@ class FakeNvml:
     NVML_ERROR_GPU_IS_LOST = 15
     NVML_TEMPERATURE_GPU = 0
     NVML_TEMPERATURE_THRESHOLD_SLOWDOWN = 1
+    NVML_TEMPERATURE_THRESHOLD_MEM_MAX = 5
     NVML_CLOCK_SM = 1
     NVML_CLOCK_MEM = 2
     NVML_FI_DEV_MEMORY_TEMP = 82
+    NVML_FI_DEV_POWER_INSTANT = 186
+    NVML_PERF_POLICY_POWER = 0
+    NVML_PERF_POLICY_THERMAL = 1
 
     def __init__(self, gpus: list[FakeGpu]) -> None:
         self.gpus = gpus
@@ -126,12 +142,29 @@ class FakeNvml:
         return self._get(h, "reasons", self.gpus[h].reasons)
 
     def nvmlDeviceGetTemperatureThreshold(self, h: int, kind: int) -> Any:  # noqa: N802
+        if kind == self.NVML_TEMPERATURE_THRESHOLD_MEM_MAX:
+            return self._get(h, "mem_max", self.gpus[h].mem_max_c)
         assert kind == self.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN
         return self._get(h, "slowdown", self.gpus[h].slowdown_c)
 
     def nvmlDeviceGetFieldValues(self, h: int, ids: list[int]) -> list[FieldValue]:  # noqa: N802
-        assert ids == [self.NVML_FI_DEV_MEMORY_TEMP]
-        return [FieldValue(self.gpus[h].mem_temp_ret, 1, Value(self.gpus[h].mem_temp_c))]
+        gpu = self.gpus[h]
+        out = []
+        for fid in ids:
+            if fid == self.NVML_FI_DEV_MEMORY_TEMP:
+                out.append(FieldValue(gpu.mem_temp_ret, 1, Value(gpu.mem_temp_c)))
+            elif fid == self.NVML_FI_DEV_POWER_INSTANT:
+                ret = self.NVML_ERROR_NOT_SUPPORTED if gpu.instant_mw is None else 0
+                out.append(FieldValue(ret, 1, Value(gpu.instant_mw or 0)))
+            else:
+                raise AssertionError(f"unexpected field id {fid}")
+        return out
+
+    def nvmlDeviceGetViolationStatus(self, h: int, policy: int) -> ViolationTime:  # noqa: N802
+        gpu = self.gpus[h]
+        ns = {self.NVML_PERF_POLICY_POWER: gpu.power_violation_ns,
+              self.NVML_PERF_POLICY_THERMAL: gpu.thermal_violation_ns}[policy]
+        return self._get(h, "violation", ViolationTime(referenceTime=1_700_000_000_000_000, violationTime=ns))  # type: ignore[no-any-return]
 
     def nvmlShutdown(self) -> None:  # noqa: N802
         self.shut_down = True
@@ -139,7 +172,7 @@ class FakeNvml:
 
 def test_units_are_converted_to_the_contract() -> None:
     r = read_gpu(FakeNvml([FakeGpu()]), 0)
-    assert r.gpu_temp_c == 61 and r.slowdown_temp_c == 87 and r.memory_temp_c == 71
+    assert r.gpu_temp_c == 61 and r.slowdown_temp_c == 87 and r.memory_temp_c == 71 and r.memory_max_temp_c == 95
     assert r.power_usage_w == 345.25 and r.power_limit_w == 700.0  # mW -> W
     assert r.sm_clock_mhz == 1980 and r.mem_clock_mhz == 2619 and r.gpu_util_pct == 87
     assert r.fb_used_mib == 60 * 1024  # bytes -> MiB
@@ -152,6 +185,38 @@ def test_memory_temperature_not_supported_is_absent_and_a_sentinel_is_flagged() 
     assert absent.memory_temp_c is None and absent.invalid_fields == []
     broken = read_gpu(FakeNvml([FakeGpu(mem_temp_c=0xFFFFFFFF)]), 0)
     assert broken.memory_temp_c is None and broken.invalid_fields == ["memory_temp_c"]
+
+
+def test_average_power_is_the_fallback_and_says_so() -> None:
+    r = read_gpu(FakeNvml([FakeGpu()]), 0)  # driver without the instant field
+    assert r.power_usage_w == 345.25 and r.power_kind == "average"
+
+
+def test_instant_power_is_preferred_over_the_one_second_average() -> None:
+    r = read_gpu(FakeNvml([FakeGpu(power_mw=345_250, instant_mw=512_000)]), 0)
+    assert r.power_usage_w == 512.0 and r.power_kind == "instant"
+    sample = NvmlSource(FakeNvml([FakeGpu(instant_mw=512_000)]), server_id="h", now=lambda: T0).read()[0]
+    assert GpuSample.model_validate_json(sample.model_dump_json()).gpus[0].power_kind == "instant"
+
+
+def test_a_broken_instant_field_is_flagged_not_replaced_by_the_average() -> None:
+    r = read_gpu(FakeNvml([FakeGpu(instant_mw=0xFFFFFFFF)]), 0)
+    assert r.power_usage_w is None and r.invalid_fields == ["power_usage_w"] and r.power_kind == "instant"
+
+
+def test_no_power_reading_at_all_is_unknown() -> None:
+    r = read_gpu(FakeNvml([FakeGpu(errors={"power": FakeNvml.NVML_ERROR_NOT_SUPPORTED})]), 0)
+    assert r.power_usage_w is None and r.power_kind == "unknown" and r.invalid_fields == []
+
+
+def test_violation_counters_are_read_in_microseconds() -> None:
+    r = read_gpu(FakeNvml([FakeGpu(power_violation_ns=4_000_000_000, thermal_violation_ns=1_500_000)]), 0)
+    assert r.power_violation_us == 4_000_000.0 and r.thermal_violation_us == 1_500.0
+    missing = read_gpu(FakeNvml([FakeGpu(errors={"violation": FakeNvml.NVML_ERROR_NOT_SUPPORTED})]), 0)
+    assert missing.power_violation_us is None and missing.thermal_violation_us is None
+    assert missing.invalid_fields == []
+    lost = read_gpu(FakeNvml([FakeGpu(errors={"violation": FakeNvml.NVML_ERROR_GPU_IS_LOST})]), 0)
+    assert lost.invalid_fields == ["power_violation_us", "thermal_violation_us"]
 
 
 def test_throttle_reasons_are_kept_as_the_bitmask() -> None:
