@@ -42,11 +42,14 @@ def controller(
                                                   "latest mode on tapas.control.mode)."),
     servers: int = typer.Option(None, "--servers", help="Use the default layout resized to N servers (as `tapas "
                                                         "ingest sim --servers N`) instead of the cluster file."),
+    policy: str = typer.Option(None, "--policy", help="Decision policy from the registry (the names `tapas simulate "
+                                                      "--compare` takes; default TAPAS_CONTROLLER__POLICY, tapas)."),
 ) -> None:
     """Run the controller service until SIGINT/SIGTERM (when no subcommand is given)."""
     if ctx.invoked_subcommand is not None:
         return
     from contracts.errors import ConfigError
+    from controller.core.policy import POLICIES
     from controller.service import run_service
     from foundation.settings import load_settings
     from foundation.topology import default_topology, load_topology
@@ -55,12 +58,16 @@ def controller(
     if mode not in (None, "advisory", "enforce"):
         raise ConfigError(f"--mode={mode!r}: choose advisory or enforce")
     settings = load_settings()
+    if policy is not None:
+        settings = settings.model_copy(update={"controller": settings.controller.model_copy(update={"policy": policy})})
+    if settings.controller.policy not in POLICIES:
+        raise ConfigError(f"policy={settings.controller.policy!r} unknown; choose from {', '.join(POLICIES)}")
     _quiet_kafka()
     topology = default_topology(servers) if servers else load_topology(settings.cluster_file)
     catalogue, _specs = build_catalogue(topology.servers[0].sku)
     stop = _stop_on_signals()
     console.print(f"controller: {topology.num_servers} servers, endpoints {list(catalogue.endpoint_ids)}, "
-                  f"mode {mode or settings.controller.mode}; Ctrl-C to stop")
+                  f"mode {mode or settings.controller.mode}, policy {settings.controller.policy}; Ctrl-C to stop")
     ctl = run_service(settings, topology, catalogue, stop=stop, mode=mode)  # type: ignore[arg-type]
     console.print(f"controller stopped: {ctl.num_commands} commands issued, {ctl.num_refused} refused")
 

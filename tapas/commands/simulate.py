@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _policy_names() -> list[str]:
-    from simulator.policies import POLICIES
+    from controller.core.policy import POLICIES
 
     return list(POLICIES)
 
