@@ -77,6 +77,7 @@ from controller.core.snapshot import (
     Snapshot,
     TickActions,
 )
+from controller.core.snapshot import PlacementRequest as CorePlacementRequest
 from controller.metrics import ControllerMetrics
 from controller.safety import SafetyBounds, SafetyGate, refusal_event
 from controller.snapshot_builder import LiveState, build_snapshot
@@ -288,9 +289,13 @@ class Controller:
                 request_id=req.request_id, issued_at=now, feasible=False, candidates=[], advisory=advisory,
                 reason=(f"forecasts stale ({_age(age_s)}): cannot vouch for any server's thermal or power "
                         f"headroom; no placement hinted until forecasts return"))
-        decision = self.policy.place(self.snapshot(now), core_request(req))
+        return self.hint_for(self.snapshot(now), core_request(req), now=now)
+
+    def hint_for(self, snap: Snapshot, req: CorePlacementRequest, *, now: datetime) -> PlacementHint:
+        """``policy.place`` on a given snapshot, translated (the simulator-equivalence test feeds its own)."""
+        decision = self.policy.place(snap, req)
         self.metrics.placements.labels("true" if decision.feasible else "false").inc()
-        return placement_hint(decision, now=now, advisory=advisory)
+        return placement_hint(decision, now=now, advisory=self.mode == "advisory")
 
     def place(self, req: PlacementRequest, *, now: datetime) -> Outgoing:
         """:meth:`hint`, addressed to the placement-hints topic."""

@@ -158,7 +158,8 @@ class PolicyKnobs:
     service used 10 W before the merge, to spare agents; 0: every tick's caps are issued)."""
     lifted_caps: Literal["release", "tdp"] = "release"
     """A VM the feedback no longer caps: ``release`` lists its server in ``released_caps`` (the envelope reverts
-    it), ``tdp`` issues a cap at the GPU's TDP instead (the server's other caps stay untouched)."""
+    it) unless another VM on that server stays capped, ``tdp`` always issues a cap at the GPU's TDP instead.
+    (Before the merge the simulator released such servers too, silently lifting the other VMs' caps for a tick.)"""
     merge_uniform_power_events: bool = True
     """Power events that cut every row by the same share at once (a UPS lost) get one cluster-wide plan instead
     of one per row (per-row plans each assume the other rows' slack and conflict)."""
@@ -493,10 +494,13 @@ class TapasPolicy:
                 in_force.append(c if moved or prev is None else prev)
                 if moved:
                     caps.append(c)
+            still_capped = {c.server_index for c in in_force}
             for c in plan.caps:
                 if c.vm_id in kept:
                     continue
-                if self.k.lifted_caps == "tdp":
+                if self.k.lifted_caps == "tdp" or c.server_index in still_capped:
+                    # Releasing the server would lift the caps of the other VMs it holds (a release, like the
+                    # agent's revert, is per server): this VM alone goes back to TDP.
                     tdp = float(snapshot.gpu_tdp_w[c.server_index])
                     caps.append(replace(c, power_limit_w=tdp, issued_at_s=now,
                                         reason=f"{c.reason}; feedback: room again, limit back to TDP {tdp:.0f} W"))
