@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from controller.core.headroom import thermal_offset_c
+from controller.core.belief import hottest_gpu_c, server_offset_c
 from controller.core.snapshot import (
     FloatArray,
     IntArray,
@@ -105,7 +105,7 @@ def _prepare(snapshot: Snapshot, iaas: bool, m: PlacementMargins) -> _Prepared:
     else:
         emergency_room = np.full(snapshot.num_servers, np.inf)
     return _Prepared(
-        base_temp_c=(snapshot.inlet_hi_c + thermal_offset_c(snapshot)).astype(np.float64),
+        base_temp_c=hottest_gpu_c(snapshot.inlet_hi_c, server_offset_c(snapshot), 0.0, 0.0),
         temp_hi_c=snapshot.gpu_temp_hi_c.astype(np.float64),
         thermal_limit_c=thermal_limit_c,
         inv_thermal_span=1.0 / np.maximum(thermal_limit_c - snapshot.inlet_hi_c, 1.0),
@@ -182,7 +182,7 @@ def rank_servers(
     else:
         p_vm = pre.tdp_w[fit]
     added_w = n * np.maximum(p_vm - pre.idle_w[fit], 0.0)
-    peak_temp_c = np.maximum(pre.temp_hi_c[fit], pre.base_temp_c[fit] + pre.r_th[fit] * p_vm)
+    peak_temp_c = np.maximum(pre.temp_hi_c[fit], hottest_gpu_c(pre.base_temp_c[fit], 0.0, pre.r_th[fit], p_vm))
     thermal_headroom_c = pre.thermal_limit_c[fit] - peak_temp_c
     row_headroom_w = pre.row_room_w[fit] - added_w
     zone_headroom_w = pre.zone_room_w[fit] - added_w

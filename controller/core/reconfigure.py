@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from controller.core.belief import hottest_gpu_c, server_offset_c
 from controller.core.catalogue import Catalogue
-from controller.core.headroom import thermal_offset_c
 from controller.core.snapshot import (
     BoolArray,
     ConfigChange,
@@ -150,8 +150,8 @@ def build_option_matrix(
     power = np.minimum(idle + (model - idle) * ratio[:, None], np.maximum(snapshot.gpu_tdp_w[srv][:, None], idle))
     inlet = (inlet_c if inlet_c is not None else snapshot.inlet_hi_c)[srv]
     r_th = snapshot.thermal_resistance_c_per_w[srv]
-    offset = thermal_offset_c(snapshot)[srv]
-    temp = (inlet + offset)[:, None] + r_th[:, None] * power
+    offset = server_offset_c(snapshot)[srv]
+    temp = hottest_gpu_c(inlet[:, None], offset[:, None], r_th[:, None], power)
     return OptionMatrix(
         instance_index=instance_index,
         config_ids=ids,
