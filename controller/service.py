@@ -67,7 +67,7 @@ from contracts import (
     topic_for,
 )
 from controller.core.catalogue import Catalogue
-from controller.core.policy import PolicyKnobs, make_policy, raises_power
+from controller.core.policy import PolicyKnobs, knobs_for, make_policy, raises_power
 from controller.core.snapshot import (
     ConfigChange,
     Emergency,
@@ -143,7 +143,7 @@ class ActiveEmergency:
     plan: EmergencyPlan | None = None
 
 
-def knobs_from_settings(settings: ControllerSettings) -> PolicyKnobs:
+def knobs_from_settings(settings: ControllerSettings, base: PolicyKnobs | None = None) -> PolicyKnobs:
     """The policy knobs the live service runs: the defaults, the operator settings that map onto knobs, then
     ``TAPAS_CONTROLLER__KNOBS`` overrides by name.
 
@@ -152,7 +152,7 @@ def knobs_from_settings(settings: ControllerSettings) -> PolicyKnobs:
     ``command_ttl_s`` and ``home_layout``. Their defaults equal the knobs' defaults except the frequency floor
     (the simulator has no safety gate) and the command TTL (the simulator issues no commands).
     """
-    k = PolicyKnobs()
+    k = base if base is not None else knobs_for(settings.policy)
     k = replace(k, stale_after_s=settings.stale_after_s, stale_decay_s=settings.stale_decay_s,
                 reconfig_params=replace(
                     k.reconfig_params, stale_after_s=settings.stale_after_s, command_ttl_s=settings.command_ttl_s,

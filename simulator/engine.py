@@ -36,7 +36,7 @@ What one tick does (order matters; each step is documented in PARAMETERS.md):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,8 +205,11 @@ class Simulation:
         trace_path: Path | str | None = None,
         trace: Trace | None = None,
         params: SimParams | None = None,
+        knobs: Mapping[str, Any] | None = None,
     ) -> None:
         self.p = params or SimParams()
+        self.knobs = dict(knobs or {})
+        """Policy knob overrides by name (``controller.core.policy.PolicyKnobs``), for a registry-named policy."""
         self.topo = topology
         self.seed = seed
         self.duration_s = float(hours) * 3600.0
@@ -301,9 +304,10 @@ class Simulation:
     def _resolve_policy(self, policy: str | Policy) -> Policy:
         if not isinstance(policy, str):
             return policy
-        from simulator.policies import make_policy
+        from controller.core.policy import knobs_for, make_policy
 
-        return make_policy(policy, topology=self.topo, catalogue=self.catalogue, seed=self.seed)
+        return make_policy(policy, topology=self.topo, catalogue=self.catalogue, seed=self.seed,
+                           knobs=knobs_for(policy, self.knobs))
 
     def _init_state(self) -> None:
         N, G, R = self.N, self.G, self.R
@@ -1157,9 +1161,11 @@ def run(
     trace_path: Path | str | None = None,
     trace: Trace | None = None,
     params: SimParams | None = None,
+    knobs: Mapping[str, Any] | None = None,
 ) -> RunResult:
     """Run one scenario with one policy to the end and return its metrics and time series."""
-    sim = Simulation(topology, scenario, policy, hours=hours, seed=seed, trace_path=trace_path, trace=trace, params=params)
+    sim = Simulation(topology, scenario, policy, hours=hours, seed=seed, trace_path=trace_path, trace=trace, params=params,
+                     knobs=knobs)
     while not sim.finished:
         sim.step()
     return sim.result()

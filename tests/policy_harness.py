@@ -58,10 +58,11 @@ class Recorder:
 
 
 def simulate(data_dir: Path, scenario: str, policy: str, *, servers: int, hours: float, seed: int,
-             wrap: Callable[[Simulation], Recorder] | None = None) -> tuple[Simulation, Recorder]:
+             wrap: Callable[[Simulation], Recorder] | None = None, knobs: dict[str, Any] | None = None,
+             ) -> tuple[Simulation, Recorder]:
     """Run one short simulation with ``policy`` recorded (``wrap`` builds the recorder around the sim's policy)."""
     topo = default_topology(servers, oversubscription=1.5)
-    sim = Simulation(topo, scenario, policy, hours=hours, seed=seed, trace_path=data_dir / TRACE)
+    sim = Simulation(topo, scenario, policy, hours=hours, seed=seed, trace_path=data_dir / TRACE, knobs=knobs)
     rec = wrap(sim) if wrap is not None else Recorder(sim.policy)
     sim.policy = rec
     while not sim.finished:

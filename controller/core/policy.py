@@ -578,6 +578,7 @@ def _tapas(name: str, knob_overrides: Mapping[str, Any] | None = None, *, perfec
         return TapasPolicy(name=name, knobs=k, perfect_forecasts=perfect, **kwargs)
 
     factory.__doc__ = f"The {name!r} policy."
+    factory.knobs_type = PolicyKnobs  # type: ignore[attr-defined]
     return factory
 
 
@@ -595,6 +596,18 @@ POLICIES: dict[str, Callable[..., Policy]] = {
     "oracle": _tapas("oracle", perfect=True),
 }
 """The one registry: name -> ``factory(*, catalogue, topology=None, seed=0, knobs=None) -> Policy``."""
+
+
+def knobs_for(name: str, overrides: Mapping[str, Any] | None = None) -> PolicyKnobs:
+    """The knobs policy ``name`` starts from (its factory's ``knobs_type``, default :class:`PolicyKnobs`), overridden.
+
+    >>> knobs_for("tapas", {"smoothing_tau_s": 0}).smoothing_tau_s
+    0.0
+    """
+    if name not in POLICIES:
+        raise ConfigError(f"policy={name!r} unknown; choose from {', '.join(POLICIES)}")
+    base: PolicyKnobs = getattr(POLICIES[name], "knobs_type", PolicyKnobs)()
+    return base.with_overrides(overrides or {})
 
 
 def make_policy(name: str, **kwargs: Any) -> Policy:
