@@ -85,6 +85,10 @@ class ControllerSettings(BaseModel):
     stale_decay_s: float = Field(
         default=30.0, gt=0,
         description="Time constant over which stale routing weights decay to capacity-proportional ones.")
+    catalogue_file: Path | None = Field(
+        default=None,
+        description="Configuration catalogue (JSON from `tapas catalogue export`); unset: the shipped "
+                    "controller/catalogues/<GPU SKU>.json.")
     policy: str = Field(
         default="tapas",
         description="Decision policy, a name from the registry controller.core.policy.POLICIES (the names "

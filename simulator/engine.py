@@ -265,7 +265,7 @@ class Simulation:
     def _build_catalogue(self) -> None:
         sku = self.topo.servers[0].sku
         tr = self.trace
-        self.catalogue, specs = build_catalogue(
+        self.catalogue = build_catalogue(
             sku, endpoints=self.p.endpoints, mean_prompt=float(tr.prompt_tokens.mean()),
             mean_output=float(tr.output_tokens.mean()), gpus_per_server=self.G)
         self.endpoint_ids = tuple(e.endpoint_id for e in self.p.endpoints)
@@ -277,14 +277,14 @@ class Simulation:
                 self.cfg_ids.append(opt.config_id)
                 self.cfg_endpoint.append(ei)
         self.cfg_index = {c: i for i, c in enumerate(self.cfg_ids)}
-        sp = [specs[c] for c in self.cfg_ids]
+        sp = [self.catalogue.option(c) for c in self.cfg_ids]
         a = np.asarray
-        self.c_c0 = a([s.prefill_c0_s for s in sp])
-        self.c_c1 = a([s.prefill_c1_s for s in sp])
-        self.c_c2 = a([s.prefill_c2_s for s in sp])
-        self.c_d0 = a([s.decode_d0_s for s in sp])
-        self.c_d1 = a([s.decode_d1_s for s in sp])
-        self.c_d2 = a([s.decode_d2_s for s in sp])
+        self.c_c0 = a([s.prefill_time_s[0] for s in sp])
+        self.c_c1 = a([s.prefill_time_s[1] for s in sp])
+        self.c_c2 = a([s.prefill_time_s[2] for s in sp])
+        self.c_d0 = a([s.decode_step_s[0] for s in sp])
+        self.c_d1 = a([s.decode_step_s[1] for s in sp])
+        self.c_d2 = a([s.decode_step_s[2] for s in sp])
         self.c_dpf = a([s.decode_power_frac for s in sp])
         self.c_ppf = a([s.prefill_power_frac for s in sp])
         self.c_rep = a([float(s.replicas) for s in sp])

@@ -8,7 +8,8 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("name", ["controller.core.policy", "controller.translate"])
+@pytest.mark.parametrize("name", ["controller.core.policy", "controller.translate", "controller.core.belief",
+                                  "controller.core.catalogue"])
 def test_doctests(name: str) -> None:
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
