@@ -373,7 +373,7 @@ def _stagger_slow(
     fast_choice = np.where(fast_cost[rows_n, fast_choice] >= INFEASIBLE, m.current, fast_choice)
     gain = cost[rows_n, fast_choice] - cost[rows_n, choice]
     endpoints = np.asarray(m.endpoint_of)
-    for e in set(endpoints[is_slow].tolist()):
+    for e in dict.fromkeys(endpoints[is_slow].tolist()):  # first-appearance order: set order follows the hash seed
         members = np.flatnonzero(endpoints == e)
         all_of_e = inst.of_endpoint(e)
         in_transit = int((inst.busy_until_s[all_of_e] > now_s).sum()) if inst.busy_until_s.size else 0
@@ -467,7 +467,7 @@ def _fit_capacity(
     row_pred = snapshot.row_power_hi_w.astype(np.float64).copy()
     np.add.at(row_pred, row, gpus * (m.power_w[rows_n, choice] - cur_power))
     endpoints = np.asarray(m.endpoint_of)
-    for e in set(m.endpoint_of):
+    for e in dict.fromkeys(m.endpoint_of):  # a fixed order: endpoints share row power, so order matters
         members = np.flatnonzero(endpoints == e)
         target = snapshot.endpoint_demand_hi(e) * (1.0 + p.slo_headroom_frac)
         if target <= 0:
