@@ -26,14 +26,14 @@ import numpy as np
 
 def _fed_controller(num_servers: int, now: datetime) -> Any:
     from contracts import HorizonForecast, ServerForecast
+    from controller.catalogue_file import load_catalogue
     from controller.metrics import ControllerMetrics
     from controller.service import Controller
     from foundation.inventory import generate_inventory
-    from simulator.catalogue import build_catalogue
 
     inv = generate_inventory(num_servers, skus=["A100-SXM-80GB", "H100-SXM-80GB"], domain="bench.example")
     topo = inv.to_topology()
-    catalogue, _specs = build_catalogue(topo.skus[0])
+    catalogue = load_catalogue(None, sku=topo.skus[0].name)
     from foundation.settings import ControllerSettings
 
     ctl = Controller(topo, catalogue, ControllerSettings(stale_after_s=3600.0), metrics=ControllerMetrics(),

@@ -44,7 +44,6 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic.json_schema import models_json_schema
 
 from contracts import PlacementHint, PlacementRequest
-from controller.core import placement
 from controller.core.snapshot import PlacementRequest as CorePlacementRequest
 
 if TYPE_CHECKING:
@@ -401,8 +400,7 @@ class PlacementApi:
                                    f"(configure the extender ignorable to fail open)"), gpus
             snap = ctl.snapshot(now)
             # every feasible server, not the hint's top few: the filter must keep all that fit
-            decision = placement.rank_servers(snap, core_req, now_s=snap.now_s,
-                                              margins=replace(ctl.margins, max_candidates=snap.num_servers))
+            decision = ctl.policy.place(snap, replace(core_req, max_candidates=snap.num_servers))
         scores = {self._node_names[c.server_index]: c.score for c in decision.candidates}
         return names, scores, "", gpus
 

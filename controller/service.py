@@ -2,11 +2,13 @@
 
 Two layers, both boring on purpose:
 
-* :class:`Controller` — no Kafka. Messages in (``handle``), decisions out (``tick``),
-  time passed in. It keeps the latest forecasts (:mod:`controller.snapshot_builder`),
-  builds a :class:`~controller.core.snapshot.Snapshot`, calls the core
-  (placement, routing, reconfiguration, emergency), passes every command through the
-  :class:`~controller.safety.SafetyGate` and returns :class:`Outgoing` messages.
+* :class:`Controller` — no Kafka, the operator envelope. Messages in (``handle``),
+  decisions out (``tick``), time passed in. It keeps the latest forecasts
+  (:mod:`controller.snapshot_builder`), builds a :class:`~controller.core.snapshot.Snapshot`,
+  asks the policy (``controller.core.policy``, ``TAPAS_CONTROLLER__POLICY``: the same
+  object ``tapas simulate`` evaluates) via ``policy.tick`` / ``policy.place``, translates
+  its decisions to contracts (:mod:`controller.translate`), passes every command through
+  the :class:`~controller.safety.SafetyGate` and returns :class:`Outgoing` messages.
 * :func:`run_service` — the Kafka shell: ``assign()``-ed consumer (no group join),
   producer, a tick every ``tick_s``, undecodable input to the dead-letter topic.
 
@@ -20,14 +22,17 @@ Behaviour an operator relies on:
 * **Stale forecasts** (newest forecast older than ``stale_after_s``): a
   ``stale_forecasts`` event once; routing weights decay from the last good ones to
   capacity-proportional ones with time constant ``stale_decay_s`` and are flagged
-  ``stale_inputs``; no configuration that raises power is issued; placement requests are
+  ``stale_inputs`` (the policy's ``stale_decay_s`` knob); no configuration that raises power
+  is issued (``block_power_raises_when_stale``); placement requests are
   answered infeasible ("cannot vouch for headroom"). Emergency tightening still runs.
   When forecasts return, a ``forecasts_recovered`` event and normal operation.
 * **Emergencies** (``power_emergency`` / ``cooling_failure`` events) are planned on
-  arrival, within the domain's deadline, by ``controller.core.emergency``; the plan's
-  commands carry ``trigger="emergency"``; while an emergency is active no change that
-  raises power is issued in its domain; an ``emergency_plan`` event records what was
-  relaxed. ``emergency_cleared`` (or the event's ``ends_at``) ends it.
+  arrival (a tick runs at once, within the domain's deadline) by the policy; the plan's
+  commands carry ``trigger="emergency"``; while it is in force the policy's emergency
+  rules hold (no relaxing to hotter configurations, no raising for load while IaaS VMs are
+  capped, the IaaS caps follow measured row power); an ``emergency_plan`` event records
+  what was relaxed. ``emergency_cleared`` (or the event's ``ends_at``) ends it and the
+  policy's released caps are reverted.
 * **Commands** carry deterministic ids (same decision, same planning epoch → same id),
   an expiry of ``command_ttl_s``, and pass the safety bounds; a refused one is reported
   as a ``safety_refused`` event and never published.
@@ -38,16 +43,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-import math
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Literal
-
-import numpy as np
 
 from contracts import (
     CommandStatus,
@@ -58,46 +59,50 @@ from contracts import (
     DeadLetter,
     DomainForecast,
     GpuSample,
-    InstanceWeight,
-    PlacementCandidate,
     PlacementHint,
     PlacementRequest,
     ReconfigCommand,
-    ReconfigParams,
     RoutingWeights,
     ServerForecast,
     decode,
     topic_for,
 )
-from controller.core import placement, reconfigure, routing
 from controller.core.catalogue import Catalogue
+from controller.core.policy import PolicyKnobs, knobs_for, make_policy, raises_power
 from controller.core.snapshot import (
     ConfigChange,
     Emergency,
     EmergencyPlan,
     GpuCap,
-    PlacementMargins,
-    RoutingDecision,
-    RoutingParams,
+    Policy,
     Snapshot,
+    TickActions,
 )
 from controller.core.snapshot import PlacementRequest as CorePlacementRequest
-from controller.core.snapshot import ReconfigParams as CoreReconfigParams
 from controller.metrics import ControllerMetrics
-from controller.safety import SafetyBounds, SafetyGate, make_command_id, refusal_event
+from controller.safety import SafetyBounds, SafetyGate, refusal_event
 from controller.snapshot_builder import NEVER_S, LiveState, build_snapshot
+from controller.translate import (
+    Mode,
+    _age,
+    cap_to_commands,
+    change_to_commands,
+    core_request,
+    placement_hint,
+    revert_command,
+    to_emergency,
+    ts,
+    weights_message,
+)
 from foundation.health import HealthServer, Readiness, readiness, start_health_server
 from foundation.kafka import KafkaClients, Publisher, Since, Start, assign_all
 from foundation.settings import ControllerSettings, Settings
 from foundation.topology import Topology
 
+__all__ = ["Controller", "ControllerTopics", "Outgoing", "cap_to_commands", "change_to_commands", "raises_power",
+           "run_service", "to_emergency"]
+
 log = logging.getLogger(__name__)
-
-Mode = Literal["advisory", "enforce"]
-
-FEEDBACK_MIN_STEP_W = 10.0
-"""An emergency cap's limit must move by at least this much per GPU before a new command is issued."""
-
 
 @dataclass(frozen=True)
 class ControllerTopics:
@@ -139,24 +144,48 @@ class ActiveEmergency:
     emergency: Emergency
     event: ControlEvent
     plan: EmergencyPlan | None = None
-    capped_servers: set[str] = field(default_factory=set)
 
 
-def _ts(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, tz=UTC)
+def knobs_from_settings(settings: ControllerSettings, base: PolicyKnobs | None = None) -> PolicyKnobs:
+    """The policy knobs the live service runs: the defaults, the operator settings that map onto knobs, then
+    ``TAPAS_CONTROLLER__KNOBS`` overrides by name.
+
+    Settings that map: ``stale_after_s``, ``stale_decay_s``, ``reconfig_period_s`` (the fast cadence),
+    ``min_frequency_mhz`` (the safety gate's floor, so no plan proposes what the gate refuses),
+    ``command_ttl_s`` and ``home_layout``. Their defaults equal the knobs' defaults except the frequency floor
+    (the simulator has no safety gate) and the command TTL (the simulator issues no commands).
+    """
+    k = base if base is not None else knobs_for(settings.policy)
+    k = replace(k, stale_after_s=settings.stale_after_s, stale_decay_s=settings.stale_decay_s,
+                reconfig_params=replace(
+                    k.reconfig_params, stale_after_s=settings.stale_after_s, command_ttl_s=settings.command_ttl_s,
+                    fast_interval_s=settings.reconfig_period_s, min_frequency_mhz=settings.min_frequency_mhz,
+                    home_layout=settings.home_layout))
+    return k.with_overrides(settings.knobs)
+
+
+def policy_from_settings(settings: ControllerSettings, topology: Topology, catalogue: Catalogue) -> Policy:
+    """The registered policy ``settings.policy`` (``TAPAS_CONTROLLER__POLICY``) with the live knobs."""
+    return make_policy(settings.policy, catalogue=catalogue, topology=topology, knobs=knobs_from_settings(settings))
 
 
 class Controller:
-    """The controller's state machine: messages in, decisions out, no I/O and no clock reads."""
+    """The operator envelope around one policy: messages in, decisions out, no I/O and no clock reads.
+
+    messages -> live state -> snapshot -> ``policy.tick`` / ``policy.place`` -> translation to
+    contracts (:mod:`controller.translate`) -> safety gate -> :class:`Outgoing`. Every decision
+    rule lives in the policy (``controller.core.policy``, the one the simulator evaluates);
+    modes, staleness events, intents, idempotent ids, restore and rate limits live here.
+    """
 
     def __init__(self, topology: Topology, catalogue: Catalogue, settings: ControllerSettings, *,
                  mode: Mode | None = None, topics: ControllerTopics | None = None,
                  metrics: ControllerMetrics | None = None, started_at: datetime,
-                 routing_params: RoutingParams | None = None, margins: PlacementMargins | None = None,
-                 reconfig_params: CoreReconfigParams | None = None) -> None:
+                 policy: Policy | None = None) -> None:
         self.topology = topology
         self.catalogue = catalogue
         self.settings = settings
+        self.policy: Policy = policy or policy_from_settings(settings, topology, catalogue)
         self.mode: Mode = mode or settings.mode
         self.mode_pinned = mode is not None
         self.topics = topics or ControllerTopics()
@@ -164,24 +193,25 @@ class Controller:
         self.started_at = started_at
         self.state = LiveState(topology)
         self.gate = SafetyGate(SafetyBounds.from_settings(settings))
-        self.routing_params = routing_params or RoutingParams(valid_for_s=max(2.0, 2 * settings.tick_s))
-        self.margins = margins or PlacementMargins()
-        self.reconfig_params = reconfig_params or CoreReconfigParams(
-            stale_after_s=settings.stale_after_s, command_ttl_s=settings.command_ttl_s,
-            fast_interval_s=settings.reconfig_period_s, min_frequency_mhz=settings.min_frequency_mhz,
-            home_layout=settings.home_layout)
+        self.weights_valid_for_s = max(2.0, 2 * settings.tick_s)
         self.stale = False
         self.stale_since: datetime | None = None
         self.last_polled_at: datetime | None = None
         """When the Kafka shell last polled its inputs (``/readyz``'s ``consuming``)."""
-        self.previous_routing: dict[str, RoutingDecision] = {}
-        self.last_good_routing: dict[str, RoutingDecision] = {}
         self.emergencies: dict[str, ActiveEmergency] = {}
         self.intents: dict[str, tuple[str, datetime]] = {}
         """instance id -> (config id last commanded, when those commands expire)."""
         self._command_instance: dict[str, str] = {}
         """command id -> instance id, for commands behind an intent (bounded by forget_expired)."""
-        self.last_reconfig_at: datetime | None = None
+        self.capped_servers: set[str] = set()
+        """Servers holding emergency caps this controller issued (reverted when released or when all end)."""
+        self.cap_intents: dict[tuple[str, str], tuple[tuple[float | None, float | None], datetime]] = {}
+        """(VM or server, action) -> (limit last commanded, when that command expires): caps are not re-published
+        while the same limit is in force (the feedback recomputes them every tick)."""
+        self._cap_server: dict[str, str] = {}
+        """VM or server a cap names -> its server."""
+        self.last_actions: TickActions | None = None
+        """What the policy decided on the latest tick (the actions behind the tick's outgoing messages)."""
         self._snapshot: Snapshot | None = None
         self._snapshot_at: datetime | None = None
         self.num_refused = 0
@@ -245,6 +275,7 @@ class Controller:
         if old == msg.mode:
             return []
         self.intents.clear()  # commands issued in the other mode are re-issued in this one
+        self.cap_intents.clear()
         log.info("event=mode_changed from=%s to=%s by=%s", old, msg.mode, msg.changed_by)
         return [self._event("mode_changed", "info", now, detail=f"controller mode {old} -> {msg.mode} "
                                                               f"by {msg.changed_by}")]
@@ -258,36 +289,32 @@ class Controller:
             self._snapshot_at = now
         return self._snapshot
 
+    def active_emergencies(self) -> list[Emergency]:
+        """The core's view of the emergencies in force (what ``policy.tick`` is told)."""
+        return [a.emergency for a in self.emergencies.values()]
+
     # ------------------------------------------------------------------ placement
-    def place(self, req: PlacementRequest, *, now: datetime) -> Outgoing:
-        """Answer one placement request with ranked hints (infeasible while forecasts are stale)."""
+    def hint(self, req: PlacementRequest, *, now: datetime) -> PlacementHint:
+        """Ranked hints for one placement request from ``policy.place`` (infeasible while forecasts are stale)."""
         advisory = self.mode == "advisory"
         age_s = self.state.forecast_age_s(now)
         if age_s > self.settings.stale_after_s:
-            hint = PlacementHint(
+            self.metrics.placements.labels("false").inc()
+            return PlacementHint(
                 request_id=req.request_id, issued_at=now, feasible=False, candidates=[], advisory=advisory,
                 reason=(f"forecasts stale ({_age(age_s)}): cannot vouch for any server's thermal or power "
                         f"headroom; no placement hinted until forecasts return"))
-            self.metrics.placements.labels("false").inc()
-            return Outgoing(self.topics.placement_hints, req.request_id, hint)
-        snap = self.snapshot(now)
-        core_req = CorePlacementRequest(
-            request_id=req.request_id, vm_kind=req.vm_kind, num_gpus=req.num_gpus,
-            gpu_power_w=req.expected_power_w_per_gpu, vm_class=req.vm_class,
-            expected_lifetime_s=req.expected_lifetime_s, endpoint_id=req.endpoint_id)
-        decision = placement.rank_servers(snap, core_req, now_s=snap.now_s, margins=self.margins)
-        hint = PlacementHint(
-            request_id=req.request_id, issued_at=now, feasible=decision.feasible, advisory=advisory,
-            reason=decision.reason[:2000],
-            candidates=[PlacementCandidate(
-                server_id=c.server_id, rank=c.rank, score=_finite(c.score),
-                predicted_peak_gpu_temp_c=_finite(c.predicted_peak_gpu_temp_c),
-                thermal_headroom_c=_finite(c.thermal_headroom_c),
-                row_power_headroom_w=_finite(c.row_power_headroom_w),
-                zone_heat_headroom_w=_finite(c.zone_heat_headroom_w), free_gpus=c.free_gpus)
-                for c in decision.candidates])
+        return self.hint_for(self.snapshot(now), core_request(req), now=now)
+
+    def hint_for(self, snap: Snapshot, req: CorePlacementRequest, *, now: datetime) -> PlacementHint:
+        """``policy.place`` on a given snapshot, translated (the simulator-equivalence test feeds its own)."""
+        decision = self.policy.place(snap, req)
         self.metrics.placements.labels("true" if decision.feasible else "false").inc()
-        return Outgoing(self.topics.placement_hints, req.request_id, hint)
+        return placement_hint(decision, now=now, advisory=self.mode == "advisory")
+
+    def place(self, req: PlacementRequest, *, now: datetime) -> Outgoing:
+        """:meth:`hint`, addressed to the placement-hints topic."""
+        return Outgoing(self.topics.placement_hints, req.request_id, self.hint(req, now=now))
 
     # ------------------------------------------------------------------ tick
     def readiness(self, now: datetime) -> Readiness:
@@ -300,20 +327,12 @@ class Controller:
                          stale_after_s=self.settings.stale_after_s)
 
     def tick(self, now: datetime) -> list[Outgoing]:
-        """One decision tick: staleness, emergencies' end, routing weights, and (every period) reconfiguration."""
+        """One decision tick: staleness, emergencies' end, then the policy's tick on the live snapshot."""
         t0 = time.perf_counter()
         out: list[Outgoing] = []
         out += self._check_staleness(now)
-        out += self._expire_emergencies(now)
-        snap = self.snapshot(now)
-        out += self._routing(snap, now)
-        due = self.last_reconfig_at is None or (
-            (now - self.last_reconfig_at).total_seconds() >= self.settings.reconfig_period_s)
-        if due and len(snap.instances) > 0:
-            self.last_reconfig_at = now
-            out += self._reconfigure(snap, now)
-        if due and self.emergencies:
-            out += self._emergency_feedback(snap, now)
+        self._expire_emergencies(now)
+        out += self.decide(self.snapshot(now), self.active_emergencies(), now=now)
         self.gate.forget_expired(now)
         for iid in [i for i, (_cfg, exp) in self.intents.items() if exp <= now]:
             del self.intents[iid]
@@ -321,6 +340,30 @@ class Controller:
             del self._command_instance[cid]
         self.metrics.forecast_age.set(min(self.state.forecast_age_s(now), 1e9))
         self.metrics.tick_seconds.set(time.perf_counter() - t0)
+        return out
+
+    def decide(self, snap: Snapshot, emergencies: Sequence[Emergency], *, now: datetime) -> list[Outgoing]:
+        """``policy.tick`` on ``snap`` and ``emergencies``, translated, gated and addressed.
+
+        The simulator-equivalence test feeds the simulator's own snapshots here; the live tick
+        feeds the snapshot built from forecasts. Order matches the simulator's engine: routing,
+        plans, changes, caps, then released caps.
+        """
+        actions = self.policy.tick(snap, emergencies)
+        self.last_actions = actions
+        out: list[Outgoing] = []
+        for d in actions.routing.values():
+            self.metrics.observe_routing(d)
+            out.append(Outgoing(self.topics.routing_weights, d.endpoint_id, weights_message(
+                d, snap, now=now, valid_for_s=self.weights_valid_for_s, advisory=self.mode == "advisory",
+                stale=self.stale)))
+        for plan in actions.plans:
+            out += self._publish_plan(plan, now)
+        out += self._issue_changes(actions.changes, now)
+        out += self._issue_caps(actions.caps, now, ends_at=None)
+        released = sorted({snap.server_ids[s] for s in actions.released_caps if 0 <= s < snap.num_servers})
+        for sid in released:
+            out += self._revert(sid, now, reason="emergency caps released (the plan's feedback or its end)")
         return out
 
     def _check_staleness(self, now: datetime) -> list[Outgoing]:
@@ -341,85 +384,7 @@ class Controller:
         return [self._event("forecasts_recovered", "info", now,
                             detail=f"forecasts fresh again ({_age(age_s)} old); normal operation resumed")]
 
-    # ------------------------------------------------------------------ routing
-    def _routing(self, snap: Snapshot, now: datetime) -> list[Outgoing]:
-        out: list[Outgoing] = []
-        present = set(snap.instances.endpoint_ids)
-        for ep in snap.endpoint_ids:
-            if ep not in present:
-                continue
-            # While stale the core returns the capacity-proportional target unsmoothed; _decay_to blends.
-            decision = routing.routing_weights(
-                snap, ep, previous=None if self.stale else self.previous_routing.get(ep), now_s=snap.now_s,
-                params=self.routing_params,
-                catalogue=self.catalogue, stale_after_s=self.settings.stale_after_s)
-            if self.stale:
-                decision = self._decay_to(decision, now)
-            else:
-                self.last_good_routing[ep] = decision
-            self.previous_routing[ep] = decision
-            self.metrics.observe_routing(decision)
-            out.append(Outgoing(self.topics.routing_weights, ep, self._weights_message(decision, now)))
-        return out
-
-    def _decay_to(self, fallback: RoutingDecision, now: datetime) -> RoutingDecision:
-        """Last good weights decaying toward the capacity-proportional fallback (time constant stale_decay_s)."""
-        good = self.last_good_routing.get(fallback.endpoint_id)
-        if good is None or self.stale_since is None:
-            return fallback
-        elapsed_s = max(0.0, (now - self.stale_since).total_seconds())
-        keep = math.exp(-elapsed_s / self.settings.stale_decay_s)
-        last = dict(zip(good.instance_ids, good.weights, strict=True))
-        prev = np.asarray([last.get(i, w) for i, w in zip(fallback.instance_ids, fallback.weights, strict=True)])
-        w = keep * prev + (1.0 - keep) * fallback.weights
-        w = w / w.sum() if w.sum() > 0 else fallback.weights
-        return replace(fallback, weights=w, reason=(
-            f"STALE forecasts for {elapsed_s:.0f}s: last good weights decaying to capacity-proportional "
-            f"({keep:.0%} last good); " + fallback.reason)[:2000])
-
-    def _weights_message(self, d: RoutingDecision, now: datetime) -> RoutingWeights:
-        snap_ids = self.snapshot(now).server_ids
-        inst = self.snapshot(now).instances
-        w = np.clip(d.weights, 0.0, 1.0)
-        w = w / w.sum()
-        lp = np.clip(d.long_prompt_weights, 0.0, 1.0)
-        return RoutingWeights(
-            endpoint_id=d.endpoint_id, issued_at=now,
-            valid_until=now + timedelta(seconds=self.routing_params.valid_for_s),
-            advisory=self.mode == "advisory", stale_inputs=self.stale or d.stale_inputs, reason=d.reason[:2000],
-            weights=[InstanceWeight(
-                instance_id=iid, server_id=snap_ids[int(inst.server_index[int(d.instance_index[j])])],
-                weight=float(w[j]), state="drain" if d.draining[j] else "active",
-                thermal_headroom_c=_finite(d.thermal_headroom_c[j]),
-                power_headroom_w=_finite(d.power_headroom_w[j]),
-                capacity_tokens_per_s=max(0.0, _finite(d.capacity_tokens_per_s[j])),
-                long_prompt_weight=float(lp[j])) for j, iid in enumerate(d.instance_ids)])
-
-    # ------------------------------------------------------------------ reconfiguration
-    def _reconfigure(self, snap: Snapshot, now: datetime) -> list[Outgoing]:
-        changes = reconfigure.plan_reconfiguration(
-            snap, self.catalogue, now_s=snap.now_s, params=self.reconfig_params,
-            stale_after_s=self.settings.stale_after_s)
-        kept = [c for c in changes if not self._blocked(c, snap)]
-        return self._issue_changes(kept, now)
-
-    def _blocked(self, change: ConfigChange, snap: Snapshot) -> bool:
-        """No change that raises power while forecasts are stale or while its domain is in an emergency."""
-        if not raises_power(change, snap, self.catalogue):
-            return False
-        if self.stale:
-            return True
-        srv = change.server_index
-        for em in self.emergencies.values():
-            e = em.emergency
-            if e.domain_kind == "cluster":
-                return True
-            if e.domain_kind == "row" and int(snap.server_row[srv]) == e.domain_index:
-                return True
-            if e.domain_kind == "zone" and int(snap.server_zone[srv]) == e.domain_index:
-                return True
-        return False
-
+    # ------------------------------------------------------------------ commands
     def _issue_changes(self, changes: Iterable[ConfigChange], now: datetime) -> list[Outgoing]:
         """Commands for the changes not already in flight.
 
@@ -490,9 +455,15 @@ class Controller:
 
     # ------------------------------------------------------------------ emergencies
     def on_event(self, ev: ControlEvent, *, now: datetime) -> list[Outgoing]:
-        """React to an emergency (plan now) or its end; other events are informational."""
+        """React to an emergency or its end with a tick at once (the policy plans within the deadline)."""
         if ev.event_kind == "emergency_cleared":
-            return self._clear(ev, now)
+            ended = [k for k, a in self.emergencies.items()
+                     if (a.event.domain_kind, a.event.domain_id) == (ev.domain_kind, ev.domain_id)]
+            if not ended:
+                return []
+            for k in ended:
+                self._end(k)
+            return self.tick(now)
         if ev.event_kind not in ("power_emergency", "cooling_failure"):
             return []
         if ev.event_id in self.emergencies:
@@ -504,106 +475,72 @@ class Controller:
             return []
         if ev.ends_at is not None and ev.ends_at <= now:
             return []
-        active = ActiveEmergency(em, ev)
-        self.emergencies[ev.event_id] = active
-        return self._plan(active, now)
+        self.emergencies[ev.event_id] = ActiveEmergency(em, ev)
+        return self.tick(now)
 
-    def _plan(self, active: ActiveEmergency, now: datetime) -> list[Outgoing]:
-        from controller.core import emergency as core_emergency
-
-        snap = self.snapshot(now)
-        plan = core_emergency.plan_emergency(snap, self.catalogue, active.emergency, now_s=snap.now_s,
-                                             min_frequency_mhz=self.settings.min_frequency_mhz)
-        active.plan = plan
+    def _publish_plan(self, plan: EmergencyPlan, now: datetime) -> list[Outgoing]:
+        """A new plan's SaaS changes and IaaS caps as commands, and the ``emergency_plan`` event saying so."""
+        e = plan.emergency
+        first, _, extra = e.event_id.partition("+")
+        # A merged plan (policy knob merge_uniform_power_events) is named "<first event>+<how many more>".
+        merged_ids = [k for k, a in self.emergencies.items() if a.plan is None or a.plan.emergency is e] if extra else []
+        active = self.emergencies.get(e.event_id) or (self.emergencies.get(first) if extra in ("", "0") else None)
+        for a in [self.emergencies[k] for k in merged_ids] + ([active] if active is not None else []):
+            a.plan = plan
+        ends_at = ts(e.ends_at_s) if e.ends_at_s is not None else None
         out = self._issue_changes(plan.changes, now)
-        out += self._issue_caps(active, plan.caps, now)
-        relaxed = "; ".join(f"{r.subject}: {r.promise} until {_ts(r.until_s).isoformat()} "
+        out += self._issue_caps(plan.caps, now, ends_at=ends_at)
+        relaxed = "; ".join(f"{r.subject}: {r.promise} until {ts(r.until_s).isoformat()} "
                             f"(quality cost {r.quality_cost:.3f}, performance cost {r.performance_cost_frac:.0%})"
                             for r in plan.relaxed)
-        e = active.event
-        detail = (f"{e.event_kind} {e.domain_kind}/{e.domain_id}: {len(plan.changes)} SaaS changes, "
+        if active is not None:
+            kind, dk, did = active.event.event_kind, active.event.domain_kind, active.event.domain_id
+        else:
+            kind = "power_emergency" if e.kind == "power" else "cooling_failure"
+            dk, did = "cluster", "cluster"
+        detail = (f"{kind} {dk}/{did}: {len(plan.changes)} SaaS changes, "
                   f"{len(plan.caps)} IaaS caps, predicted {plan.predicted_power_w:.0f} W vs budget "
                   f"{plan.budget_w:.0f} W ({'meets' if plan.meets_budget else 'DOES NOT meet'} it) by "
-                  f"{_ts(plan.effective_by_s).isoformat()}; relaxed: {relaxed or 'nothing'}; {plan.reason}")
+                  f"{ts(plan.effective_by_s).isoformat()}; relaxed: {relaxed or 'nothing'}; {plan.reason}")
         out.append(self._event("emergency_plan", "critical" if not plan.meets_budget else "warning", now,
-                               domain_kind=e.domain_kind, domain_id=e.domain_id, detail=detail[:4000]))
+                               domain_kind=dk, domain_id=did, detail=detail[:4000]))
         return out
 
-    def _emergency_feedback(self, snap: Snapshot, now: datetime) -> list[Outgoing]:
-        """Close the loop on active plans' IaaS caps from what the rows and inlets measure now.
-
-        The same core function as the simulator's ``tapas`` policy, ``feedback_caps``: a power plan's
-        surplus goes back to (or more is taken from) the capped VMs, and VMs that the measured inlet of
-        a failed zone now puts over the slowdown line are capped. Only
-        limits that moved by at least ``FEEDBACK_MIN_STEP_W`` become commands; a lifted cap becomes a
-        limit at the GPU's TDP (the server's other caps stay; all are reverted when the emergency ends).
-        """
-        from controller.core import emergency as core_emergency
-
-        out: list[Outgoing] = []
-        for active in self.emergencies.values():
-            plan = active.plan
-            if plan is None:
-                continue
-            # The live snapshot shows nominal budgets; the plan was made against the reduced ones.
-            new = core_emergency.feedback_caps(
-                snap, plan, now_s=snap.now_s, budget_w=core_emergency.emergency_budget_w(snap.row_budget_w, plan.emergency))
-            if new is None:
-                continue
-            old = {c.vm_id: c for c in plan.caps}
-            kept = {c.vm_id for c in new}
-            issue: list[GpuCap] = []
-            in_force: list[GpuCap] = []
-            for c in new:
-                prev = old.get(c.vm_id)
-                moved = prev is None or prev.power_limit_w is None or c.power_limit_w is None or abs(
-                    prev.power_limit_w - c.power_limit_w) >= FEEDBACK_MIN_STEP_W
-                in_force.append(c if moved else prev)  # type: ignore[arg-type]
-                if moved:
-                    issue.append(c)
-            for c in plan.caps:
-                if c.vm_id not in kept:
-                    tdp = float(snap.gpu_tdp_w[c.server_index])
-                    issue.append(replace(c, power_limit_w=tdp, issued_at_s=snap.now_s,
-                                         reason=f"{c.reason}; feedback: room again, limit back to TDP {tdp:.0f} W"))
-            out += self._issue_caps(active, issue, now)
-            active.plan = replace(plan, caps=tuple(in_force))
-        return out
-
-    def _issue_caps(self, active: ActiveEmergency, caps: Iterable[GpuCap], now: datetime) -> list[Outgoing]:
-        """Host commands for an emergency's IaaS caps, through the safety gate; remembers the servers to revert."""
+    def _issue_caps(self, caps: Iterable[GpuCap], now: datetime, *, ends_at: datetime | None) -> list[Outgoing]:
+        """Host commands for emergency IaaS caps, through the safety gate; remembers the servers to revert."""
         out: list[Outgoing] = []
         for cap in caps:
             for cmd in cap_to_commands(cap, mode=self.mode, now=now, max_ttl_s=self.settings.max_command_ttl_s,
-                                       ends_at=active.event.ends_at):
+                                       ends_at=ends_at):
+                key = (cmd.instance_id or cmd.server_id, cmd.action)
+                value = (cmd.params.power_limit_w, cmd.params.frequency_cap_mhz)
+                held = self.cap_intents.get(key)
+                if held is not None and held[0] == value and (held[1] - now).total_seconds() > (
+                        cmd.expires_at - now).total_seconds() / 3:
+                    continue  # the same limit is in force and far from expiry: not re-published
                 sent = self._admit(cmd, now)
                 if any(o.topic == self.topics.commands for o in sent):
-                    active.capped_servers.add(cap.server_id)
+                    self.capped_servers.add(cap.server_id)
+                    self.cap_intents[key] = (value, cmd.expires_at)
+                    self._cap_server[key[0]] = cap.server_id
                 out += sent
         return out
 
-    def _clear(self, ev: ControlEvent, now: datetime) -> list[Outgoing]:
-        ended = [k for k, a in self.emergencies.items()
-                 if (a.event.domain_kind, a.event.domain_id) == (ev.domain_kind, ev.domain_id)]
-        return [o for k in ended for o in self._end(k, now)]
+    def _revert(self, server_id: str, now: datetime, *, reason: str) -> list[Outgoing]:
+        self.capped_servers.discard(server_id)
+        for key in [k for k, (_v, _e) in self.cap_intents.items() if self._cap_server.get(k[0], k[0]) == server_id]:
+            del self.cap_intents[key]
+        return self._admit(revert_command(server_id, reason=reason, mode=self.mode, now=now,
+                                          ttl_s=self.settings.command_ttl_s), now)
 
-    def _expire_emergencies(self, now: datetime) -> list[Outgoing]:
-        ended = [k for k, a in self.emergencies.items() if a.event.ends_at is not None and a.event.ends_at <= now]
-        return [o for k in ended for o in self._end(k, now)]
+    def _expire_emergencies(self, now: datetime) -> None:
+        for k in [k for k, a in self.emergencies.items() if a.event.ends_at is not None and a.event.ends_at <= now]:
+            self._end(k)
 
-    def _end(self, key: str, now: datetime) -> list[Outgoing]:
-        active = self.emergencies.pop(key)
-        out: list[Outgoing] = []
-        for sid in sorted(active.capped_servers):
-            cmd = ReconfigCommand(
-                command_id=make_command_id(target=sid, action="revert", params=ReconfigParams(),
-                                           epoch=int(now.timestamp())),
-                issued_at=now, expires_at=now + timedelta(seconds=self.settings.command_ttl_s), server_id=sid,
-                action="revert", reason=f"emergency {key} over: lift its IaaS caps", trigger="emergency",
-                mode=self.mode, layer="host")
-            out += self._admit(cmd, now)
-        log.info("event=emergency_ended id=%s reverted=%d", key, len(active.capped_servers))
-        return out
+    def _end(self, key: str) -> None:
+        """Forget an emergency; the policy releases its caps on the next tick (``released_caps``)."""
+        self.emergencies.pop(key)
+        log.info("event=emergency_ended id=%s", key)
 
     # ------------------------------------------------------------------ helpers
     def _event(self, kind: str, severity: str, now: datetime, *, domain_kind: str = "cluster",
@@ -612,139 +549,6 @@ class Controller:
                           severity=severity, occurred_at=now, domain_kind=domain_kind,  # type: ignore[arg-type]
                           domain_id=domain_id, detail=detail)
         return Outgoing(self.topics.events, domain_id, ev)
-
-
-# ---------------------------------------------------------------------- pure translations
-
-
-def raises_power(change: ConfigChange, snap: Snapshot, catalogue: Catalogue) -> bool:
-    """True when the target configuration draws more per-GPU power at the instance's load than the current one."""
-    try:
-        a = catalogue.option(change.from_config_id)
-        b = catalogue.option(change.to_config_id)
-    except KeyError:
-        return True
-    i = change.instance_index
-    load = float(snap.instances.load_tokens_per_s[i]) if 0 <= i < len(snap.instances) else 0.0
-    pf = float(snap.instances.prefill_frac[i]) if 0 <= i < len(snap.instances) else 0.5
-    pa = a.gpu_power_w(pf * load, (1 - pf) * load)
-    pb = b.gpu_power_w(pf * min(load, b.capacity_tokens_per_s_at_slo), (1 - pf) * min(load, b.capacity_tokens_per_s_at_slo))
-    return pb > pa + 1e-6 or b.frequency_cap_mhz > a.frequency_cap_mhz
-
-
-def change_to_commands(change: ConfigChange, catalogue: Catalogue, *, mode: Mode, now: datetime, ttl_s: float,
-                       epoch_s: float) -> list[ReconfigCommand]:
-    """The commands that carry one configuration change.
-
-    The host command (frequency cap, applied by ``tapas agent``) and, when the batch size
-    or the weight layout changes, one serving-layer command carrying the whole target
-    configuration (``params.config_id`` plus every knob). For a slow change its action
-    names the heaviest knob (variant > precision > tensor parallelism). Contract for
-    the serving layer: docs/serving-commands.md.
-    """
-    a = catalogue.option(change.from_config_id)
-    b = catalogue.option(change.to_config_id)
-    expires_s = min(change.expires_at_s, now.timestamp() + ttl_s) if change.expires_at_s > now.timestamp() \
-        else now.timestamp() + ttl_s
-    expires_at = _ts(expires_s)
-    epoch = int(change.issued_at_s // max(epoch_s, 1e-3))
-    common = dict(issued_at=now, expires_at=expires_at, server_id=change.server_id, instance_id=change.instance_id,
-                  trigger=change.trigger[:64], headroom=_finite(change.headroom), mode=mode)
-    reason = f"{change.from_config_id} -> {change.to_config_id}: {change.reason}"[:2000]
-    out: list[ReconfigCommand] = []
-    if b.frequency_cap_mhz != a.frequency_cap_mhz:
-        p = ReconfigParams(frequency_cap_mhz=b.frequency_cap_mhz, config_id=b.config_id)
-        out.append(ReconfigCommand(command_id=make_command_id(target=change.instance_id, action="set_frequency_cap",
-                                                              params=p, epoch=epoch),
-                                   action="set_frequency_cap", params=p, reason=reason, layer="host",
-                                   **common))  # type: ignore[arg-type]
-    action: str | None = None
-    if b.model_variant != a.model_variant:
-        action = "set_model_variant"
-    elif b.precision != a.precision:
-        action = "set_precision"
-    elif b.tensor_parallelism != a.tensor_parallelism:
-        action = "set_tensor_parallelism"
-    elif b.max_batch != a.max_batch:
-        action = "set_max_batch"
-    if action is not None:
-        p = ReconfigParams(max_batch=b.max_batch, tensor_parallelism=b.tensor_parallelism,
-                           precision=b.precision if b.precision in ("fp16", "bf16", "fp8", "int8", "int4") else None,  # type: ignore[arg-type]
-                           model_variant=b.model_variant[:64], config_id=b.config_id,
-                           frequency_cap_mhz=b.frequency_cap_mhz)
-        out.append(ReconfigCommand(command_id=make_command_id(target=change.instance_id, action=action, params=p,
-                                                              epoch=epoch),
-                                   action=action, params=p, reason=reason, layer="serving",  # type: ignore[arg-type]
-                                   **common))  # type: ignore[arg-type]
-    return out
-
-
-def cap_to_commands(cap: GpuCap, *, mode: Mode, now: datetime, max_ttl_s: float,
-                    ends_at: datetime | None) -> list[ReconfigCommand]:
-    """Host commands for an emergency cap on a server's GPUs (power limit and/or frequency cap)."""
-    end_s = cap.expires_at_s if cap.expires_at_s > now.timestamp() else (
-        ends_at.timestamp() if ends_at is not None else now.timestamp() + max_ttl_s)
-    expires_at = _ts(min(end_s, now.timestamp() + max_ttl_s))
-    out: list[ReconfigCommand] = []
-    target = cap.vm_id or cap.server_id
-    for action, p in (("set_power_limit", ReconfigParams(power_limit_w=cap.power_limit_w)
-                       if cap.power_limit_w is not None else None),
-                      ("set_frequency_cap", ReconfigParams(frequency_cap_mhz=cap.frequency_cap_mhz)
-                       if cap.frequency_cap_mhz is not None else None)):
-        if p is None:
-            continue
-        out.append(ReconfigCommand(
-            command_id=make_command_id(target=target, action=action, params=p, epoch=int(cap.issued_at_s)),
-            issued_at=now, expires_at=expires_at, server_id=cap.server_id, instance_id=cap.vm_id,
-            action=action, params=p, reason=cap.reason[:2000], trigger="emergency", mode=mode,  # type: ignore[arg-type]
-            layer="host"))
-    return out
-
-
-def to_emergency(ev: ControlEvent, topology: Topology) -> Emergency | None:
-    """The core's Emergency for an event, mapping PDU/rack/server domains to their row or zone."""
-    kind: Literal["power", "cooling"] = "power" if ev.event_kind == "power_emergency" else "cooling"
-    dk, did = ev.domain_kind, ev.domain_id
-    row_id: str | None = None
-    zone_id: str | None = None
-    if dk == "cluster":
-        return Emergency(event_id=ev.event_id, kind=kind, domain_kind="cluster", domain_index=0,
-                         started_at_s=ev.occurred_at.timestamp(),
-                         ends_at_s=ev.ends_at.timestamp() if ev.ends_at else None, budget_frac=ev.budget_frac,
-                         supply_temp_rise_c=ev.supply_temp_rise_c)
-    if dk == "row":
-        row_id = did
-    elif dk == "zone":
-        zone_id = did
-    elif dk in ("rack", "pdu"):
-        rack = next((r for r in topology.racks if did in (r.rack_id, r.pdu_id)), None)
-        if rack is not None:
-            row_id, zone_id = rack.row_id, rack.zone_id
-    elif dk == "server" and did in topology.by_id:
-        s = topology.by_id[did]
-        row_id, zone_id = s.row_id, s.zone_id
-    if kind == "power" and row_id in topology.row_ids:
-        return Emergency(event_id=ev.event_id, kind="power", domain_kind="row",
-                         domain_index=topology.row_ids.index(row_id), started_at_s=ev.occurred_at.timestamp(),
-                         ends_at_s=ev.ends_at.timestamp() if ev.ends_at else None, budget_frac=ev.budget_frac)
-    if kind == "cooling":
-        if zone_id is None and row_id is not None:
-            zone_id = next((r.zone_id for r in topology.rows if r.row_id == row_id), None)
-        if zone_id in topology.zone_ids:
-            return Emergency(event_id=ev.event_id, kind="cooling", domain_kind="zone",
-                             domain_index=topology.zone_ids.index(zone_id), started_at_s=ev.occurred_at.timestamp(),
-                             ends_at_s=ev.ends_at.timestamp() if ev.ends_at else None,
-                             supply_temp_rise_c=ev.supply_temp_rise_c)
-    return None
-
-
-def _finite(x: float) -> float:
-    v = float(x)
-    return v if math.isfinite(v) else (1e9 if v > 0 else -1e9)
-
-
-def _age(age_s: float) -> str:
-    return "never received" if age_s >= 1e8 else f"{age_s:.0f} s"
 
 
 # ---------------------------------------------------------------------- the Kafka shell

@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from contracts import DomainForecast, ServerForecast, WorkloadContext
+from controller.core.belief import hottest_gpu_c
 from controller.core.catalogue import Catalogue
 from controller.core.snapshot import FloatArray, IaasVms, IntArray, SaasInstances, Snapshot
 from foundation.topology import Topology
@@ -92,7 +93,7 @@ class LiveState:
         self.rth_c_per_w: FloatArray = rth
         self.max_freq_mhz: FloatArray = topo.server_array("sku.max_freq_mhz")
         self.base_power_w: FloatArray = topo.server_array("base_power_w")
-        self.gpu_temp_c = self.design_inlet_c + rth * idle_gpu_w
+        self.gpu_temp_c = hottest_gpu_c(self.design_inlet_c, 0.0, rth, idle_gpu_w)  # no reading yet: no offset
         self.gpu_temp_hi_c = self.slowdown_temp_c.copy()
         self.power_w = self.idle_server_w.copy()
         self.power_hi_w = self.idle_server_w.copy()

@@ -104,7 +104,7 @@ class ControllerSettings(BaseModel):
     max_command_ttl_s: float = Field(default=900.0, gt=0, description="Commands expiring later than this are refused.")
     reconfig_period_s: float = Field(default=5.0, gt=0, description="Period of the (fast-knob) reconfiguration plan.")
     home_layout: Literal["default", "efficient"] = Field(
-        default="default",
+        default="efficient",
         description="Weight layout instances return to: the endpoint default, or the catalogue's most power-efficient "
                     "one at the default's quality and capacity (reached by staggered reloads).")
     stale_decay_s: float = Field(
@@ -114,6 +114,18 @@ class ControllerSettings(BaseModel):
                                    "/readyz port (0 = off).")
     agent_health_host: str = Field(default="127.0.0.1", description="Node agent: bind address of /healthz "
                                    "and /readyz (0.0.0.0 in a pod, for the kubelet's probes).")
+    catalogue_file: Path | None = Field(
+        default=None,
+        description="Configuration catalogue (JSON from `tapas catalogue export`); unset: the shipped "
+                    "controller/catalogues/<GPU SKU>.json.")
+    policy: str = Field(
+        default="tapas",
+        description="Decision policy, a name from the registry controller.core.policy.POLICIES (the names "
+                    "`tapas simulate --compare` takes).")
+    knobs: dict[str, float | bool | str] = Field(
+        default_factory=dict,
+        description="Policy knob overrides by name (controller.core.policy.PolicyKnobs; `group.field` reaches "
+                    "into reconfig_params, routing_params, margins), e.g. {\"feedback_min_step_w\": 10}.")
     agent_reconcile_s: float = Field(default=10.0, gt=0, description="Node agent: re-apply desired GPU settings period.")
     agent_broker_lost_after_s: float = Field(
         default=30.0, gt=0, description="Node agent: broker unreachable this long → apply the safe power cap.")

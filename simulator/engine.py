@@ -36,7 +36,7 @@ What one tick does (order matters; each step is documented in PARAMETERS.md):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,8 +205,11 @@ class Simulation:
         trace_path: Path | str | None = None,
         trace: Trace | None = None,
         params: SimParams | None = None,
+        knobs: Mapping[str, Any] | None = None,
     ) -> None:
         self.p = params or SimParams()
+        self.knobs = dict(knobs or {})
+        """Policy knob overrides by name (``controller.core.policy.PolicyKnobs``), for a registry-named policy."""
         self.topo = topology
         self.seed = seed
         self.duration_s = float(hours) * 3600.0
@@ -262,7 +265,7 @@ class Simulation:
     def _build_catalogue(self) -> None:
         sku = self.topo.servers[0].sku
         tr = self.trace
-        self.catalogue, specs = build_catalogue(
+        self.catalogue = build_catalogue(
             sku, endpoints=self.p.endpoints, mean_prompt=float(tr.prompt_tokens.mean()),
             mean_output=float(tr.output_tokens.mean()), gpus_per_server=self.G)
         self.endpoint_ids = tuple(e.endpoint_id for e in self.p.endpoints)
@@ -274,14 +277,14 @@ class Simulation:
                 self.cfg_ids.append(opt.config_id)
                 self.cfg_endpoint.append(ei)
         self.cfg_index = {c: i for i, c in enumerate(self.cfg_ids)}
-        sp = [specs[c] for c in self.cfg_ids]
+        sp = [self.catalogue.option(c) for c in self.cfg_ids]
         a = np.asarray
-        self.c_c0 = a([s.prefill_c0_s for s in sp])
-        self.c_c1 = a([s.prefill_c1_s for s in sp])
-        self.c_c2 = a([s.prefill_c2_s for s in sp])
-        self.c_d0 = a([s.decode_d0_s for s in sp])
-        self.c_d1 = a([s.decode_d1_s for s in sp])
-        self.c_d2 = a([s.decode_d2_s for s in sp])
+        self.c_c0 = a([s.prefill_time_s[0] for s in sp])
+        self.c_c1 = a([s.prefill_time_s[1] for s in sp])
+        self.c_c2 = a([s.prefill_time_s[2] for s in sp])
+        self.c_d0 = a([s.decode_step_s[0] for s in sp])
+        self.c_d1 = a([s.decode_step_s[1] for s in sp])
+        self.c_d2 = a([s.decode_step_s[2] for s in sp])
         self.c_dpf = a([s.decode_power_frac for s in sp])
         self.c_ppf = a([s.prefill_power_frac for s in sp])
         self.c_rep = a([float(s.replicas) for s in sp])
@@ -301,9 +304,10 @@ class Simulation:
     def _resolve_policy(self, policy: str | Policy) -> Policy:
         if not isinstance(policy, str):
             return policy
-        from simulator.policies import make_policy
+        from controller.core.policy import knobs_for, make_policy
 
-        return make_policy(policy, topology=self.topo, catalogue=self.catalogue, seed=self.seed)
+        return make_policy(policy, topology=self.topo, catalogue=self.catalogue, seed=self.seed,
+                           knobs=knobs_for(policy, self.knobs))
 
     def _init_state(self) -> None:
         N, G, R = self.N, self.G, self.R
@@ -1157,9 +1161,11 @@ def run(
     trace_path: Path | str | None = None,
     trace: Trace | None = None,
     params: SimParams | None = None,
+    knobs: Mapping[str, Any] | None = None,
 ) -> RunResult:
     """Run one scenario with one policy to the end and return its metrics and time series."""
-    sim = Simulation(topology, scenario, policy, hours=hours, seed=seed, trace_path=trace_path, trace=trace, params=params)
+    sim = Simulation(topology, scenario, policy, hours=hours, seed=seed, trace_path=trace_path, trace=trace, params=params,
+                     knobs=knobs)
     while not sim.finished:
         sim.step()
     return sim.result()

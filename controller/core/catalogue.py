@@ -3,8 +3,12 @@
 A ``ConfigOption`` is one way to serve an endpoint: model variant, tensor parallelism,
 precision, GPU frequency cap and maximum batch, with its capacity at the SLO, its
 per-GPU power as a function of load (prefill and decode separately), its output quality
-and the cost of switching to it. The simulator builds catalogues from its physics
-(``simulator.catalogue.build_catalogue``); the live service loads the same numbers.
+and the cost of switching to it, plus the serving model behind those numbers (prefill and
+decode time fits, phase power), which the simulator replays requests with. It is the
+only declaration of a configuration. The simulator builds catalogues from its physics
+(``simulator.catalogue.build_catalogue``); ``tapas catalogue export`` writes one as data
+(:meth:`Catalogue.to_dict`, with the sources of its numbers) and the live service loads
+that file (:meth:`Catalogue.from_dict`) without importing the simulator.
 
 Power model (per GPU of the instance), clipped to ``[gpu_idle_w, gpu_max_w]``::
 
@@ -19,8 +23,10 @@ frequency cap and batch size are *fast* knobs.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -59,6 +65,18 @@ class ConfigOption:
     """True when this option uses a non-default weight layout (variant, TP or precision) of the endpoint."""
     prefill_heavy_capacity_frac: float = 1.0
     """Capacity multiplier for prefill-heavy traffic (optional refinement)."""
+    # The serving model behind the numbers above (what the simulator replays requests with; the controller
+    # does not read them). One record per configuration: there is no second declaration in the simulator.
+    replicas: int = 1
+    """Copies of the model on one server (``gpus_per_server // tensor_parallelism``)."""
+    prefill_time_s: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    """Prompt time at the maximum clock, ``c0 + c1·P + c2·P²`` seconds for a prompt of P tokens (batch 1)."""
+    decode_step_s: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    """Decode step (time between tokens) at the maximum clock, ``d0 + d1·b + d2·b²`` seconds at batch b."""
+    prefill_power_frac: float = 1.0
+    """Prefill-phase GPU power as a fraction of TDP."""
+    decode_power_frac: float = 0.5
+    """Decode-phase GPU power as a fraction of TDP (at the reference batch)."""
 
     @property
     def weight_layout(self) -> tuple[str, int, str]:
@@ -187,6 +205,56 @@ class Catalogue:
     def is_slow_switch(self, from_config_id: str, to_config_id: str) -> bool:
         """True when switching reloads weights (variant, tensor parallelism or precision differ)."""
         return self.option(from_config_id).weight_layout != self.option(to_config_id).weight_layout
+
+    def to_dict(self, *, sources: Mapping[str, str] | None = None, **meta: object) -> dict[str, object]:
+        """The catalogue as data (``tapas catalogue export``): every option's record, each endpoint's default,
+        the sources its numbers come from and any metadata (SKU, request mix).
+
+        >>> o = ConfigOption("a", "m", 8, "fp16", 1410.0, 32, 100.0, 60.0, 400.0, 0.01, 0.02, 0.7)
+        >>> c = Catalogue.from_options({"ep": [o]}, {"ep": "a"})
+        >>> Catalogue.from_dict(c.to_dict(sources={"capacity": "a test"})) == c
+        True
+        """
+        return {
+            "format": CATALOGUE_FORMAT,
+            **meta,
+            "sources": dict(sources or {}),
+            "endpoints": {ep: {"default": self.defaults[ep],
+                               "options": [dataclasses.asdict(o) for o in opts]}
+                          for ep, opts in self.options.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> Catalogue:
+        """Load what :meth:`to_dict` wrote; a wrong format, unknown field or bad default raises ``ValueError``."""
+        if data.get("format") != CATALOGUE_FORMAT:
+            raise ValueError(f"catalogue: format {data.get('format')!r} is not {CATALOGUE_FORMAT!r}")
+        endpoints = data.get("endpoints")
+        if not isinstance(endpoints, Mapping) or not endpoints:
+            raise ValueError("catalogue: no endpoints")
+        names = {f.name for f in dataclasses.fields(ConfigOption)}
+        tuples = {f.name for f in dataclasses.fields(ConfigOption) if str(f.type).startswith("tuple")}
+        options: dict[str, list[ConfigOption]] = {}
+        defaults: dict[str, str] = {}
+        for ep, body in endpoints.items():
+            if not isinstance(body, Mapping) or not isinstance(body.get("options"), list):
+                raise ValueError(f"catalogue: endpoint {ep!r} needs 'default' and 'options'")
+            defaults[str(ep)] = str(body.get("default"))
+            opts = []
+            for raw in body["options"]:
+                unknown = set(raw) - names
+                if unknown:
+                    raise ValueError(f"catalogue: endpoint {ep!r}: unknown option fields {sorted(unknown)}")
+                kwargs: dict[str, Any] = {k: tuple(v) if k in tuples else v for k, v in raw.items()}
+                try:
+                    opts.append(ConfigOption(**kwargs))
+                except TypeError as exc:
+                    raise ValueError(f"catalogue: endpoint {ep!r}: {exc}") from None
+            options[str(ep)] = opts
+        return cls.from_options(options, defaults)
+
+
+CATALOGUE_FORMAT = "tapas-catalogue/1"
 
 
 def _arr(values: Iterable[float]) -> FloatArray:

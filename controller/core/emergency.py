@@ -20,8 +20,8 @@ from dataclasses import replace
 
 import numpy as np
 
+from controller.core.belief import hottest_gpu_c, power_for_temp_w, server_offset_c
 from controller.core.catalogue import Catalogue
-from controller.core.headroom import thermal_offset_c
 from controller.core.reconfigure import build_option_matrix, plan_reconfiguration
 from controller.core.snapshot import (
     BoolArray,
@@ -305,7 +305,7 @@ def _plan_cooling(
     limit_c = snapshot.slowdown_temp_c - params.thermal_margin_c
     # The hottest slot sits above inlet + R × p (rear GPUs breathe pre-heated air): the same per-server
     # offset placement and reconfiguration use, so a VM on the rear slots is not predicted cooler than it runs.
-    offset_c = thermal_offset_c(snapshot)
+    offset_c = server_offset_c(snapshot)
     caps: list[GpuCap] = []
     vms = snapshot.vms
     worst_c = -np.inf
@@ -316,13 +316,13 @@ def _plan_cooling(
         r_th = float(snapshot.thermal_resistance_c_per_w[s])
         p = float(max(vms.gpu_power_w[v], vms.expected_gpu_power_w[v] if vms.expected_gpu_power_w.size else 0.0))
         base_c = float(inlet[s] + offset_c[s])
-        temp = base_c + r_th * p
+        temp = hottest_gpu_c(base_c, 0.0, r_th, p)
         idle = float(snapshot.gpu_idle_power_w[s])
         if temp <= limit_c[s]:
             worst_c = max(worst_c, temp)
             continue
-        lim = max((float(limit_c[s]) - base_c) / max(r_th, 1e-6), _floor_w(snapshot, s))
-        worst_c = max(worst_c, base_c + r_th * lim)
+        lim = max(power_for_temp_w(float(limit_c[s]), base_c, 0.0, r_th), _floor_w(snapshot, s))
+        worst_c = max(worst_c, hottest_gpu_c(base_c, 0.0, r_th, lim))
         perf = float(estimated_perf_frac(np.asarray([lim]), np.asarray([p]), np.asarray([idle]))[0])
         caps.append(
             GpuCap(
@@ -433,7 +433,7 @@ def tighten_cooling_caps(
     e = plan.emergency
     in_zone = _zone_mask(snapshot, e)
     inlet = np.maximum(snapshot.inlet_hi_c, snapshot.inlet_c)
-    offset_c = thermal_offset_c(snapshot)
+    offset_c = server_offset_c(snapshot)
     limit_c = snapshot.slowdown_temp_c - margin_c
     by_vm = {c.vm_id: c for c in plan.caps}
     vms = snapshot.vms
@@ -446,9 +446,9 @@ def tighten_cooling_caps(
             if old is not None:
                 out.append(old)
             continue
-        r_th = max(float(snapshot.thermal_resistance_c_per_w[s]), 1e-6)
+        r_th = float(snapshot.thermal_resistance_c_per_w[s])
         p = float(max(vms.gpu_power_w[v], vms.expected_gpu_power_w[v] if vms.expected_gpu_power_w.size else 0.0))
-        lim = max((float(limit_c[s]) - float(inlet[s] + offset_c[s])) / r_th, _floor_w(snapshot, s))
+        lim = max(power_for_temp_w(float(limit_c[s]), float(inlet[s]), float(offset_c[s]), r_th), _floor_w(snapshot, s))
         current = old.power_limit_w if old is not None and old.power_limit_w is not None else np.inf
         if lim >= min(p, current) - 1.0:
             if old is not None:

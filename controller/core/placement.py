@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from controller.core.headroom import thermal_offset_c
+from controller.core.belief import hottest_gpu_c, server_offset_c
 from controller.core.snapshot import (
     FloatArray,
     IntArray,
@@ -105,7 +105,7 @@ def _prepare(snapshot: Snapshot, iaas: bool, m: PlacementMargins) -> _Prepared:
     else:
         emergency_room = np.full(snapshot.num_servers, np.inf)
     return _Prepared(
-        base_temp_c=(snapshot.inlet_hi_c + thermal_offset_c(snapshot)).astype(np.float64),
+        base_temp_c=hottest_gpu_c(snapshot.inlet_hi_c, server_offset_c(snapshot), 0.0, 0.0),
         temp_hi_c=snapshot.gpu_temp_hi_c.astype(np.float64),
         thermal_limit_c=thermal_limit_c,
         inv_thermal_span=1.0 / np.maximum(thermal_limit_c - snapshot.inlet_hi_c, 1.0),
@@ -160,7 +160,7 @@ def rank_servers(
         margins: safety margins; IaaS uses the larger ones.
 
     Returns:
-        A decision with at most ``margins.max_candidates`` candidates, best first, and a reason.
+        A decision with at most ``request.max_candidates`` (else ``margins.max_candidates``) candidates, best first, and a reason.
     """
     m = margins or PlacementMargins()
     iaas = request.vm_kind == "iaas"
@@ -182,7 +182,7 @@ def rank_servers(
     else:
         p_vm = pre.tdp_w[fit]
     added_w = n * np.maximum(p_vm - pre.idle_w[fit], 0.0)
-    peak_temp_c = np.maximum(pre.temp_hi_c[fit], pre.base_temp_c[fit] + pre.r_th[fit] * p_vm)
+    peak_temp_c = np.maximum(pre.temp_hi_c[fit], hottest_gpu_c(pre.base_temp_c[fit], 0.0, pre.r_th[fit], p_vm))
     thermal_headroom_c = pre.thermal_limit_c[fit] - peak_temp_c
     row_headroom_w = pre.row_room_w[fit] - added_w
     zone_headroom_w = pre.zone_room_w[fit] - added_w
@@ -209,7 +209,7 @@ def rank_servers(
         secondary = np.clip(thermal_norm, 0.0, 1.0)
     score = np.floor(primary / TIE_BAND_FRAC) * TIE_BAND_FRAC - 0.5 * TIE_BAND_FRAC * secondary
 
-    k = min(m.max_candidates, idx.size)
+    k = min(request.max_candidates or m.max_candidates, idx.size)
     if k > 0:
         part = np.argpartition(-score, k - 1)[:k] if idx.size > k else np.arange(idx.size)
         # Stable order: score descending, then server position, so equal inputs give equal hints.

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from controller.core.belief import hottest_gpu_c, server_offset_c
 from controller.core.catalogue import Catalogue
-from controller.core.headroom import thermal_offset_c
 from controller.core.snapshot import (
     BoolArray,
     ConfigChange,
@@ -150,8 +150,8 @@ def build_option_matrix(
     power = np.minimum(idle + (model - idle) * ratio[:, None], np.maximum(snapshot.gpu_tdp_w[srv][:, None], idle))
     inlet = (inlet_c if inlet_c is not None else snapshot.inlet_hi_c)[srv]
     r_th = snapshot.thermal_resistance_c_per_w[srv]
-    offset = thermal_offset_c(snapshot)[srv]
-    temp = (inlet + offset)[:, None] + r_th[:, None] * power
+    offset = server_offset_c(snapshot)[srv]
+    temp = hottest_gpu_c(inlet[:, None], offset[:, None], r_th[:, None], power)
     return OptionMatrix(
         instance_index=instance_index,
         config_ids=ids,
@@ -373,7 +373,7 @@ def _stagger_slow(
     fast_choice = np.where(fast_cost[rows_n, fast_choice] >= INFEASIBLE, m.current, fast_choice)
     gain = cost[rows_n, fast_choice] - cost[rows_n, choice]
     endpoints = np.asarray(m.endpoint_of)
-    for e in set(endpoints[is_slow].tolist()):
+    for e in dict.fromkeys(endpoints[is_slow].tolist()):  # first-appearance order: set order follows the hash seed
         members = np.flatnonzero(endpoints == e)
         all_of_e = inst.of_endpoint(e)
         in_transit = int((inst.busy_until_s[all_of_e] > now_s).sum()) if inst.busy_until_s.size else 0
@@ -467,7 +467,7 @@ def _fit_capacity(
     row_pred = snapshot.row_power_hi_w.astype(np.float64).copy()
     np.add.at(row_pred, row, gpus * (m.power_w[rows_n, choice] - cur_power))
     endpoints = np.asarray(m.endpoint_of)
-    for e in set(m.endpoint_of):
+    for e in dict.fromkeys(m.endpoint_of):  # a fixed order: endpoints share row power, so order matters
         members = np.flatnonzero(endpoints == e)
         target = snapshot.endpoint_demand_hi(e) * (1.0 + p.slo_headroom_frac)
         if target <= 0:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from controller.core.belief import power_for_temp_w, server_offset_c
 from controller.core.catalogue import Catalogue
 from controller.core.snapshot import BoolArray, FloatArray, IntArray, RoutingDecision, RoutingParams, Snapshot
 
@@ -122,7 +123,8 @@ def routing_weights(
 
     safe_capacity = capacity.copy()
     if catalogue is not None and not stale:
-        safe_capacity = np.minimum(safe_capacity, _thermal_safe_load(snapshot, catalogue, idx, now_s))
+        safe_capacity = np.minimum(safe_capacity, _thermal_safe_load(snapshot, catalogue, idx, now_s,
+                                                                    p.drain_thermal_headroom_c))
 
     load = inst.load_tokens_per_s[idx]
     spare = capacity if stale else np.maximum(safe_capacity - load, 0.0) + p.spare_floor_frac * capacity
@@ -178,8 +180,14 @@ def routing_weights(
     )
 
 
-def _thermal_safe_load(snapshot: Snapshot, catalogue: Catalogue, idx: IntArray, now_s: float) -> FloatArray:
-    """Tokens/s each instance can take in its current configuration before its GPUs reach slowdown − 1 °C."""
+def _thermal_safe_load(snapshot: Snapshot, catalogue: Catalogue, idx: IntArray, now_s: float,
+                       margin_c: float) -> FloatArray:
+    """Tokens/s each instance can take in its current configuration before its GPUs reach the drain line.
+
+    The drain line is slowdown − ``margin_c`` (``RoutingParams.drain_thermal_headroom_c``); the GPU power
+    that reaches it comes from the shared belief, slot offset included (before the merge this ignored
+    the offset and hard-coded a 1 °C margin).
+    """
     del now_s
     inst = snapshot.instances
     srv = inst.server_index[idx]
@@ -190,7 +198,7 @@ def _thermal_safe_load(snapshot: Snapshot, catalogue: Catalogue, idx: IntArray, 
     a_d = np.asarray([lookup[c].decode_w_per_token_s for c in cfg])
     pf = inst.prefill_frac[idx] if inst.prefill_frac.size else np.full(idx.size, 0.5)
     w_per_tok = np.maximum(pf * a_p + (1.0 - pf) * a_d, 1e-9)
-    r = np.maximum(snapshot.thermal_resistance_c_per_w[srv], 1e-6)
-    p_max = (snapshot.slowdown_temp_c[srv] - 1.0 - snapshot.inlet_hi_c[srv]) / r
+    p_max = power_for_temp_w(snapshot.slowdown_temp_c[srv] - margin_c, snapshot.inlet_hi_c[srv],
+                             server_offset_c(snapshot)[srv], snapshot.thermal_resistance_c_per_w[srv])
     out: FloatArray = np.maximum(p_max - idle, 0.0) / w_per_tok
     return out

@@ -193,6 +193,9 @@ class PlacementRequest:
     vm_class: str | None = None
     expected_lifetime_s: float = 3600.0
     endpoint_id: str | None = None
+    max_candidates: int | None = None
+    """How many ranked servers to return; None: the policy's margin (10). The scheduler extender's filter asks
+    for every server, since it must keep all that fit."""
 
 
 @dataclass(frozen=True)

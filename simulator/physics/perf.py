@@ -23,11 +23,12 @@ Examples:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+
+from controller.core.catalogue import ConfigOption
 
 F = npt.NDArray[np.float64]
 
@@ -69,37 +70,6 @@ PRECISION_EFFECTS: dict[str, tuple[float, float, float, float]] = {
 }
 
 
-@dataclass(frozen=True)
-class ConfigSpec:
-    """One serving configuration of a whole 8-GPU server: ``8 // tp`` replicas of the model.
-
-    Times are for the GPU at its maximum clock; ``frequency_cap_mhz`` is applied by the engine.
-    """
-
-    config_id: str
-    model_variant: str
-    tensor_parallelism: int
-    precision: str
-    frequency_cap_mhz: float
-    max_batch: int
-    replicas: int
-    prefill_c0_s: float
-    prefill_c1_s: float
-    prefill_c2_s: float
-    decode_d0_s: float
-    decode_d1_s: float
-    decode_d2_s: float
-    decode_power_frac: float
-    prefill_power_frac: float
-    quality_score: float
-    switch_cost_s: float
-
-    @property
-    def slow_knobs(self) -> tuple[str, int, str]:
-        """The knobs whose change reloads weights (variant, TP, precision)."""
-        return (self.model_variant, self.tensor_parallelism, self.precision)
-
-
 def make_config(
     model_variant: str,
     tensor_parallelism: int,
@@ -109,8 +79,12 @@ def make_config(
     *,
     gpus_per_server: int = 8,
     perf_scale: float = 1.0,
-) -> ConfigSpec:
-    """Derive a configuration's coefficients from the Llama-2-70B A100 fits and the scaling rules.
+) -> ConfigOption:
+    """Derive a configuration's serving model from the Llama-2-70B A100 fits and the scaling rules.
+
+    Returns the configuration's one record (``ConfigOption``) with its identity, serving-model
+    coefficients and quality filled in; capacity and per-token power depend on the request mix
+    and are scored by ``simulator.catalogue.option_from_spec``.
 
     Prefill compute scales with parameters; decode time with weight bytes per GPU to the
     power 0.8 (fixed overheads — kernel launches, all-reduce — do not shrink), floored at
@@ -127,24 +101,24 @@ def make_config(
     dec_scale = max(scale**0.8, 0.0) * dec_x / perf_scale
     dpf = LLAMA70B_A100_DECODE_POWER_FRAC[tp_key] * dpow_x
     config_id = f"{model_variant}-tp{tensor_parallelism}-{precision}-{int(frequency_cap_mhz)}mhz-b{max_batch}"
-    return ConfigSpec(
+    return ConfigOption(
         config_id=config_id,
         model_variant=model_variant,
         tensor_parallelism=tensor_parallelism,
         precision=precision,
         frequency_cap_mhz=frequency_cap_mhz,
         max_batch=max_batch,
+        capacity_tokens_per_s_at_slo=0.0,
+        gpu_idle_w=0.0,
+        gpu_max_w=0.0,
+        prefill_w_per_token_s=0.0,
+        decode_w_per_token_s=0.0,
+        quality_score=(VARIANT_MMLU[model_variant] - mmlu_lost) / 100.0,
         replicas=max(1, gpus_per_server // tensor_parallelism),
-        prefill_c0_s=c0 * 1e-3 * max(scale, 0.3) * pre_x / perf_scale,
-        prefill_c1_s=c1 * 1e-3 * pf,
-        prefill_c2_s=c2 * 1e-3 * pf,
-        decode_d0_s=max(d0 * 1e-3 * dec_scale, 0.012),
-        decode_d1_s=d1 * 1e-3 * dec_scale,
-        decode_d2_s=max(d2, 0.0) * 1e-3 * dec_scale,
+        prefill_time_s=(c0 * 1e-3 * max(scale, 0.3) * pre_x / perf_scale, c1 * 1e-3 * pf, c2 * 1e-3 * pf),
+        decode_step_s=(max(d0 * 1e-3 * dec_scale, 0.012), d1 * 1e-3 * dec_scale, max(d2, 0.0) * 1e-3 * dec_scale),
         decode_power_frac=dpf,
         prefill_power_frac=PREFILL_POWER_FRAC,
-        quality_score=VARIANT_MMLU[model_variant] - mmlu_lost,
-        switch_cost_s=0.0,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from pathlib import Path
 from typing import Literal
 
 import typer
@@ -16,8 +17,12 @@ controller_app = typer.Typer(
 )
 
 
+catalogue_app = typer.Typer(help="The configuration catalogue as data: what the controller and simulator choose from.")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(controller_app, name="controller")
+    app.add_typer(catalogue_app, name="catalogue")
     app.command("agent")(agent)
 
 
@@ -42,28 +47,35 @@ def controller(
                                                   "latest mode on tapas.control.mode)."),
     servers: int = typer.Option(None, "--servers", help="Use the default layout resized to N servers (as `tapas "
                                                         "ingest sim --servers N`) instead of the inventory or cluster file."),
+    policy: str = typer.Option(None, "--policy", help="Decision policy from the registry (the names `tapas simulate "
+                                                      "--compare` takes; default TAPAS_CONTROLLER__POLICY, tapas)."),
 ) -> None:
     """Run the controller service until SIGINT/SIGTERM (when no subcommand is given)."""
     if ctx.invoked_subcommand is not None:
         return
     from contracts.errors import ConfigError
+    from controller.catalogue_file import load_catalogue
+    from controller.core.policy import POLICIES
     from controller.service import run_service
     from foundation.inventory import topology_from_settings
     from foundation.settings import load_settings
     from foundation.topology import default_topology
-    from simulator.catalogue import build_catalogue
     from tapas.bootstrap import collector_producer, kafka_clients
 
     if mode not in (None, "advisory", "enforce"):
         raise ConfigError(f"--mode={mode!r}: choose advisory or enforce")
     chosen: Literal["advisory", "enforce"] | None = None if mode is None else "enforce" if mode == "enforce" else "advisory"
     settings = load_settings()
+    if policy is not None:
+        settings = settings.model_copy(update={"controller": settings.controller.model_copy(update={"policy": policy})})
+    if settings.controller.policy not in POLICIES:
+        raise ConfigError(f"policy={settings.controller.policy!r} unknown; choose from {', '.join(POLICIES)}")
     _quiet_kafka()
     topology = default_topology(servers) if servers else topology_from_settings(settings)
-    catalogue, _specs = build_catalogue(topology.skus[0])  # the fleet's most common SKU
+    catalogue = load_catalogue(settings.controller.catalogue_file, sku=topology.skus[0].name)  # the fleet's most common SKU
     stop = _stop_on_signals()
     console.print(f"controller: {topology.num_servers} servers, endpoints {list(catalogue.endpoint_ids)}, "
-                  f"mode {mode or settings.controller.mode}; Ctrl-C to stop")
+                  f"mode {mode or settings.controller.mode}, policy {settings.controller.policy}; Ctrl-C to stop")
     clients = kafka_clients(settings)
     producer = collector_producer(settings, source="controller", client_id=f"{settings.kafka.client_id}-controller")
     ctl = run_service(settings, topology, catalogue, clients=clients, producer=producer, stop=stop, mode=chosen)
@@ -104,3 +116,27 @@ def agent(
     stop = _stop_on_signals()
     a = run_agent(settings, server_id, control, clients=kafka_clients(settings), stop=stop)
     console.print(f"agent stopped: {a.num_applied} commands applied ({'dry run' if control.dry_run else 'NVML'})")
+
+
+@catalogue_app.command("export")
+def catalogue_export(
+    path: Path = typer.Argument(None, help="Output JSON (default: the shipped controller/catalogues/<SKU>.json)."),
+    sku: str = typer.Option("A100-SXM-80GB", "--sku", help="GPU SKU (foundation.topology.SKUS)."),
+    mean_prompt: float = typer.Option(2048.0, "--mean-prompt", help="Request mix: mean prompt tokens."),
+    mean_output: float = typer.Option(28.0, "--mean-output", help="Request mix: mean output tokens."),
+) -> None:
+    """Write the catalogue built from the simulator's physics, with the sources of its numbers, as JSON."""
+    import json
+
+    from contracts.errors import ConfigError
+    from controller.catalogue_file import shipped_path
+    from foundation.topology import SKUS
+    from simulator.catalogue import export_catalogue
+
+    if sku not in SKUS:
+        raise ConfigError(f"--sku={sku!r} unknown; choose from {sorted(SKUS)}")
+    out = path or shipped_path(sku)
+    data = export_catalogue(SKUS[sku], mean_prompt=mean_prompt, mean_output=mean_output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    console.print(f"wrote {out}")

@@ -32,9 +32,26 @@ def register(app: typer.Typer) -> None:
 
 
 def _policy_names() -> list[str]:
-    from simulator.policies import POLICIES
+    from controller.core.policy import POLICIES
 
     return list(POLICIES)
+
+
+def _knobs(pairs: list[str]) -> dict[str, Any]:
+    """``NAME=VALUE`` pairs (VALUE as JSON, else a string), checked against the knobs of every policy."""
+    from controller.core.policy import knobs_for
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep or not name.strip():
+            raise typer.BadParameter(f"{pair!r}: expected NAME=VALUE", param_hint="--knob")
+        try:
+            out[name.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[name.strip()] = raw
+    knobs_for("tapas", out)  # unknown names fail here, before any run
+    return out
 
 
 def _clean(x: Any) -> Any:
@@ -68,6 +85,8 @@ def simulate(
     json_out: Path = typer.Option(None, "--json", help="Write the comparison JSON here (plots beside it)."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write temperature, row power and throttling plots."),
     list_policies: bool = typer.Option(False, "--list-policies", help="Print the registered policies and exit."),
+    knob: list[str] = typer.Option([], "--knob", help="Policy knob override NAME=VALUE (JSON value; repeatable), as "
+                                                      "TAPAS_CONTROLLER__KNOBS does for the live controller."),
 ) -> None:
     """Run each policy of --compare on the same cluster, trace, scenario and seed; print a side-by-side table."""
     if ctx.invoked_subcommand is not None:
@@ -80,6 +99,7 @@ def simulate(
     bad = [p for p in chosen if p not in names]
     if bad:
         raise typer.BadParameter(f"unknown policies {bad}; choose from {', '.join(names)}", param_hint="--compare")
+    knobs = _knobs(knob)
     from foundation.topology import default_topology, load_topology
     from simulator.engine import run
     from simulator.scenarios import SCENARIOS
@@ -94,7 +114,7 @@ def simulate(
     for name in chosen:
         with console.status(f"simulating {name} ({scenario}, {topo.num_servers} servers, {hours} h)"):
             try:
-                results[name] = run(topo, scenario, name, hours=hours, seed=seed, trace=tr)
+                results[name] = run(topo, scenario, name, hours=hours, seed=seed, trace=tr, knobs=knobs)
             except Exception as exc:  # one broken policy must not discard the others' runs
                 logging.getLogger(__name__).exception("event=policy_failed policy=%s", name)
                 failed[name] = f"{type(exc).__name__}: {exc}"

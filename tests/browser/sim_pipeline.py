@@ -60,7 +60,7 @@ class SimPipeline:
         from simulator.catalogue import build_catalogue
 
         t = self.topics
-        catalogue, _ = build_catalogue(self.topology.servers[0].sku)
+        catalogue = build_catalogue(self.topology.servers[0].sku)
         return Controller(self.topology, catalogue, ControllerSettings(), started_at=self.feed.start_at,
                           topics=ControllerTopics(server_forecasts=t.server_forecasts,
                                                   domain_forecasts=t.domain_forecasts, gpu_samples=t.gpu_samples,

@@ -48,7 +48,9 @@ def kinds(out: list[Outgoing]) -> list[str]:
 
 
 def test_missing_then_stale_forecasts_fall_back_and_recover_counting_every_tick() -> None:
-    c = controller(stale_after_s=5.0)
+    # Weights on every tick (the policy's default publishes them only while a headroom binds or inputs are
+    # stale; stale ticks are counted below either way), so that every tick is counted.
+    c = controller(stale_after_s=5.0, knobs={"route_only_when_constrained": False})
     # no forecast ever: stale from the first tick, no weights (no instances known), no commands
     out0 = c.tick(T0)
     assert kinds(out0) == ["stale_forecasts"]

@@ -5,15 +5,17 @@ from __future__ import annotations
 from datetime import timedelta
 
 from contracts import ControlEvent, ReconfigCommand
+from controller.core.policy import TapasPolicy
 from controller.core.snapshot import ConfigChange
 from controller.service import Controller, to_emergency
 from foundation.settings import ControllerSettings
 from tests.controller_world import T0, forecast, gpu_sample, world_catalogue, world_topology
 
 
-def loaded_controller() -> Controller:
+def loaded_controller(**settings: object) -> Controller:
     """Four SaaS servers near full load and two IaaS VMs in one row, all fresh."""
-    c = Controller(world_topology(8), world_catalogue(), ControllerSettings(metrics_port=0), started_at=T0)
+    c = Controller(world_topology(8), world_catalogue(), ControllerSettings(metrics_port=0, **settings),  # type: ignore[arg-type]
+                   started_at=T0)
     for i, s in enumerate(c.topology.server_ids):
         c.handle("f", forecast(s, T0, power_w=5000), now=T0)
         if i < 4:
@@ -45,14 +47,18 @@ def test_power_emergency_is_planned_at_once_with_emergency_commands_and_a_plan_e
 
 
 def test_cleared_emergency_reverts_caps_and_power_raising_changes_wait_for_it() -> None:
-    c = loaded_controller()
+    c = loaded_controller(knobs={"block_power_raises_in_emergency_domain": True})
+    pol = c.policy
+    assert isinstance(pol, TapasPolicy)
     c.handle("e", power_event(), now=T0)
     snap = c.snapshot(T0)
     relax = ConfigChange(instance_id=snap.instances.instance_ids[0], instance_index=0, server_index=0,
                          server_id=snap.server_ids[0], from_config_id="70b-tp8-fp16-1000",
                          to_config_id="70b-tp8-fp16-1410", slow=False, trigger="relax", headroom=5.0, reason="x",
                          issued_at_s=snap.now_s, expires_at_s=snap.now_s + 60)
-    assert c._blocked(relax, snap)
+    assert pol._blocked(relax, snap, c.active_emergencies(), stale=False)
+    assert not TapasPolicy(catalogue=c.catalogue)._blocked(relax, snap, c.active_emergencies(), stale=False), (
+        "by default the narrower evaluated rule holds (no raise for load while IaaS VMs are capped)")
     t1 = T0 + timedelta(seconds=30)
     cleared = ControlEvent(event_id="em-1-end", event_kind="emergency_cleared", severity="info", occurred_at=t1,
                            domain_kind="row", domain_id="row00")
@@ -60,7 +66,7 @@ def test_cleared_emergency_reverts_caps_and_power_raising_changes_wait_for_it() 
     reverts = [o.message for o in out if isinstance(o.message, ReconfigCommand)]
     assert reverts and all(x.action == "revert" for x in reverts)
     assert {x.server_id for x in reverts} == {c.topology.server_ids[4], c.topology.server_ids[5]}
-    assert not c.emergencies and not c._blocked(relax, snap)
+    assert not c.emergencies and not pol._blocked(relax, snap, c.active_emergencies(), stale=False)
 
 
 def test_emergency_domains_map_to_rows_and_zones() -> None:
@@ -91,7 +97,7 @@ def test_cooling_caps_follow_the_measured_inlet_while_the_emergency_lasts() -> N
     assert caps and {x.instance_id for x in caps} <= {"vm-4", "vm-5"}
     assert all(x.trigger == "emergency" and x.params.power_limit_w is not None for x in caps)
     assert all("measured inlet" in x.reason for x in caps)
-    # The same conditions a tick later issue nothing new (limits only move by >= FEEDBACK_MIN_STEP_W).
+    # The same conditions a tick later issue nothing new (the same limit in force is not re-published).
     t2 = t1 + timedelta(seconds=c.settings.reconfig_period_s)
     for s in c.topology.server_ids:
         c.handle("f", forecast(s, t2, power_w=5000, inlet_c=45.0, temp_c=80.0, hi_c=84.0), now=t2)
