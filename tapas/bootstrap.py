@@ -17,6 +17,8 @@ from foundation.kafka import KafkaClients, SyncConsumer, SyncProducer
 from foundation.settings import KafkaSettings, Settings, StoreSettings, aiokafka_kwargs, kafka_python_kwargs
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from ingest.producer import BufferedProducer
     from streams.store.base import HistoryStore
     from streams.store.buffered import BufferedStore
@@ -93,11 +95,17 @@ def worker_store(settings: Settings) -> BufferedStore:
                     batch_size=settings.store.batch_size)
 
 
-def collector_producer(settings: Settings, *, source: str, **overrides: Any) -> BufferedProducer:
-    """The bounded, retrying producer of a collector (``tapas ingest``) or the controller's outputs."""
-    from ingest.producer import build_producer
+def collector_producer(settings: Settings, *, source: str, role: str = "ingest",
+                       registry: CollectorRegistry | None = None, **overrides: Any) -> BufferedProducer:
+    """The bounded, retrying producer of a collector (``tapas ingest``) or the controller's outputs.
 
-    return build_producer(settings, source=source, **overrides)
+    ``role`` names the client to the broker; ``overrides`` change kafka-python options of the
+    collectors' tuning (``ingest.producer.producer_tuning``).
+    """
+    from ingest.producer import build_producer, kafka_connector
+
+    connect = kafka_connector(kafka_clients(settings), settings, role=role, **overrides)
+    return build_producer(settings, source=source, connect=connect, registry=registry)
 
 
 def _typed(clients: SettingsKafkaClients) -> KafkaClients:
