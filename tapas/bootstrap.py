@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 from contracts.errors import ConfigError
 from foundation.kafka import KafkaClients, SyncConsumer, SyncProducer
-from foundation.settings import KafkaSettings, Settings, StoreSettings, aiokafka_kwargs, kafka_python_kwargs
+from foundation.settings import (
+    KafkaSettings,
+    Settings,
+    StoreSettings,
+    aiokafka_kwargs,
+    kafka_python_kwargs,
+    ssl_context,
+)
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -65,6 +72,15 @@ class SettingsKafkaClients:
     def aiokafka_kwargs(self, role: str) -> dict[str, Any]:
         """Connection keyword arguments for aiokafka clients (TLS as an ``ssl_context``)."""
         return {**aiokafka_kwargs(self.kafka), "client_id": self._client_id(role)}
+
+    def faust_kwargs(self) -> dict[str, Any]:
+        """The connection part of a Faust app's configuration (brokers, TLS context, client id)."""
+        kw: dict[str, Any] = {"broker": [f"kafka://{b}" for b in self.kafka.bootstrap_servers.split(",")],
+                              "broker_client_id": self.kafka.client_id}
+        ctx = ssl_context(self.kafka)
+        if ctx is not None:
+            kw["broker_credentials"] = ctx
+        return kw
 
 
 def kafka_clients(settings: Settings | KafkaSettings) -> SettingsKafkaClients:
