@@ -51,9 +51,12 @@ def simulated_samples(num_samples: int, *, num_servers: int = 512, seed: int = 0
 
 def _ingest_rate(settings: Any, topic: str, samples: list[GpuSample], payloads: list[bytes] | None = None) -> float:
     """Samples/s through the ingest producer; with ``payloads`` the serialisation is left out."""
-    from ingest.producer import build_producer, encode_message
+    from kafka import KafkaProducer
 
-    producer = build_producer(settings, source="bench")
+    from ingest.producer import build_producer, encode_message, kafka_producer_config, key_caching_partitioner
+
+    config = {**kafka_producer_config(settings), "partitioner": key_caching_partitioner()}
+    producer = build_producer(settings, source="bench", connect=lambda: KafkaProducer(**config))
     try:
         producer.publish(topic, b"warmup", samples[0].to_bytes())
         producer.flush(30)

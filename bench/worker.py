@@ -43,6 +43,8 @@ from typing import Any
 
 import numpy as np
 
+from foundation.kafka import assign_all, assign_all_async
+
 GPU_TOPIC = "tapas.telemetry.gpu"
 FORECAST_TOPIC = "tapas.forecasts.server"
 
@@ -79,19 +81,13 @@ def _produce_backlog(bootstrap: str, num_servers: int, ticks: int, cluster_file:
 
 
 async def _plain_consumer_rate(bootstrap: str, count: int) -> float:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20)
     await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(GPU_TOPIC) or set()
-        if not parts:
-            await consumer._client.force_metadata_update()  # noqa: SLF001 - no public refresh
-            parts = consumer.partitions_for_topic(GPU_TOPIC) or set()
-        tps = [TopicPartition(GPU_TOPIC, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+        await assign_all_async(consumer, {GPU_TOPIC: "beginning"})
         seen = 0
         t0 = 0.0
         while seen < count:
@@ -172,13 +168,11 @@ class _Forecasts:
     """Group-less reader of the server-forecast topic from its beginning."""
 
     def __init__(self, bootstrap: str) -> None:
-        from kafka import KafkaConsumer, TopicPartition
+        from kafka import KafkaConsumer
 
         self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                       max_partition_fetch_bytes=8 << 20)
-        parts = self.consumer.partitions_for_topic(FORECAST_TOPIC) or set()
-        self.consumer.assign([TopicPartition(FORECAST_TOPIC, p) for p in sorted(parts)])
-        self.consumer.seek_to_beginning()
+        assign_all(self.consumer, {FORECAST_TOPIC: "beginning"}, missing="skip")
 
     def read(self, until: Any, timeout_s: float) -> list[tuple[int, bytes]]:
         """(Kafka timestamp ms, value) of forecasts until ``until(list)`` holds or the time runs out."""

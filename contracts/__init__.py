@@ -1,6 +1,7 @@
 """Wire contracts: every message type, the topic table, the error family, JSON Schema export.
 
-Holds no logic beyond validation; every other package imports its messages from here.
+Holds no logic beyond validation; every other package imports its messages from here,
+and it imports no other TAPAS package (the bottom of the house).
 """
 
 from contracts.errors import ConfigError, ContractError, SafetyViolation, SourceError, StoreError, TapasError

@@ -7,14 +7,16 @@ Holds:
     registry.py   versioned artifacts, promotion, verified loading (``load_forecaster``)
     announce.py   the model topic: announce a promoted version, ``ModelFollower`` for workers
     history.py    history as DataFrames: ``load_history(store, start, end)``, files, the simulator
+    folded.py     FoldedHistory: history folded through the pipeline (what train fits, backtest scores)
     backtest.py   rolling-origin evaluation against persistence and moving average, interval coverage
     train.py      the global model: per-horizon residual corrections and residual-quantile intervals
     seasonal.py   statsmodels exponential smoothing for inlet per zone and load per service
     workflow.py   ``run_backtest`` / ``train_version``: what the CLI and the benchmark call
     report.py     the backtest plot and the issue's target check
 
-Does not hold: Kafka I/O beyond announcing on / listening to the model topic, or any
-decision logic.
+Does not hold: Kafka I/O beyond announcing on / listening to the model topic (through
+an injected ``KafkaClients``), or any decision logic. Imports ``simulator`` (simulated
+history), ``foundation`` and ``contracts``; never streams, controller or the shell.
 
 Physics default (used when the registry has no promoted version): hottest-GPU
 temperature follows a first-order lag, ``T(t+h) = T_ss + (T(t) - T_ss) * exp(-h/tau)``

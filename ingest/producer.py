@@ -54,6 +54,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from contracts.messages import Contract
 from contracts.topics import TOPIC_BY_MESSAGE
+from foundation.kafka import KafkaClients
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +266,9 @@ class BufferedProducer:
 
     Examples:
         >>> from foundation.settings import load_settings  # doctest: +SKIP
-        >>> prod = BufferedProducer(kafka_connector(load_settings()), source="redfish")  # doctest: +SKIP
+        >>> from tapas.bootstrap import kafka_clients  # doctest: +SKIP
+        >>> settings = load_settings()  # doctest: +SKIP
+        >>> prod = BufferedProducer(kafka_connector(kafka_clients(settings), settings), source="redfish")  # doctest: +SKIP
         >>> prod.publish_message(sample); prod.flush(10)  # doctest: +SKIP
     """
 
@@ -522,20 +525,24 @@ def key_caching_partitioner() -> Any:
 
 
 def kafka_producer_config(settings: Any) -> dict[str, Any]:
-    """kafka-python producer keyword arguments from :class:`foundation.settings.Settings`.
+    """kafka-python producer keyword arguments from :class:`foundation.settings.Settings` (connection included)."""
+    from foundation.settings import kafka_python_kwargs
+
+    return {**kafka_python_kwargs(settings.kafka), "client_id": f"{settings.kafka.client_id}-ingest",
+            **producer_tuning(settings)}
+
+
+def producer_tuning(settings: Any) -> dict[str, Any]:
+    """The collectors' kafka-python producer options, without the connection (``KafkaClients`` adds that).
 
     kafka-python retries in order (one request in flight per connection, so a retried
     batch cannot be overtaken by a newer one of its partition) until the delivery
     timeout; idempotence is off because its producer id does not survive a broker that
     restarted with an empty log. See :class:`BufferedProducer` for the whole contract.
     """
-    from foundation.settings import kafka_python_kwargs
-
     ing = settings.ingest
     compression = None if ing.compression == "none" else ing.compression
     return {
-        **kafka_python_kwargs(settings.kafka),
-        "client_id": f"{settings.kafka.client_id}-ingest",
         "acks": 1,
         "enable_idempotence": False,
         "max_in_flight_requests_per_connection": 1,
@@ -557,24 +564,23 @@ def kafka_producer_config(settings: Any) -> dict[str, Any]:
     }
 
 
-def kafka_connector(settings: Any, **overrides: Any) -> Callable[[], KafkaSender]:
-    """A ``connect`` callable for :class:`BufferedProducer` building a kafka-python producer."""
-    config = {**kafka_producer_config(settings), "partitioner": key_caching_partitioner(), **overrides}
+def kafka_connector(clients: KafkaClients, settings: Any, *, role: str = "ingest",
+                    **overrides: Any) -> Callable[[], KafkaSender]:
+    """A ``connect`` callable for :class:`BufferedProducer`: a collectors' producer from ``clients``."""
+    config = {**producer_tuning(settings), "partitioner": key_caching_partitioner(), **overrides}
 
     def connect() -> KafkaSender:
-        from kafka import KafkaProducer
-
-        return KafkaProducer(**config)  # type: ignore[no-any-return]
+        return clients.producer(role, **config)
 
     return connect
 
 
-def build_producer(settings: Any, *, source: str, registry: CollectorRegistry | None = None,
-                   **overrides: Any) -> BufferedProducer:
-    """The producer every ``tapas ingest`` source uses, configured from settings."""
+def build_producer(settings: Any, *, source: str, connect: Callable[[], KafkaSender],
+                   registry: CollectorRegistry | None = None) -> BufferedProducer:
+    """The producer every ``tapas ingest`` source uses, configured from settings (``tapas.bootstrap`` calls it)."""
     ing = settings.ingest
     spool = DiskSpool(ing.spool_dir / source, max_bytes=ing.max_spool_bytes) if ing.spool_dir else None
-    return BufferedProducer(kafka_connector(settings, **overrides), source=source,
+    return BufferedProducer(connect, source=source,
                             max_buffered=ing.max_buffered_samples, spool=spool,
                             retry_backoff_s=ing.retry_backoff_s, max_retry_backoff_s=ing.max_retry_backoff_s,
                             stall_timeout_s=ing.request_timeout_ms / 1000, metrics=IngestMetrics(source, registry))

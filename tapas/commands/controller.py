@@ -77,7 +77,7 @@ def controller(
     console.print(f"controller: {topology.num_servers} servers, endpoints {list(catalogue.endpoint_ids)}, "
                   f"mode {mode or settings.controller.mode}, policy {settings.controller.policy}; Ctrl-C to stop")
     clients = kafka_clients(settings)
-    producer = collector_producer(settings, source="controller", client_id=f"{settings.kafka.client_id}-controller")
+    producer = collector_producer(settings, source="controller", role="controller")
     ctl = run_service(settings, topology, catalogue, clients=clients, producer=producer, stop=stop, mode=chosen)
     console.print(f"controller stopped: {ctl.num_commands} commands issued, {ctl.num_refused} refused")
 

@@ -63,9 +63,10 @@ from contracts.messages import GpuSample, ServerForecast, decode
 from contracts.topics import topic_for
 from foundation.broker import EmbeddedBroker, free_port
 from foundation.settings import load_settings
-from ingest.producer import BufferedProducer, build_producer
+from ingest.producer import BufferedProducer
 from streams.state import ServerStates
 from streams.telemetry_factory import SyntheticTelemetry
+from tapas.bootstrap import collector_producer
 from tests.streams_helpers import WorkerProcess, collect, end_consumer
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
@@ -81,7 +82,7 @@ def _feed(bootstrap: str) -> BufferedProducer:
     settings = load_settings(kafka={"bootstrap_servers": bootstrap},
                              ingest={"request_timeout_ms": 1500, "retry_backoff_s": 0.2, "max_retry_backoff_s": 1.0,
                                      "linger_ms": 5})
-    return build_producer(settings, source="fault-test")
+    return collector_producer(settings, source="fault-test")
 
 
 def _tick(feed: BufferedProducer, fleet: SyntheticTelemetry, sent: dict[str, list[datetime]]) -> None:

@@ -19,7 +19,8 @@ from kafka import KafkaConsumer, TopicPartition
 from contracts import GpuReading, GpuSample, InletSample
 from foundation.broker import free_port
 from foundation.settings import load_settings
-from ingest.producer import build_producer, publish_all
+from ingest.producer import publish_all
+from tapas.bootstrap import collector_producer
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +65,7 @@ def test_counters_on_the_prometheus_endpoint(broker: Any) -> None:
     from prometheus_client import start_http_server
 
     settings = load_settings(kafka={"bootstrap_servers": broker.bootstrap})
-    producer = build_producer(settings, source="redfish")
+    producer = collector_producer(settings, source="redfish")
     at = datetime.now(UTC)
     good = InletSample(server_id="m1", sampled_at=at, inlet_temp_c=22.0)
     bad = GpuSample(server_id="m1", sampled_at=at, gpus=[

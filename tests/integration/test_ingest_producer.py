@@ -21,7 +21,8 @@ from kafka.errors import TopicAlreadyExistsError
 
 from foundation.broker import EmbeddedBroker, free_port
 from foundation.settings import load_settings
-from ingest.producer import BufferedProducer, build_producer
+from ingest.producer import BufferedProducer
+from tapas.bootstrap import collector_producer
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +44,7 @@ def producer_for(bootstrap: str, **ingest: object) -> BufferedProducer:
     settings = load_settings(kafka={"bootstrap_servers": bootstrap},
                              ingest={"request_timeout_ms": 1500, "retry_backoff_s": 0.2, "max_retry_backoff_s": 1.0,
                                      "linger_ms": 5, **ingest})
-    return build_producer(settings, source="test")
+    return collector_producer(settings, source="test")
 
 
 def read_all(bootstrap: str, expected: int, timeout_s: float = 20.0) -> list[dict[str, int]]:

@@ -4,7 +4,7 @@ The broker is the real embedded Tansu behind stunnel (``foundation.tls.TlsEmbedd
 with a certificate signed by a CA generated in the test; clients are configured only
 through ``Settings.kafka`` (``security_protocol="SSL"``, ``ssl_cafile``) and the
 project's own builders: ``kafka_python_kwargs``, ``aiokafka_kwargs`` and
-``streams.app.faust_settings`` (the stream worker's Faust configuration).
+``streams.app.faust_settings`` with ``tapas.bootstrap``'s Faust connection (the stream worker's configuration).
 """
 
 from __future__ import annotations
@@ -150,11 +150,12 @@ def test_faust_worker_configuration_produces_over_tls(tls_broker: TlsEmbeddedBro
     """The stream worker's Faust settings carry the TLS context; its producer reaches the TLS broker."""
     faust = pytest.importorskip("faust")
     from streams.app import faust_settings
+    from tapas.bootstrap import kafka_clients
 
     kafka = tls_broker.kafka_settings()
     topic = _new_topic(kafka, partitions=1)
     settings = Settings(kafka=kafka, worker=WorkerSettings(data_dir=tmp_path / "faust"))
-    conf = faust_settings(settings)
+    conf = faust_settings(settings, kafka_clients(settings).faust_kwargs())
     assert isinstance(conf.get("broker_credentials"), ssl.SSLContext), "worker must hand Faust the TLS context"
     app = faust.App(f"tls-test-{uuid.uuid4().hex[:6]}", **conf)
 
