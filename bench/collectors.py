@@ -11,7 +11,8 @@ Sources, all on 127.0.0.1:
   100 small files instead of 100 full ones.
 
 The collector is :class:`ingest.fleet.FleetPoller` in this process at the default
-intervals (Redfish 10 s, SNMP 2 s) with the default 32 polls in flight; its sink
+intervals (Redfish 10 s, SNMP 2 s) with the default 32 polls in flight
+(``TAPAS_BENCH_COLLECTORS_IN_FLIGHT`` to try another bound); its sink
 counts messages (no Kafka: the producer has its own benchmark). CPU is this
 process's (all threads) over a measurement window after one Redfish interval of
 warm-up (the first poll of a BMC walks its chassis: discovery), so the window is
@@ -165,6 +166,7 @@ def _measure_fleet(specs: list[Any], *, warmup_s: float, window_s: float, max_in
     time.sleep(warmup_s)
     cpu0, polls0, err0, late0, n0 = (time.process_time(), poller.stats.num_polls, poller.stats.num_errors,
                                      poller.stats.num_late, len(poller.stats.lateness_s))
+    busy0 = {st.spec.name: (st.busy_s, st.num_polls) for st in poller.states}
     kinds0 = dict(kinds)
     srv0 = [_proc_cpu_s(p) for p in servers]
     t0 = time.monotonic()
@@ -173,6 +175,11 @@ def _measure_fleet(specs: list[Any], *, warmup_s: float, window_s: float, max_in
                                      poller.stats.num_late, len(poller.stats.lateness_s))
     srv1 = [_proc_cpu_s(p) for p in servers]
     elapsed = time.monotonic() - t0
+    busy: dict[str, list[float]] = {"redfish": [0.0, 0.0], "snmp": [0.0, 0.0]}
+    for st in poller.states:
+        b, n = busy0[st.spec.name]
+        busy[st.spec.kind][0] += st.busy_s - b
+        busy[st.spec.kind][1] += st.num_polls - n
     kinds1 = dict(kinds)
     runner.join()
     poller.close()
@@ -191,6 +198,8 @@ def _measure_fleet(specs: list[Any], *, warmup_s: float, window_s: float, max_in
         "fleet_lateness_p99_s": float(np.quantile(lateness, 0.99)) if lateness.size else float("nan"),
         "servers_cpu_s_per_s": (sum(srv1) - sum(srv0)) / elapsed,
         "fleet_rss_mib": _proc_rss_mib(os.getpid()),
+        "fleet_redfish_poll_wall_ms": 1000.0 * busy["redfish"][0] / max(busy["redfish"][1], 1.0),
+        "fleet_snmp_poll_wall_ms": 1000.0 * busy["snmp"][0] / max(busy["snmp"][1], 1.0),
     }
 
 
@@ -230,7 +239,8 @@ def _measure_processes(cmds: list[list[str]], *, startup_s: float, window_s: flo
 def run(quick: bool = False) -> dict[str, Any]:
     """The fleet collector against 500 + 100 loopback devices (quick: 50 + 10), with the per-process baseline."""
     num_bmcs, num_pdus = (50, 10) if quick else (500, 100)
-    redfish_interval_s, snmp_interval_s, max_in_flight = 10.0, 2.0, 32
+    redfish_interval_s, snmp_interval_s = 10.0, 2.0
+    max_in_flight = int(os.environ.get("TAPAS_BENCH_COLLECTORS_IN_FLIGHT", "32"))  # the fleet default
     warmup_s, window_s = (11.0, 8.0) if quick else (12.0, 40.0)
     root = _data_dir() / "redfish-mockup" / "public-rackmount1"
     if not (root / "index.json").exists():

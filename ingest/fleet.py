@@ -244,6 +244,8 @@ class SourceState:
     consecutive_errors: int = 0
     max_lateness_s: float = 0.0
     last_error: str | None = None
+    busy_s: float = 0.0
+    """Wall seconds its polls took (building the source included)."""
 
 
 @dataclass
@@ -297,9 +299,13 @@ class FleetPoller:
         self._stop.set()
 
     def _poll(self, st: SourceState) -> Sequence[Contract]:
-        if st.source is None:
-            st.source = st.spec.build()
-        return st.source.read()
+        t0 = time.perf_counter()
+        try:
+            if st.source is None:
+                st.source = st.spec.build()
+            return st.source.read()
+        finally:
+            st.busy_s += time.perf_counter() - t0
 
     def _backoff_s(self, st: SourceState) -> float:
         base = st.spec.interval_s * 2.0 ** min(st.consecutive_errors, 30)
