@@ -42,7 +42,7 @@ def influxd_binary() -> str | None:
     return shutil.which("influxd") or ("/usr/bin/influxd" if Path("/usr/bin/influxd").exists() else None)
 
 
-def start_influxd(root: Path, *, auth: bool = False,
+def start_influxd(root: Path, *, auth: bool = False, http_port: int | None = None,
                   timeout_s: float = 30.0) -> tuple[subprocess.Popen[bytes], str]:
     """Start ``influxd`` with its data under ``root``; returns the process and its URL once ``/ping`` is 204.
 
@@ -52,7 +52,7 @@ def start_influxd(root: Path, *, auth: bool = False,
     binary = influxd_binary()
     if binary is None:
         raise FileNotFoundError("influxd not installed (apt-get install influxdb; .ci/run does it)")
-    http_port, rpc_port = free_port(), free_port()
+    http_port, rpc_port = http_port or free_port(), free_port()
     config = root / "influxd.conf"
     config.write_text(_CONFIG.format(root=root, rpc_port=rpc_port, http_port=http_port,
                                      auth="true" if auth else "false"))

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -166,6 +167,7 @@ class InfluxQLStore:
         self.min_backoff_s = min_backoff_s
         self._sleep = sleep
         self._pending: list[str] = []
+        self._pending_lock = threading.Lock()
         self.num_written = 0
         self.num_retries = 0
 
@@ -249,8 +251,11 @@ class InfluxQLStore:
         A bad point raises :class:`StoreError` at once (nothing is buffered); a failed
         batch write raises as :meth:`flush` does.
         """
-        self._pending.append(encode_point(point))
-        if len(self._pending) >= self.batch_size:
+        line = encode_point(point)
+        with self._pending_lock:
+            self._pending.append(line)
+            full = len(self._pending) >= self.batch_size
+        if full:
             self.flush()
         return len(self._pending) < self.max_pending
 
@@ -261,16 +266,17 @@ class InfluxQLStore:
         many); a batch the server refuses (field-type conflict, auth) is dropped, and
         the error says so, rather than blocking every later point.
         """
-        while self._pending:
-            batch = self._pending[:self.batch_size]
-            try:
-                self._post_lines(batch)
-            except _Unreachable as exc:
-                raise StoreError(f"{exc}; {len(self._pending)} points stay buffered") from exc
-            except StoreError as exc:
+        with self._pending_lock:
+            while self._pending:
+                batch = self._pending[:self.batch_size]
+                try:
+                    self._post_lines(batch)
+                except _Unreachable as exc:
+                    raise StoreError(f"{exc}; {len(self._pending)} points stay buffered") from exc
+                except StoreError as exc:
+                    del self._pending[:len(batch)]
+                    raise StoreError(f"{exc}; {len(batch)} refused points dropped") from exc
                 del self._pending[:len(batch)]
-                raise StoreError(f"{exc}; {len(batch)} refused points dropped") from exc
-            del self._pending[:len(batch)]
 
     @property
     def pending(self) -> int:

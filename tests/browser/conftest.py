@@ -244,7 +244,8 @@ def live_dashboard(broker: Any, topic_factory: Callable[..., str], data_dir: Pat
                                            workdir=tmp_path, layout=layout, **sim).start()
         else:
             publisher = PipelinePublisher(broker.bootstrap, topics, topo).start(backfill_s)
-        app = create_app(view, refresh_s=refresh_s, username=username, password=password)
+        app = create_app(view, refresh_s=refresh_s, username=username, password=password,
+                         consuming=lambda: consumer.alive)
         live = LiveDashboard(app, view, topo, publisher, consumer)
         started.append(live)
         return live

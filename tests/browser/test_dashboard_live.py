@@ -186,6 +186,8 @@ def test_stale_state_appears_when_the_feed_stops(dash_duo: Any, live_dashboard: 
     _wait(lambda: "data is stale since" in dash_duo.find_element("#stale-banner").text, 10, "stale banner")
     assert time.monotonic() - stopped < 3.0 + 2 * 1.5 + 2.0  # stale_after_s + two refreshes + transport
     dash_duo.wait_for_text_to_equal("#status", "STALE", timeout=3)
+    ready = requests.get(dash_duo.server.url.rstrip("/") + "/readyz", timeout=5)
+    assert ready.status_code == 503 and ready.json()["stale"] and ready.json()["age_s"] > 3.0, ready.text
     text = dash_duo.find_element("#stale-banner").text
     since = re.search(r"stale since (\d\d:\d\d:\d\d) UTC", text)
     assert since is not None, text
@@ -207,6 +209,11 @@ def test_basic_auth_in_the_browser(dash_duo: Any, live_dashboard: Any) -> None:
     assert requests.get(url + "/", timeout=5).status_code == 401
     assert requests.get(url + "/_dash-layout", auth=("ops", "wrong"), timeout=5).status_code == 401
     assert requests.get(url + "/_dash-layout", auth=("ops", "s3cret-pw"), timeout=5).status_code == 200
+    # the probes stay open for orchestrators, which send no credentials
+    alive = requests.get(url + "/healthz", timeout=5)
+    assert alive.status_code == 200 and alive.json() == {"service": "dashboard", "alive": True}
+    _wait(lambda: requests.get(url + "/readyz", timeout=5).status_code == 200, 15, "readyz 200 with auth on")
+    assert requests.get(url + "/readyz", timeout=5).json()["consuming"]
 
     # Chrome drops credentials embedded in the URL for the page's XHRs; send the header the way a
     # browser does after the login prompt.

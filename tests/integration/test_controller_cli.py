@@ -3,11 +3,13 @@ exposes its Prometheus gauges and exits cleanly on SIGTERM."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -21,9 +23,9 @@ pytestmark = pytest.mark.integration
 
 def test_controller_process_mode_switch_metrics_and_sigterm(broker: object) -> None:
     bootstrap = broker.bootstrap  # type: ignore[attr-defined]
-    metrics_port = free_port()
+    metrics_port, health_port = free_port(), free_port()
     env = {**os.environ, "TAPAS_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-           "TAPAS_CONTROLLER__METRICS_PORT": str(metrics_port)}
+           "TAPAS_CONTROLLER__METRICS_PORT": str(metrics_port), "TAPAS_CONTROLLER__HEALTH_PORT": str(health_port)}
     events = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     parts = [TopicPartition("tapas.events", p) for p in sorted(events.partitions_for_topic("tapas.events") or {0})]
     events.assign(parts)
@@ -41,6 +43,13 @@ def test_controller_process_mode_switch_metrics_and_sigterm(broker: object) -> N
             except OSError:
                 time.sleep(0.3)
         assert "tapas_controller_enforce 0.0" in body
+        with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=2) as alive:
+            assert alive.status == 200 and json.loads(alive.read()) == {"service": "controller", "alive": True}
+        try:  # no forecasts flow in this test: not ready, and the body says why
+            urllib.request.urlopen(f"http://127.0.0.1:{health_port}/readyz", timeout=2)
+            raise AssertionError("/readyz answered 200 without any forecast")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 503 and json.loads(exc.read())["reason"] == "no input received yet"
         switched = subprocess.run([sys.executable, "-m", "tapas.cli", "controller", "mode", "enforce", "--by", "ci"],
                                   env=env, capture_output=True, text=True, timeout=60)
         assert switched.returncode == 0, switched.stderr
