@@ -104,6 +104,10 @@ __all__ = ["Controller", "ControllerTopics", "Outgoing", "cap_to_commands", "cha
 
 log = logging.getLogger(__name__)
 
+MAX_REPORTED_UNKNOWN = 100_000
+"""Most unknown server ids reported one by one; beyond that they are only counted."""
+
+
 @dataclass(frozen=True)
 class ControllerTopics:
     """Topic names the service reads and writes (the topic table's by default; tests use unique ones)."""
@@ -216,6 +220,8 @@ class Controller:
         self._snapshot_at: datetime | None = None
         self.num_refused = 0
         self.num_commands = 0
+        self._reported_unknown: set[str] = set()
+        """Servers outside the topology already reported by an ``unknown_server`` event."""
         self.lock = threading.RLock()
         """Held by the service loop while it handles input and ticks, and by the placement API (controller.api)."""
         self.metrics.mode_enforce.set(1.0 if self.mode == "enforce" else 0.0)
@@ -224,13 +230,13 @@ class Controller:
     def handle(self, topic: str, message: Contract, *, now: datetime) -> list[Outgoing]:
         """Take one decoded input message; returns what it causes to be published right away."""
         if isinstance(message, ServerForecast):
-            seen = len(self.state.unknown_server_ids)
             if self.state.add_server_forecast(message, received_at=now):
                 self._snapshot = None
                 return []
             self.metrics.unknown_forecasts.inc()
-            if len(self.state.unknown_server_ids) == seen:
-                return []  # already reported once
+            if message.server_id in self._reported_unknown or len(self._reported_unknown) >= MAX_REPORTED_UNKNOWN:
+                return []  # reported once already (or a flood of bad ids: counted only)
+            self._reported_unknown.add(message.server_id)
             log.warning("event=unknown_server server=%s (not in the inventory: check TAPAS_TOPOLOGY__INVENTORY)",
                         message.server_id)
             digest = hashlib.sha1(message.server_id.encode(), usedforsecurity=False).hexdigest()[:12]

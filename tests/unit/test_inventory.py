@@ -170,3 +170,14 @@ def test_controller_reports_each_unknown_server_once_and_counts_every_forecast()
                                                              ("unknown_server", "ghost-2")]
     assert len({e.event_id for e in events}) == 2
     assert metrics.unknown_forecasts._value.get() == 4
+
+
+def test_unknown_server_seen_first_in_a_gpu_sample_is_still_reported_on_its_forecast() -> None:
+    from tests.controller_world import gpu_sample
+
+    topo = generate_inventory(8).to_topology()
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    ctl = Controller(topo, world_catalogue(), ControllerSettings(), metrics=ControllerMetrics(), started_at=now)
+    assert ctl.handle(ctl.topics.gpu_samples, gpu_sample("ghost-9", now), now=now) == []
+    out = ctl.handle(ctl.topics.server_forecasts, forecast("ghost-9", now), now=now)
+    assert [o.message.event_kind for o in out if isinstance(o.message, ControlEvent)] == ["unknown_server"]
