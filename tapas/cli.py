@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "foundation",
     "simulate",
     "controller",
+    "router",
     "forecasting",
     "streams",
     "ingest",
