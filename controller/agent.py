@@ -342,6 +342,11 @@ def run_agent(settings: Settings, server_id: str, control: GpuControl, *, stop: 
                              max_block_ms=1000, request_timeout_ms=5000, reconnect_backoff_max_ms=2000)
     outbox: deque[Contract] = deque(maxlen=10_000)
     key = server_id.encode()
+    metrics_server = None
+    if cs.agent_metrics_port:
+        from controller.agent_metrics import serve_agent_metrics
+
+        metrics_server = serve_agent_metrics(agent, cs.agent_metrics_port, cs.agent_metrics_addr)
     try:
         parts = consumer.partitions_for_topic(commands_topic) or {0}
         tps = [TopicPartition(commands_topic, p) for p in sorted(parts)]
@@ -391,6 +396,8 @@ def run_agent(settings: Settings, server_id: str, control: GpuControl, *, stop: 
         consumer.close()
         _flush(producer, outbox, status_topic, events_topic, key)
         producer.close(timeout=5)
+        if metrics_server is not None:
+            metrics_server.shutdown()  # type: ignore[attr-defined]
     return agent
 
 

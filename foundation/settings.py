@@ -91,6 +91,10 @@ class ControllerSettings(BaseModel):
     agent_safe_power_frac: float = Field(
         default=0.75, gt=0, le=1,
         description="Node agent: safe cap = this fraction of each GPU's default power limit while the broker is lost.")
+    agent_metrics_port: int = Field(default=0, ge=0, le=65535, description="Node agent: Prometheus port of "
+                                    "tapas_agent_safe_cap_active and the command counts (0 = off).")
+    agent_metrics_addr: str = Field(default="0.0.0.0", description="Node agent: bind address of its metrics "  # noqa: S104
+                                    "port (0.0.0.0: scraped by Prometheus from outside the pod).")
 
 
 class DashboardSettings(BaseModel):
