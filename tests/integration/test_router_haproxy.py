@@ -138,3 +138,17 @@ def test_haproxy_weights_follow_routing_weights_within_one_tick(
         t.join(20)
         producer.close()
     assert not t.is_alive()
+
+
+def test_cli_refuses_a_map_naming_servers_haproxy_lacks(haproxy: tuple[Haproxy, Backends], tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    h, _backends = haproxy
+    routes = tmp_path / "routes.map"
+    routes.write_text("inst-0 llama/s0\ninst-7 llama/s7\ninst-8 other/s0\n")
+    proc = subprocess.run([sys.executable, "-m", "tapas.cli", "router", "haproxy", "--socket", str(h.socket),
+                           "--map", str(routes)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "has no server llama/s7, other/s0" in proc.stderr
+    assert h.runtime.weights()[ServerRef("llama", "s0")] == 10  # nothing was set
