@@ -24,7 +24,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
-	$(BIN)/mypy contracts controller simulator forecasting streams ingest dashboard tapas bench foundation
+	$(BIN)/mypy contracts controller simulator forecasting streams ingest dashboard tapas bench foundation router
 
 test: lint typecheck
 	$(BIN)/python -m pytest -m "not fuzz and not slow" $(PYTEST_ARGS)

@@ -5,7 +5,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from contracts.messages import ALL_MESSAGES
+from contracts.messages import ALL_MESSAGES, SCHEMA_VERSION
+
+#: The dialect pydantic's ``model_json_schema`` writes.
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def schema_id(message_name: str) -> str:
+    """A schema's ``$id``: a URN the project controls (no domain it does not own), with the contract version.
+
+    Examples:
+        >>> schema_id("routing_weights")  # doctest: +ELLIPSIS
+        'urn:tapas:contracts:routing_weights:1...'
+    """
+    return f"urn:tapas:contracts:{message_name}:{SCHEMA_VERSION}"
 
 
 def schema_documents() -> dict[str, str]:
@@ -13,7 +26,8 @@ def schema_documents() -> dict[str, str]:
     docs: dict[str, str] = {}
     for model in ALL_MESSAGES:
         schema = model.model_json_schema(mode="serialization")
-        schema["$id"] = f"https://tapas.dev/contracts/{model.message_name}.json"
+        schema["$schema"] = JSON_SCHEMA_DIALECT
+        schema["$id"] = schema_id(model.message_name)
         docs[f"{model.message_name}.json"] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
     return docs
 

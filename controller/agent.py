@@ -355,6 +355,11 @@ def run_agent(settings: Settings, server_id: str, control: GpuControl, *, client
     outbox: deque[Contract] = deque(maxlen=10_000)
     key = server_id.encode()
     health_server: HealthServer | None = None
+    metrics_server = None
+    if cs.agent_metrics_port:
+        from controller.agent_metrics import serve_agent_metrics
+
+        metrics_server = serve_agent_metrics(agent, cs.agent_metrics_port, cs.agent_metrics_addr)
     try:
         # no record that late, or no timestamp index: read from the beginning, expiry filters
         since = Since(now_fn() - timedelta(seconds=cs.max_command_ttl_s), otherwise="beginning")
@@ -406,6 +411,8 @@ def run_agent(settings: Settings, server_id: str, control: GpuControl, *, client
         consumer.close()
         _flush(producer, outbox, status_topic, events_topic, key)
         producer.close(timeout=5)
+        if metrics_server is not None:
+            metrics_server.shutdown()  # type: ignore[attr-defined]
     return agent
 
 

@@ -132,6 +132,10 @@ class ControllerSettings(BaseModel):
     agent_safe_power_frac: float = Field(
         default=0.75, gt=0, le=1,
         description="Node agent: safe cap = this fraction of each GPU's default power limit while the broker is lost.")
+    agent_metrics_port: int = Field(default=0, ge=0, le=65535, description="Node agent: Prometheus port of "
+                                    "tapas_agent_safe_cap_active and the command counts (0 = off).")
+    agent_metrics_addr: str = Field(default="0.0.0.0", description="Node agent: bind address of its metrics "  # noqa: S104
+                                    "port (0.0.0.0: scraped by Prometheus from outside the pod).")
 
 
 class DashboardSettings(BaseModel):
@@ -230,6 +234,27 @@ class IngestSettings(BaseModel):
     device_timeout_s: float = Field(default=5.0, gt=0, description="Timeout of one BMC (Redfish) or PDU (SNMP) request.")
 
 
+class RouterSettings(BaseModel):
+    """Router adapters that consume ``tapas.routing.weights`` (``tapas router haproxy``, ``tapas router sidecar``)."""
+
+    tick_s: float = Field(default=1.0, gt=0, description="How often the router applies the latest weights.")
+    stale_after_s: float = Field(
+        default=15.0, gt=0,
+        description="Weights older than this (or past their valid_until) are stale: the router falls back to "
+                    "equal weights, as a router without TAPAS would run.")
+    reconcile_s: float = Field(default=10.0, gt=0, description="Re-apply every weight this often (undoes manual "
+                                                                "changes through the HAProxy socket).")
+    socket_timeout_s: float = Field(default=2.0, gt=0, description="Timeout of one HAProxy runtime API command.")
+    metrics_port: int = Field(default=0, ge=0, le=65535, description="Port of /metrics, /healthz and /readyz of "
+                                                                     "`tapas router haproxy` (0 = off).")
+    metrics_addr: str = Field(default="0.0.0.0", description="Bind address of the router's and the sidecar's "  # noqa: S104
+                                                             "HTTP endpoint (0.0.0.0: scraped from other pods).")
+    sidecar_port: int = Field(default=9109, ge=1, le=65535, description="Port of `tapas router sidecar`'s "
+                                                                        "/metrics, /healthz and /readyz.")
+    upstream_timeout_s: float = Field(default=1.0, gt=0, description="Sidecar: timeout fetching the model "
+                                                                     "server's own /metrics (--upstream).")
+
+
 class Settings(BaseSettings):
     """Everything configurable in TAPAS. Environment: ``TAPAS_<FIELD>``, nested ``TAPAS_<GROUP>__<FIELD>``."""
 
@@ -252,6 +277,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     topology: TopologySettings = Field(default_factory=TopologySettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    router: RouterSettings = Field(default_factory=RouterSettings)
 
     @classmethod
     def settings_customise_sources(

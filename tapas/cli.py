@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "inventory",
     "simulate",
     "controller",
+    "router",
     "forecasting",
     "streams",
     "ingest",

@@ -43,7 +43,8 @@ def test_advisory_commands_are_shown_then_enforced_after_mode_switch(broker: obj
         ready.set()
 
     agent_thread = threading.Thread(target=run_agent, args=(settings, hot_server, gpus), kwargs=dict(
-        clients=kafka_clients(settings), stop=stop, commands_topic=topics.commands, status_topic=topics.status, events_topic=topics.events,
+        clients=kafka_clients(settings), stop=stop, commands_topic=topics.commands, status_topic=topics.status,
+        events_topic=topics.events,
         on_ready=on_ready))
     status = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     status.assign([TopicPartition(topics.status, 0), TopicPartition(topics.events, 0)])
@@ -112,7 +113,7 @@ def test_agent_healthz_and_readyz_report_broker_staleness_and_safe_mode(broker: 
 
     # health_every_s=600: the broker check does not run during the test, so only the clock ages it
     thread = threading.Thread(target=run_agent, args=(settings, "node-7", DryRunGpuControl(num_gpus=2)), kwargs=dict(
-        stop=stop, commands_topic=topic_factory("cmd"), status_topic=topic_factory("st"),
+        clients=kafka_clients(settings), stop=stop, commands_topic=topic_factory("cmd"), status_topic=topic_factory("st"),
         events_topic=topic_factory("ev"), on_ready=on_ready, health_every_s=600.0,
         clock=lambda: datetime.now(UTC) + skew[0]))
     thread.start()
