@@ -207,7 +207,7 @@ def _plan_power(
         idle = snapshot.gpu_idle_power_w[srv]
         floor = idle + MIN_GPU_POWER_FRAC * (snapshot.gpu_tdp_w[srv] - idle)
         level = _water_level(p, n, floor, excess)
-        limit = np.maximum(np.minimum(p, level), floor)
+        limit = np.minimum(p, np.maximum(level, floor))
         saved = float((n * (p - limit)).sum())
         pred[r] -= saved
         perf = estimated_perf_frac(limit, p, idle)
@@ -265,13 +265,17 @@ def _plan_power(
 
 
 def _water_level(power_w: FloatArray, num: FloatArray, floor_w: FloatArray, excess_w: float) -> float:
-    """Largest per-GPU level L with sum(num × (power − max(min(power, L), floor))) >= excess (or the floor)."""
+    """Largest per-GPU level L with sum(num × (power − min(power, max(L, floor)))) >= excess (or the floor).
+
+    A GPU already below its floor saves nothing (its limit is never above what it draws), rather than
+    counting as negative saving that would hide the others' caps from the row's predicted power.
+    """
     lo, hi = float(floor_w.min()), float(power_w.max())
     if hi <= lo:
         return lo
 
     def saved(level: float) -> float:
-        lim = np.maximum(np.minimum(power_w, level), floor_w)
+        lim = np.minimum(power_w, np.maximum(level, floor_w))
         return float((num * (power_w - lim)).sum())
 
     if saved(lo) < excess_w:
