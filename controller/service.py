@@ -47,6 +47,7 @@ from functools import partial
 from typing import Literal
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from contracts import (
     CommandStatus,
@@ -84,6 +85,7 @@ from controller.core.snapshot import PlacementRequest as CorePlacementRequest
 from controller.core.snapshot import ReconfigParams as CoreReconfigParams
 from controller.metrics import ControllerMetrics
 from controller.safety import SafetyBounds, SafetyGate, make_command_id, refusal_event
+from controller.signing import load_signing_key, sign_command
 from controller.snapshot_builder import LiveState, build_snapshot
 from foundation.settings import ControllerSettings, Settings, kafka_python_kwargs
 from foundation.topology import Topology
@@ -746,6 +748,10 @@ def run_service(settings: Settings, topology: Topology, catalogue: Catalogue, *,
     cs = settings.controller
     kw = kafka_python_kwargs(settings.kafka)
     controller = Controller(topology, catalogue, cs, mode=mode, topics=topics, metrics=metrics, started_at=now_fn())
+    signing_key = load_signing_key(cs)
+    if signing_key is None:
+        log.warning("event=commands_unsigned reason='no controller.command_signing_key(_file)': agents in enforce "
+                    "mode refuse unsigned commands")
     consumer = KafkaConsumer(**kw, client_id=f"{settings.kafka.client_id}-controller", enable_auto_commit=False,
                              group_id=None)
     # Outputs go through the collectors' buffered producer: bounded FIFO, in-order retries across a
@@ -800,7 +806,7 @@ def run_service(settings: Settings, topology: Topology, catalogue: Catalogue, *,
                 out += _contained(controller, "tick", lambda: controller.tick(now_fn()))
                 next_tick = max(next_tick + cs.tick_s, time.monotonic())
             for o in out:
-                producer.publish(o.topic, o.key.encode(), o.message.to_bytes())
+                producer.publish(o.topic, o.key.encode(), signed(o.message, signing_key).to_bytes())
             producer.pump()
     finally:
         consumer.close()
@@ -808,6 +814,13 @@ def run_service(settings: Settings, topology: Topology, catalogue: Catalogue, *,
         if metrics_server is not None:
             metrics_server.shutdown()  # type: ignore[attr-defined]
     return controller
+
+
+def signed(message: Contract, key: Ed25519PrivateKey | None) -> Contract:
+    """Sign a command on its way out (the one place commands are signed); other messages pass unchanged."""
+    if key is None or not isinstance(message, ReconfigCommand):
+        return message
+    return sign_command(message, key)
 
 
 def _restore_commands(kw: dict[str, object], topic: str, controller: Controller, now: datetime,
