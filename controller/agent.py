@@ -607,11 +607,14 @@ def _connect(settings: Settings, server_id: str, commands_topic: str,
     # An offset out of range (a broker that restarted with an empty log, or retention) resets to the
     # earliest retained command rather than the latest: the ledger drops ids already applied and the
     # expiry drops stale ones, while "latest" would skip commands published just after the restart.
-    consumer = KafkaConsumer(**kw, client_id=f"{settings.kafka.client_id}-agent-{server_id}", group_id=None,
+    # Fail fast while the broker is away (kafka-python's default waits 30 s per attempt, during which the
+    # agent would enforce neither the safe cap nor expiries); older kafka-python has no such option.
+    fast = {"bootstrap_timeout_ms": 3000} if "bootstrap_timeout_ms" in KafkaConsumer.DEFAULT_CONFIG else {}
+    consumer = KafkaConsumer(**kw, **fast, client_id=f"{settings.kafka.client_id}-agent-{server_id}", group_id=None,
                              enable_auto_commit=False, request_timeout_ms=5000, fetch_max_wait_ms=500,
                              reconnect_backoff_max_ms=2000, auto_offset_reset="earliest")
     try:
-        producer = KafkaProducer(**kw, client_id=f"{settings.kafka.client_id}-agent-{server_id}", acks=1,
+        producer = KafkaProducer(**kw, **fast, client_id=f"{settings.kafka.client_id}-agent-{server_id}", acks=1,
                                  enable_idempotence=False,
                                  max_block_ms=1000, request_timeout_ms=5000, reconnect_backoff_max_ms=2000)
     except Exception:
