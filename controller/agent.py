@@ -25,9 +25,20 @@ capped at that fraction stays within its share of it without any message. Active
 commands stay in force until their expiry. The cap is lifted as soon as the broker
 answers again.
 
-**Dry run.** Without an NVIDIA driver (or with ``--dry-run``) the agent runs in dry-run
-mode, says so at start and in every status (``dry_run``), and only records what it
-would have set. ``mode="advisory"`` commands are reported ``dry_run`` and never applied.
+**Signed commands, the agent's clock.** Enforce commands must carry a valid Ed25519
+signature from a pinned controller key (``controller.signing``); the gate checks
+``issued_at`` and the remaining lifetime against the agent's own clock, counts the rate
+per GPU, and lets an emergency skip the rate limit only when it tightens. ``--max-mode
+advisory`` caps every command at advisory. SECURITY.md#commands says what is checked.
+
+**Caps never outlive the agent.** What it applies is persisted first
+(:class:`AgentStateFile`); at start-up it reconciles against that file, applies the
+safe cap while the broker does not answer, and on stop lifts every cap it set.
+
+**Dry run.** With ``--dry-run`` the agent runs in dry-run mode, says so at start and in
+every status (``dry_run``), and only records what it would have set. Without an NVIDIA
+driver it refuses to start unless ``--dry-run`` or ``--max-mode advisory``.
+``mode="advisory"`` commands are reported ``dry_run`` and never applied.
 
 **Serving-layer commands** (``layer="serving"``: batch size, tensor parallelism,
 precision, model variant) are not for the host: the agent ignores them; the inference
