@@ -511,6 +511,7 @@ EventKind = Literal[
     "mode_changed",
     "emergency_plan",
     "emergency_cleared",
+    "command_not_applied",
 ]
 
 

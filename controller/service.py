@@ -177,6 +177,7 @@ class Controller:
         self.intents: dict[str, tuple[str, datetime]] = {}
         """instance id -> (config id last commanded, when those commands expire)."""
         self._command_instance: dict[str, str] = {}
+        self._enforced: dict[str, ReconfigCommand] = {}  # enforce commands published and still in the ledger
         """command id -> instance id, for commands behind an intent (bounded by forget_expired)."""
         self.last_reconfig_at: datetime | None = None
         self._snapshot: Snapshot | None = None
@@ -213,6 +214,7 @@ class Controller:
         if isinstance(message, ControlEvent):
             return self.on_event(message, now=now)
         if isinstance(message, CommandStatus):
+            alarm = self._alarm_not_applied(message, now)
             if message.status in ("refused", "failed"):
                 log.warning("event=command_%s command=%s server=%s detail=%s", message.status, message.command_id,
                             message.server_id, message.detail)
@@ -220,8 +222,23 @@ class Controller:
                 instance = self._command_instance.pop(message.command_id, None)
                 if instance is not None:
                     self.intents.pop(instance, None)
-            return []
+            return alarm
         return []
+
+    def _alarm_not_applied(self, status: CommandStatus, now: datetime) -> list[Outgoing]:
+        """A metric and a critical event when an agent did not apply an enforce command (dry run, failure)."""
+        cmd = self._enforced.get(status.command_id)
+        if cmd is None or status.status not in ("dry_run", "failed"):
+            return []
+        self.metrics.not_applied.labels(status.status).inc()
+        log.error("event=enforce_command_not_applied command=%s server=%s status=%s detail=%s", cmd.command_id,
+                  status.server_id, status.status, status.detail)
+        ev = ControlEvent(event_id=f"notapplied-{cmd.command_id}"[:64], event_kind="command_not_applied",
+                          severity="critical", occurred_at=now, domain_kind="server", domain_id=status.server_id[:128],
+                          detail=(f"enforce command {cmd.command_id} ({cmd.action}, trigger {cmd.trigger or '-'}) "
+                                  f"was not applied by agent {status.server_id}: {status.status}: "
+                                  f"{status.detail}")[:4000])
+        return [Outgoing(self.topics.events, status.server_id, ev)]
 
     def set_mode(self, msg: ControllerMode, *, now: datetime) -> list[Outgoing]:
         """Switch advisory/enforce. Retained messages older than our start do not override a ``--mode`` flag."""
@@ -297,6 +314,8 @@ class Controller:
             del self.intents[iid]
         for cid in [c for c in self._command_instance if not self.gate.ledger.seen(c)]:
             del self._command_instance[cid]
+        for cid in [c for c in self._enforced if not self.gate.ledger.seen(c)]:
+            del self._enforced[cid]
         self.metrics.forecast_age.set(min(self.state.forecast_age_s(now), 1e9))
         self.metrics.tick_seconds.set(time.perf_counter() - t0)
         return out
@@ -440,6 +459,8 @@ class Controller:
                ) -> list[Outgoing]:
         verdict = self.gate.admit(cmd, now=now, capacity_frac_after=capacity_frac_after)
         if verdict.ok:
+            if cmd.mode == "enforce":
+                self._enforced[cmd.command_id] = cmd
             self.num_commands += 1
             self.metrics.commands.labels(cmd.action).inc()
             return [Outgoing(self.topics.commands, cmd.server_id, cmd)]
