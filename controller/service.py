@@ -139,6 +139,7 @@ class ActiveEmergency:
     event: ControlEvent
     plan: EmergencyPlan | None = None
     capped_servers: set[str] = field(default_factory=set)
+    renew_caps_at: datetime | None = None  # when the plan's caps must be re-issued to outlive max_command_ttl_s
 
 
 def _ts(seconds: float) -> datetime:
@@ -300,6 +301,7 @@ class Controller:
         out: list[Outgoing] = []
         out += self._check_staleness(now)
         out += self._expire_emergencies(now)
+        out += self._renew_emergency_caps(now)
         snap = self.snapshot(now)
         out += self._routing(snap, now)
         due = self.last_reconfig_at is None or (
@@ -578,7 +580,26 @@ class Controller:
                 sent = self._admit(cmd, now)
                 if any(o.topic == self.topics.commands for o in sent):
                     active.capped_servers.add(cap.server_id)
+                    if active.event.ends_at is None or cmd.expires_at < active.event.ends_at:
+                        at = cmd.expires_at - (cmd.expires_at - cmd.issued_at) / 3
+                        active.renew_caps_at = at if active.renew_caps_at is None else min(active.renew_caps_at, at)
                 out += sent
+        return out
+
+    def _renew_emergency_caps(self, now: datetime) -> list[Outgoing]:
+        """Re-issue an emergency's IaaS caps (new ids) when a third of their life is left and the emergency lasts.
+
+        Commands live at most ``max_command_ttl_s`` (900 s); without this a one-hour power
+        emergency's caps lapsed at 900 s while the controller still listed them in force.
+        """
+        out: list[Outgoing] = []
+        for active in self.emergencies.values():
+            if active.plan is None or active.renew_caps_at is None or now < active.renew_caps_at:
+                continue
+            active.renew_caps_at = None
+            caps = [replace(c, issued_at_s=now.timestamp()) for c in active.plan.caps]
+            log.info("event=emergency_caps_renewed id=%s caps=%d", active.event.event_id, len(caps))
+            out += self._issue_caps(active, caps, now)
         return out
 
     def _clear(self, ev: ControlEvent, now: datetime) -> list[Outgoing]:
