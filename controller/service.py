@@ -252,7 +252,21 @@ class Controller:
         self.intents.clear()  # commands issued in the other mode are re-issued in this one
         log.info("event=mode_changed from=%s to=%s by=%s", old, msg.mode, msg.changed_by)
         return [self._event("mode_changed", "info", now, detail=f"controller mode {old} -> {msg.mode} "
-                                                              f"by {msg.changed_by}")]
+                                                              f"by {msg.changed_by}")] + self._reissue_plans(now)
+
+    def _reissue_plans(self, now: datetime) -> list[Outgoing]:
+        """After a mode switch, re-issue the active emergencies' caps in the new mode (new ids).
+
+        Their commands went out in the old mode: switching advisory -> enforce mid-emergency
+        otherwise never enforced the plan.
+        """
+        out: list[Outgoing] = []
+        for active in self.emergencies.values():
+            if active.plan is not None and active.plan.caps:
+                active.renew_caps_at = None
+                out += self._issue_caps(active, [replace(c, issued_at_s=now.timestamp()) for c in active.plan.caps],
+                                        now)
+        return out
 
     # ------------------------------------------------------------------ snapshot
     def snapshot(self, now: datetime) -> Snapshot:

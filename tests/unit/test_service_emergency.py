@@ -118,3 +118,18 @@ def test_emergency_caps_are_renewed_for_as_long_as_the_emergency_lasts() -> None
         lapsed = [k for k, x in in_force.items() if x.expires_at <= t]
         assert not lapsed, f"caps of {lapsed} lapsed at {(t - T0).total_seconds():.0f} s of a one-hour emergency"
     assert all(x.expires_at <= T0 + timedelta(hours=1) + timedelta(seconds=1) for x in in_force.values())
+
+
+def test_switching_to_enforce_mid_emergency_enforces_the_active_plan() -> None:
+    from contracts import ControllerMode
+
+    c = loaded_controller()
+    first = [o.message for o in c.handle("e", power_event(), now=T0) if isinstance(o.message, ReconfigCommand)
+             and o.message.action == "set_power_limit"]
+    assert first and all(x.mode == "advisory" for x in first)
+    t = T0 + timedelta(seconds=30)
+    out = c.handle("m", ControllerMode(mode="enforce", changed_at=t, changed_by="test"), now=t)
+    caps = [o.message for o in out if isinstance(o.message, ReconfigCommand) and o.message.action == "set_power_limit"]
+    assert caps and all(x.mode == "enforce" and x.trigger == "emergency" for x in caps)
+    assert {x.instance_id for x in caps} == {x.instance_id for x in first}
+    assert not {x.command_id for x in caps} & {x.command_id for x in first}
