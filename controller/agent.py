@@ -55,7 +55,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -305,7 +305,8 @@ class NodeAgent:
         self.server_id = server_id
         self.control = control
         self.settings = settings
-        self.bounds = SafetyBounds.from_settings(settings)
+        self.bounds = replace(SafetyBounds.from_settings(settings),
+                              max_commands_per_window=settings.agent_max_commands_per_gpu_per_min)
         self.num_gpus = control.gpu_count()
         self.gate = SafetyGate(self.bounds, rate_keys=self._gpu_rate_keys)
         self.pinned = load_pinned_keys(settings) if pinned is None else pinned

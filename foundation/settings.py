@@ -109,6 +109,10 @@ class ControllerSettings(BaseModel):
         default=30.0, ge=0,
         description="Node agent: commands issued more than this ahead of the agent's clock are refused; also the "
                     "slack on expires_at - now <= max_command_ttl_s.")
+    agent_max_commands_per_gpu_per_min: int = Field(
+        default=12, ge=1,
+        description="Node agent: rate limit per GPU whatever a command's instance_id (the controller's commands name "
+                    "no GPU, so each counts against all of the server's GPUs: size it for a server's instances).")
     agent_max_mode: Literal["advisory", "enforce"] = Field(
         default="enforce",
         description="Node agent: the most a command's mode may be; advisory = never apply, whatever the message says.")

@@ -137,7 +137,7 @@ def test_a_command_stream_respects_bounds_idempotence_and_the_rate_limit(budget:
 # limit unless it is an emergency that tightens.
 
 AGENT_SETTINGS = dict(min_frequency_mhz=900, max_frequency_mhz=2000, min_power_limit_w=150, max_power_limit_w=700,
-                      max_command_ttl_s=600, max_commands_per_instance_per_min=3, agent_max_clock_skew_s=30)
+                      max_command_ttl_s=600, agent_max_commands_per_gpu_per_min=3, agent_max_clock_skew_s=30)
 SIGNER = Ed25519PrivateKey.generate()
 ATTACKER = Ed25519PrivateKey.generate()
 INPUTS = {"n": 0}

@@ -125,7 +125,7 @@ def test_the_gate_holds_on_the_agents_clock_even_without_signatures(broker: obje
                                                                     tmp_path: Path) -> None:
     """Reproductions 1b-1e with signature checks explicitly off (defence in depth: the gate alone)."""
     with AgentRig(broker.bootstrap, topic_factory, tmp_path,  # type: ignore[attr-defined]
-                  agent_accept_unsigned=True, max_commands_per_instance_per_min=6) as rig:
+                  agent_accept_unsigned=True, agent_max_commands_per_gpu_per_min=6) as rig:
         far = command("cmd-decade01", power=100.0, issued_at=datetime.now(UTC) + timedelta(days=3650))
         rig.send(far)
         assert rig.wait_reports([far.command_id])[far.command_id].status == "refused"

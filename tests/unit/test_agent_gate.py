@@ -132,17 +132,17 @@ def test_far_past_issued_at_is_expired() -> None:
 
 # ---------------------------------------------------------------- rate limit, emergency exemption
 def test_rate_limit_counts_per_gpu_whatever_the_instance_id() -> None:
-    a, ctl = agent(max_commands_per_instance_per_min=6)
+    a, ctl = agent(agent_max_commands_per_gpu_per_min=6)
     results = [statuses(a.receive(cmd(f"cmd-inst{i:04d}", freq=1000.0 + i, instance=f"attacker-{i}"),
                                   now=T0 + timedelta(seconds=i)))[0] for i in range(20)]
     assert results.count("dry_run") == 6 and results.count("refused") == 14
-    b, _ = agent(max_commands_per_instance_per_min=6)  # commands for distinct GPUs have their own budgets
+    b, _ = agent(agent_max_commands_per_gpu_per_min=6)  # commands for distinct GPUs have their own budgets
     per_gpu = [statuses(b.receive(cmd(f"cmd-gpu{i:05d}", gpus=[i % 4]), now=T0))[0] for i in range(24)]
     assert per_gpu.count("dry_run") == 24
 
 
 def test_emergency_exemption_only_for_commands_that_tighten() -> None:
-    a, ctl = agent(max_commands_per_instance_per_min=2)
+    a, ctl = agent(agent_max_commands_per_gpu_per_min=2)
     now = T0
     a.receive(cmd("cmd-p0000001", action="set_power_limit", freq=None, power=200.0), now=now)
     a.receive(cmd("cmd-p0000002", action="set_power_limit", freq=None, power=190.0), now=now)
@@ -164,7 +164,7 @@ def test_agent_capped_at_advisory_never_applies_a_forged_enforce() -> None:
 
 
 def test_advisory_commands_use_no_rate_budget() -> None:
-    a, _ = agent(max_commands_per_instance_per_min=3)
+    a, _ = agent(agent_max_commands_per_gpu_per_min=3)
     for i in range(10):
         assert statuses(a.receive(cmd(f"cmd-adv{i:05d}", mode="advisory"), now=T0)) == ["dry_run"]
     got = [statuses(a.receive(cmd(f"cmd-enf{i:05d}", freq=1000.0 + i), now=T0))[0] for i in range(3)]
