@@ -489,6 +489,13 @@ class ReconfigCommand(Contract):
     layer: Literal["host", "serving"] = Field(
         default="host", description="host: applied by `tapas agent` via NVML; serving: for the inference server."
     )
+    key_id: str | None = Field(
+        default=None, max_length=64,
+        description="Which controller key signed it (controller.signing.key_id of the public key).")
+    signature: str | None = Field(
+        default=None, max_length=128,
+        description="Base64 Ed25519 signature over the canonical encoding of every other field "
+                    "(controller.signing.canonical_bytes); agents refuse enforce commands without a valid one.")
 
     @model_validator(mode="after")
     def _expiry_after_issue(self) -> ReconfigCommand:
@@ -521,6 +528,7 @@ EventKind = Literal[
     "emergency_plan",
     "emergency_cleared",
     "unknown_server",
+    "command_not_applied",
 ]
 
 

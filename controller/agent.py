@@ -25,9 +25,20 @@ capped at that fraction stays within its share of it without any message. Active
 commands stay in force until their expiry. The cap is lifted as soon as the broker
 answers again.
 
-**Dry run.** Without an NVIDIA driver (or with ``--dry-run``) the agent runs in dry-run
-mode, says so at start and in every status (``dry_run``), and only records what it
-would have set. ``mode="advisory"`` commands are reported ``dry_run`` and never applied.
+**Signed commands, the agent's clock.** Enforce commands must carry a valid Ed25519
+signature from a pinned controller key (``controller.signing``); the gate checks
+``issued_at`` and the remaining lifetime against the agent's own clock, counts the rate
+per GPU, and lets an emergency skip the rate limit only when it tightens. ``--max-mode
+advisory`` caps every command at advisory. SECURITY.md#commands says what is checked.
+
+**Caps never outlive the agent.** What it applies is persisted first
+(:class:`AgentStateFile`); at start-up it reconciles against that file, applies the
+safe cap while the broker does not answer, and on stop lifts every cap it set.
+
+**Dry run.** With ``--dry-run`` the agent runs in dry-run mode, says so at start and in
+every status (``dry_run``), and only records what it would have set. Without an NVIDIA
+driver it refuses to start unless ``--dry-run`` or ``--max-mode advisory``.
+``mode="advisory"`` commands are reported ``dry_run`` and never applied.
 
 **Serving-layer commands** (``layer="serving"``: batch size, tensor parallelism,
 precision, model variant) are not for the host: the agent ignores them; the inference
@@ -36,17 +47,33 @@ server's adapter consumes them (contract: ``docs/serving-commands.md``).
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import re
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Protocol
 
-from contracts import CommandStatus, Contract, ContractError, ControlEvent, ReconfigCommand, decode, topic_for
-from controller.safety import SafetyBounds, SafetyGate, refusal_event
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from contracts import (
+    CommandStatus,
+    Contract,
+    ContractError,
+    ControlEvent,
+    ReconfigCommand,
+    SourceError,
+    decode,
+    topic_for,
+)
+from controller.safety import SafetyBounds, SafetyGate, check_times, refusal_event
+from controller.signing import load_pinned_keys, verify_command
 from foundation.health import HealthServer, Readiness, readiness, start_health_server
 from foundation.kafka import KafkaClients, Since, assign_all
 from foundation.settings import ControllerSettings, Settings
@@ -152,15 +179,27 @@ class NvmlGpuControl:
         self._nvml.nvmlShutdown()
 
 
-def open_gpu_control(*, dry_run: bool) -> GpuControl:
-    """NVML when a driver answers and dry run was not asked for; otherwise a dry-run recorder saying why."""
+def open_gpu_control(*, dry_run: bool, max_mode: str = "enforce") -> GpuControl:
+    """NVML when a driver answers and dry run was not asked for.
+
+    Without ``--dry-run`` an agent that may enforce (``max_mode="enforce"``) and cannot
+    open NVML raises :class:`~contracts.SourceError`: silently becoming a dry run would
+    report ``dry_run`` while the controller counts on its caps. An agent capped at
+    advisory falls back to a dry-run recorder saying why (it never applies anything).
+    """
     if dry_run:
         return DryRunGpuControl(reason="--dry-run")
     try:
         ctl = NvmlGpuControl()
     except Exception as exc:  # noqa: BLE001 - pynvml raises NVMLError_LibraryNotFound, DriverNotLoaded, ...
-        return DryRunGpuControl(reason=f"no NVIDIA driver: {exc.__class__.__name__}: {exc}")
+        why = f"no NVIDIA driver: {exc.__class__.__name__}: {exc}"
+        if max_mode == "enforce":
+            raise SourceError(f"NVML: {why} (this agent may enforce caps; pass --dry-run to only report, or "
+                              f"--max-mode advisory)") from exc
+        return DryRunGpuControl(reason=why)
     if ctl.gpu_count() == 0:
+        if max_mode == "enforce":
+            raise SourceError("NVML found no GPU (pass --dry-run to only report, or --max-mode advisory)")
         return DryRunGpuControl(reason="NVML found no GPU")
     return ctl
 
@@ -196,20 +235,89 @@ def desired_settings(active: Iterable[ReconfigCommand], num_gpus: int, *,
     return {g: GpuSetting(freq.get(g), power.get(g)) for g in range(num_gpus)}
 
 
-class NodeAgent:
-    """The agent's state machine: commands in, GPU settings and status reports out; time passed in."""
+class AgentStateFile:
+    """What the agent has applied, on disk before it is applied (write, fsync, rename, fsync the folder).
 
-    def __init__(self, server_id: str, control: GpuControl, settings: ControllerSettings) -> None:
+    A crash (SIGKILL, OOM, power loss) between "decided" and "applied" then leaves a file
+    that says at least what may be on the GPUs, so the next start can reconcile: re-apply
+    the still-valid commands, reset the GPUs whose commands expired meanwhile.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def save(self, server_id: str, active: Iterable[ReconfigCommand], touched: Iterable[int], now: datetime) -> None:
+        """Persist the active commands and the GPUs the agent may have changed (durable when this returns)."""
+        doc = {"server_id": server_id, "saved_at": now.isoformat(), "touched": sorted(set(touched)),
+               "active": [c.model_dump(mode="json") for c in active]}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(doc, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def load(self, server_id: str) -> tuple[list[ReconfigCommand], set[int] | None]:
+        """The persisted (active commands, touched GPUs); ``([], set())`` when there is no file.
+
+        A corrupt file is moved aside (``.corrupt``) and reported as touched GPUs
+        ``None``: the agent cannot know what it set, so it resets every GPU.
+        """
+        if not self.path.exists():
+            return [], set()
+        try:
+            doc = json.loads(self.path.read_text(encoding="utf-8"))
+            if doc.get("server_id") != server_id:
+                raise ValueError(f"state of server {doc.get('server_id')!r}, this agent is {server_id!r}")
+            active = [ReconfigCommand.model_validate(c) for c in doc["active"]]
+            touched = {int(g) for g in doc["touched"]}
+        except (ValueError, KeyError, TypeError) as exc:
+            aside = self.path.with_name(self.path.name + ".corrupt")
+            os.replace(self.path, aside)
+            log.error("event=agent_state_corrupt path=%s moved_to=%s error=%s (resetting every GPU)",
+                      self.path, aside, exc)
+            return [], None
+        return active, touched
+
+
+def state_file_for(settings: ControllerSettings, server_id: str) -> AgentStateFile:
+    """The agent's state file: ``agent_state_dir/<server id>.json`` (unsafe characters replaced)."""
+    return AgentStateFile(Path(settings.agent_state_dir) / (re.sub(r"[^A-Za-z0-9._-]", "_", server_id) + ".json"))
+
+
+class NodeAgent:
+    """The agent's state machine: commands in, GPU settings and status reports out; time passed in.
+
+    Args:
+        server_id: the server this agent runs on (only its commands are handled).
+        control: the GPU backend (NVML, or a recorder).
+        settings: bounds, skew, max mode, signature policy, safe cap.
+        pinned: the controller public keys by key id (default: from ``settings``).
+        state: where applied caps are persisted before they are applied (None = memory only).
+    """
+
+    def __init__(self, server_id: str, control: GpuControl, settings: ControllerSettings, *,
+                 pinned: dict[str, Ed25519PublicKey] | None = None, state: AgentStateFile | None = None) -> None:
         self.server_id = server_id
         self.control = control
         self.settings = settings
-        self.bounds = SafetyBounds.from_settings(settings)
-        self.gate = SafetyGate(self.bounds)
+        self.bounds = replace(SafetyBounds.from_settings(settings),
+                              max_commands_per_window=settings.agent_max_commands_per_gpu_per_min)
+        self.num_gpus = control.gpu_count()
+        self.gate = SafetyGate(self.bounds, rate_keys=self._gpu_rate_keys)
+        self.pinned = load_pinned_keys(settings) if pinned is None else pinned
+        self.state = state
         self.active: dict[str, ReconfigCommand] = {}
         self.applied: dict[int, GpuSetting] = {}
+        self._recovered: set[int] = set()  # GPUs a previous life of the agent may have changed
         self.safe_mode = False
         self.num_applied = 0
-        self.num_gpus = control.gpu_count()
         self.last_polled_at: datetime | None = None
         """When the loop last polled the commands topic (``/readyz``'s ``consuming``)."""
         self.broker_ok_at: datetime | None = None
@@ -230,16 +338,29 @@ class NodeAgent:
         """Check and (when enforceable) apply one command; returns the reports to publish."""
         if cmd.server_id != self.server_id or cmd.layer != "host":
             return []
-        verdict = self.gate.admit(cmd, now=now)
-        if verdict.status == "duplicate":
-            return [self._status(cmd, "duplicate", now, verdict.reason)]
-        if verdict.status == "expired":
-            return [self._status(cmd, "expired", now, verdict.reason)]
+        if cmd.mode == "advisory" or self.settings.agent_max_mode == "advisory":
+            verdict = self.gate.admit(cmd, now=now, count=False)  # advisory: no rate budget, no ledger entry
+            if verdict.status in ("refused", "expired"):
+                return [self._status(cmd, verdict.status, now, f"advisory command: {verdict.reason}")]
+            why = ("advisory command: shown, not enforced" if cmd.mode == "advisory" else
+                   "enforce command shown, not enforced: this agent is capped at advisory (agent_max_mode)")
+            return [self._status(cmd, "dry_run", now, why)]
+        unsigned = verify_command(cmd, self.pinned)
+        if unsigned is not None:
+            if not self.settings.agent_accept_unsigned:
+                return self._refuse(cmd, now, f"{unsigned}; enforce commands must be signed by a pinned controller "
+                                              f"key (controller.command_public_keys)")
+            log.warning("event=unsigned_command_accepted server=%s command=%s reason=%s (agent_accept_unsigned)",
+                        self.server_id, cmd.command_id, unsigned)
+        bad_gpus = [g for g in cmd.gpu_indices if not 0 <= g < self.num_gpus]
+        if bad_gpus:
+            return self._refuse(cmd, now, f"gpu_indices {bad_gpus[:8]} not on this server ({self.num_gpus} GPUs)")
+        verdict = self.gate.admit(cmd, now=now, tightens=self._tightens(cmd, now))
+        if verdict.status in ("duplicate", "expired"):
+            return [self._status(cmd, verdict.status, now, verdict.reason)]
         if verdict.status == "refused":
-            return [self._status(cmd, "refused", now, verdict.reason),
-                    refusal_event(cmd, verdict.reason, now=now, refused_by=f"agent {self.server_id}")]
-        if cmd.mode == "advisory":
-            return [self._status(cmd, "dry_run", now, "advisory command: shown, not enforced")]
+            return self._refuse(cmd, now, verdict.reason)
+        before = dict(self.active)
         if cmd.action == "revert":
             scope = set(cmd.gpu_indices)
             for cid in [c for c, a in self.active.items()
@@ -250,7 +371,11 @@ class NodeAgent:
         try:
             self._apply(now, force=False)
         except Exception as exc:  # noqa: BLE001 - NVMLError and permissions: report, keep running
-            self.active.pop(cmd.command_id, None)
+            self.active = before
+            try:
+                self._apply(now, force=True)
+            except Exception:  # noqa: BLE001 - already failing: the status says so
+                log.exception("event=rollback_failed server=%s command=%s", self.server_id, cmd.command_id)
             return [self._status(cmd, "failed", now, f"{exc.__class__.__name__}: {exc}")]
         self.num_applied += 1
         status = "dry_run" if self.control.dry_run else "applied"
@@ -270,6 +395,45 @@ class NodeAgent:
             return [self._status(c, "failed", now, f"revert after expiry failed: {exc}") for c in expired]
         return [self._status(c, "reverted", now, f"expired at {c.expires_at.isoformat()}; {c.action} lifted")
                 for c in expired]
+
+    def recover(self, now: datetime) -> list[Contract]:
+        """At start-up: reconcile the GPUs with what a previous life of the agent persisted.
+
+        Still-valid commands (on this agent's clock) are re-applied and re-enter the
+        ledger (a replay from the broker is then a duplicate); expired ones are reverted;
+        every GPU the previous life may have touched is set to the desired state (its
+        default when nothing is active). Without a state file nothing is touched.
+        """
+        if self.state is None:
+            return []
+        commands, touched = self.state.load(self.server_id)
+        self._recovered = set(range(self.num_gpus)) if touched is None else {g for g in touched
+                                                                          if 0 <= g < self.num_gpus}
+        out: list[Contract] = []
+        for cmd in commands:
+            if cmd.expires_at > now and check_times(cmd, self.bounds, now=now) is None:
+                self.active[cmd.command_id] = cmd
+                self.gate.restore(cmd)
+            else:
+                out.append(self._status(cmd, "reverted", now, f"expired at {cmd.expires_at.isoformat()} while the "
+                                                              f"agent was down; {cmd.action} lifted at restart"))
+        if self._recovered or self.active:
+            self._apply(now, force=True)
+        for cmd in self.active.values():
+            out.append(self._status(cmd, "dry_run" if self.control.dry_run else "applied", now,
+                                    f"re-applied after agent restart: {cmd.action} {self._describe(cmd)} until "
+                                    f"{cmd.expires_at.isoformat()}"))
+        log.info("event=agent_recovered server=%s active=%d reset_or_reapplied_gpus=%s", self.server_id,
+                 len(self.active), sorted(self._recovered))
+        return out
+
+    def shutdown(self, now: datetime) -> list[Contract]:
+        """On SIGTERM: lift every cap this agent set (clocks and power limits back to default)."""
+        lifted = list(self.active.values())
+        self.active.clear()
+        self.safe_mode = False
+        self._apply(now, force=True)
+        return [self._status(c, "reverted", now, "agent stopped; cap lifted") for c in lifted]
 
     # ------------------------------------------------------------------ broker health
     def broker_lost(self, now: datetime) -> bool:
@@ -298,18 +462,57 @@ class NodeAgent:
                 for g in range(self.num_gpus)]
 
     # ------------------------------------------------------------------ internals
-    def _apply(self, now: datetime, *, force: bool) -> None:
+    def _desired(self, now: datetime) -> dict[int, GpuSetting]:
         live = [c for c in self.active.values() if c.expires_at > now]
-        want = desired_settings(live, self.num_gpus, safe_power_w=self.safe_power_w() if self.safe_mode else None)
+        return desired_settings(live, self.num_gpus, safe_power_w=self.safe_power_w() if self.safe_mode else None)
+
+    def _apply(self, now: datetime, *, force: bool) -> None:
+        want = self._desired(now)
         default = GpuSetting()
-        for g, setting in want.items():
-            ours = g in self.applied  # the agent only ever touches GPUs it has capped
-            if (force and ours) or self.applied.get(g, default) != setting:
-                self.control.apply(g, setting)
-                if setting == default:
-                    self.applied.pop(g, None)
-                else:
-                    self.applied[g] = setting
+        todo = [g for g, setting in want.items()
+                if (force and (g in self.applied or g in self._recovered)) or self.applied.get(g, default) != setting]
+        if self.state is not None:  # persist before touching a GPU: a crash in between is reconciled at restart
+            touched = set(self.applied) | self._recovered | {g for g, st in want.items() if st != default}
+            self.state.save(self.server_id, self.active.values(), touched, now)
+        for g in todo:
+            self.control.apply(g, want[g])
+            self._recovered.discard(g)
+            if want[g] == default:
+                self.applied.pop(g, None)
+            else:
+                self.applied[g] = want[g]
+
+    def _targets(self, cmd: ReconfigCommand) -> list[int]:
+        return [g for g in cmd.gpu_indices if 0 <= g < self.num_gpus] if cmd.gpu_indices else list(
+            range(self.num_gpus))
+
+    def _gpu_rate_keys(self, cmd: ReconfigCommand) -> list[str]:
+        """The agent counts every command against each GPU it targets, whatever its ``instance_id``."""
+        return [f"{cmd.server_id}/gpu{g}" for g in self._targets(cmd)] or [f"{cmd.server_id}/gpu-none"]
+
+    def _tightens(self, cmd: ReconfigCommand, now: datetime) -> bool:
+        """True when ``cmd`` lowers (or keeps) the cap of every GPU it targets: the emergency exemption's test."""
+        want = self._desired(now)
+        p = cmd.params
+        for g in self._targets(cmd):
+            if cmd.action == "set_frequency_cap" and p.frequency_cap_mhz is not None:
+                cur = want[g].frequency_cap_mhz
+                if cur is not None and p.frequency_cap_mhz > cur:
+                    return False
+            elif cmd.action == "set_power_limit" and p.power_limit_w is not None:
+                cur = want[g].power_limit_w
+                if cur is None:
+                    cur = self.control.default_power_limit_w(g)
+                if p.power_limit_w > cur:
+                    return False
+            else:
+                return False
+        return True
+
+    def _refuse(self, cmd: ReconfigCommand, now: datetime, reason: str) -> list[Contract]:
+        log.warning("event=command_refused server=%s command=%s reason=%s", self.server_id, cmd.command_id, reason)
+        return [self._status(cmd, "refused", now, reason),
+                refusal_event(cmd, reason, now=now, refused_by=f"agent {self.server_id}")]
 
     @staticmethod
     def _describe(cmd: ReconfigCommand) -> str:
@@ -331,89 +534,148 @@ def run_agent(settings: Settings, server_id: str, control: GpuControl, *, client
               stop: threading.Event,
               commands_topic: str | None = None, status_topic: str | None = None, events_topic: str | None = None,
               clock: Callable[[], datetime] | None = None, health_every_s: float = 5.0,
-              on_ready: Callable[[NodeAgent], None] | None = None) -> NodeAgent:
+              on_ready: Callable[[NodeAgent], None] | None = None,
+              on_started: Callable[[NodeAgent], None] | None = None) -> NodeAgent:
     """Run the agent until ``stop`` is set; returns it (tests inspect what it applied).
 
-    Starts reading ``max_command_ttl_s`` back in time (offsets by timestamp), so commands
-    still valid when the agent (re)starts are applied; ids already applied are not
-    applied again within one run.
+    Order of start-up: reconcile the GPUs with the persisted state (``agent_state_dir``),
+    then connect; while the broker does not answer, the documented safe cap is applied
+    and expiries are still enforced (``on_started`` is called before connecting,
+    ``on_ready`` once connected). Reading starts ``max_command_ttl_s`` back in time
+    (offsets by timestamp), so commands still valid are applied; ids already applied are
+    duplicates. When ``stop`` is set every cap this agent set is lifted.
     """
     cs = settings.controller
     now_fn = clock or (lambda: datetime.now(UTC))
     commands_topic = commands_topic or topic_for(ReconfigCommand)
     status_topic = status_topic or topic_for(CommandStatus)
     events_topic = events_topic or topic_for(ControlEvent)
-    agent = NodeAgent(server_id, control, cs)
-    log.info("event=agent_started server=%s control=%s", server_id, control.describe())
-    # An offset out of range (a broker that restarted with an empty log, or retention) resets to the
-    # earliest retained command rather than the latest: the ledger drops ids already applied and the
-    # expiry drops stale ones, while "latest" would skip commands published just after the restart.
-    consumer = clients.consumer(f"agent-{server_id}", request_timeout_ms=5000, fetch_max_wait_ms=500,
-                                reconnect_backoff_max_ms=2000, auto_offset_reset="earliest")
-    producer = clients.producer(f"agent-{server_id}", acks=1, enable_idempotence=False, max_block_ms=1000,
-                                request_timeout_ms=5000, reconnect_backoff_max_ms=2000)
+    agent = NodeAgent(server_id, control, cs, state=state_file_for(cs, server_id))
+    log.info("event=agent_started server=%s control=%s max_mode=%s pinned_keys=%d", server_id, control.describe(),
+             cs.agent_max_mode, len(agent.pinned))
     outbox: deque[Contract] = deque(maxlen=10_000)
+    outbox.extend(agent.recover(now_fn()))
+    if on_started is not None:
+        on_started(agent)
     key = server_id.encode()
     health_server: HealthServer | None = None
+    if cs.agent_health_port:  # up before the broker: /readyz says "safe mode" while it is away
+        health_server = start_health_server(
+            "agent", lambda: agent.readiness(now_fn(), poll_window_s=max(15.0, 3 * health_every_s)),
+            host=cs.agent_health_host, port=cs.agent_health_port)
     metrics_server = None
     if cs.agent_metrics_port:
         from controller.agent_metrics import serve_agent_metrics
 
         metrics_server = serve_agent_metrics(agent, cs.agent_metrics_port, cs.agent_metrics_addr)
+    next_reconcile = time.monotonic() + cs.agent_reconcile_s
+    conn: tuple[Any, Any, list[Any]] | None = None
     try:
-        # no record that late, or no timestamp index: read from the beginning, expiry filters
-        since = Since(now_fn() - timedelta(seconds=cs.max_command_ttl_s), otherwise="beginning")
-        tps = assign_all(consumer, {commands_topic: since}, metadata_wait_s=0.0)
-        for tp in tps:  # resolve the lazy seeks before reporting ready
-            consumer.position(tp)
+        while conn is None and not stop.is_set():
+            try:
+                conn = _connect(clients, server_id, commands_topic, now_fn, cs.max_command_ttl_s)
+            except Exception as exc:  # noqa: BLE001 - NoBrokersAvailable, timeouts: keep the GPUs safe meanwhile
+                log.warning("event=broker_unreachable server=%s error=%s", server_id, exc)
+                agent.broker_lost(now_fn())
+                if time.monotonic() >= next_reconcile:
+                    next_reconcile = time.monotonic() + cs.agent_reconcile_s
+                    outbox.extend(agent.reconcile(now_fn()))
+                stop.wait(1.0)
+        if conn is None:
+            return agent
+        consumer, producer, tps = conn
         agent.broker_ok_at = agent.last_polled_at = now_fn()
-        if cs.agent_health_port:
-            health_server = start_health_server(
-                "agent", lambda: agent.readiness(now_fn(), poll_window_s=max(15.0, 3 * health_every_s)),
-                host=cs.agent_health_host, port=cs.agent_health_port)
-        if on_ready is not None:
-            on_ready(agent)
-        last_ok = time.monotonic()
-        next_health = last_ok + health_every_s
-        next_reconcile = last_ok + cs.agent_reconcile_s
-        while not stop.is_set():
-            polled = consumer.poll(timeout_ms=200)
-            agent.last_polled_at = now_fn()
-            for _tp, records in polled.items():
-                for rec in records:
-                    if rec.key != key:
-                        continue
+        agent.broker_back(now_fn())
+        try:
+            if on_ready is not None:
+                on_ready(agent)
+            last_ok = time.monotonic()
+            next_health = last_ok + health_every_s
+            while not stop.is_set():
+                polled = consumer.poll(timeout_ms=200)
+                agent.last_polled_at = now_fn()
+                for _tp, records in polled.items():
+                    for rec in records:
+                        if rec.key != key:
+                            continue
+                        try:
+                            cmd = decode(ReconfigCommand, rec.value)
+                        except ContractError as exc:
+                            log.warning("event=bad_command server=%s field=%s reason=%s", server_id, exc.field,
+                                        exc.reason)
+                            continue
+                        outbox.extend(agent.receive(cmd, now=now_fn()))
+                mono = time.monotonic()
+                if mono >= next_health:
+                    next_health = mono + health_every_s
                     try:
-                        cmd = decode(ReconfigCommand, rec.value)
-                    except ContractError as exc:
-                        log.warning("event=bad_command server=%s field=%s reason=%s", server_id, exc.field,
-                                    exc.reason)
-                        continue
-                    outbox.extend(agent.receive(cmd, now=now_fn()))
-            mono = time.monotonic()
-            if mono >= next_health:
-                next_health = mono + health_every_s
-                try:
-                    consumer.end_offsets(tps, timeout_ms=int(health_every_s * 1000 * 0.8))
-                    last_ok = time.monotonic()
-                    agent.broker_ok_at = now_fn()
-                    agent.broker_back(now_fn())
-                except Exception:  # noqa: BLE001 - KafkaTimeoutError and connection errors
-                    if time.monotonic() - last_ok >= cs.agent_broker_lost_after_s:
-                        agent.broker_lost(now_fn())
-            if mono >= next_reconcile:
-                next_reconcile = mono + cs.agent_reconcile_s
-                outbox.extend(agent.reconcile(now_fn()))
+                        consumer.end_offsets(tps, timeout_ms=int(health_every_s * 1000 * 0.8))
+                        last_ok = time.monotonic()
+                        agent.broker_ok_at = now_fn()
+                        agent.broker_back(now_fn())
+                    except Exception:  # noqa: BLE001 - KafkaTimeoutError and connection errors
+                        if time.monotonic() - last_ok >= cs.agent_broker_lost_after_s:
+                            agent.broker_lost(now_fn())
+                if mono >= next_reconcile:
+                    next_reconcile = mono + cs.agent_reconcile_s
+                    outbox.extend(agent.reconcile(now_fn()))
+                _flush(producer, outbox, status_topic, events_topic, key)
+        finally:
+            consumer.close()
+            outbox.extend(_lift_all(agent, now_fn()))
             _flush(producer, outbox, status_topic, events_topic, key)
+            producer.close(timeout=5)
+            conn = None
     finally:
+        if conn is None and agent.applied:  # stopped before connecting (or the shell failed): still lift caps
+            _lift_all(agent, now_fn())
         if health_server is not None:
             health_server.close()
-        consumer.close()
-        _flush(producer, outbox, status_topic, events_topic, key)
-        producer.close(timeout=5)
         if metrics_server is not None:
             metrics_server.shutdown()  # type: ignore[attr-defined]
     return agent
+
+
+def _lift_all(agent: NodeAgent, now: datetime) -> list[Contract]:
+    try:
+        return agent.shutdown(now)
+    except Exception:  # noqa: BLE001 - NVML failing at exit: say so, the state file keeps what is set
+        log.exception("event=shutdown_revert_failed server=%s", agent.server_id)
+        return []
+
+
+def _connect(clients: KafkaClients, server_id: str, commands_topic: str,
+             now_fn: Callable[[], datetime], max_command_ttl_s: float) -> tuple[Any, Any, list[Any]]:
+    """Consumer (assigned, positioned ``max_command_ttl_s`` back) and producer; raises while the broker is away."""
+    from kafka import KafkaConsumer
+
+    # An offset out of range (a broker that restarted with an empty log, or retention) resets to the
+    # earliest retained command rather than the latest: the ledger drops ids already applied and the
+    # expiry drops stale ones, while "latest" would skip commands published just after the restart.
+    # Fail fast while the broker is away (kafka-python's default waits 30 s per attempt, during which the
+    # agent would enforce neither the safe cap nor expiries); older kafka-python has no such option.
+    fast = {"bootstrap_timeout_ms": 3000} if "bootstrap_timeout_ms" in KafkaConsumer.DEFAULT_CONFIG else {}
+    consumer = clients.consumer(f"agent-{server_id}", **fast, request_timeout_ms=5000, fetch_max_wait_ms=500,
+                                reconnect_backoff_max_ms=2000, auto_offset_reset="earliest")
+    try:
+        producer = clients.producer(f"agent-{server_id}", **fast, acks=1, enable_idempotence=False, max_block_ms=1000,
+                                    request_timeout_ms=5000, reconnect_backoff_max_ms=2000)
+    except Exception:
+        consumer.close()
+        raise
+    try:
+        # no record that late, or no timestamp index: read from the beginning, expiry filters
+        since = Since(now_fn() - timedelta(seconds=max_command_ttl_s), otherwise="beginning")
+        tps = assign_all(consumer, {commands_topic: since}, metadata_wait_s=0.0)
+        for tp in tps:  # resolve the lazy seeks before reporting ready
+            consumer.position(tp)
+    except Exception:
+        consumer.close()
+        producer.close(timeout=1)
+        raise
+    return consumer, producer, tps
+
+
 
 
 def _flush(producer: Any, outbox: deque[Contract], status_topic: str, events_topic: str, key: bytes) -> None:

@@ -73,6 +73,9 @@ class ControllerMetrics:
                                 ("action",), registry=r)
         self.refused = Counter("tapas_controller_commands_refused_total",
                                "Commands refused by the safety bounds.", registry=r)
+        self.not_applied = Counter("tapas_controller_enforce_commands_not_applied_total",
+                                   "Enforce commands an agent reported dry_run or failed: the cap does not hold.",
+                                   ("status",), registry=r)
         self.placements = Counter("tapas_controller_placement_requests_total", "Placement requests answered.",
                                   ("feasible",), registry=r)
         self.decision_errors = Counter("tapas_controller_decision_errors_total",

@@ -50,6 +50,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from contracts import (
     CommandStatus,
     Contract,
@@ -81,6 +83,7 @@ from controller.core.snapshot import (
 from controller.core.snapshot import PlacementRequest as CorePlacementRequest
 from controller.metrics import ControllerMetrics
 from controller.safety import SafetyBounds, SafetyGate, refusal_event
+from controller.signing import load_signing_key, sign_command
 from controller.snapshot_builder import NEVER_S, LiveState, build_snapshot
 from controller.translate import (
     Mode,
@@ -206,6 +209,7 @@ class Controller:
         self.intents: dict[str, tuple[str, datetime]] = {}
         """instance id -> (config id last commanded, when those commands expire)."""
         self._command_instance: dict[str, str] = {}
+        self._enforced: dict[str, ReconfigCommand] = {}  # enforce commands published and still in the ledger
         """command id -> instance id, for commands behind an intent (bounded by forget_expired)."""
         self.capped_servers: set[str] = set()
         """Servers holding emergency caps this controller issued (reverted when released or when all end)."""
@@ -262,6 +266,7 @@ class Controller:
         if isinstance(message, ControlEvent):
             return self.on_event(message, now=now)
         if isinstance(message, CommandStatus):
+            alarm = self._alarm_not_applied(message, now)
             if message.status in ("refused", "failed"):
                 log.warning("event=command_%s command=%s server=%s detail=%s", message.status, message.command_id,
                             message.server_id, message.detail)
@@ -269,8 +274,23 @@ class Controller:
                 instance = self._command_instance.pop(message.command_id, None)
                 if instance is not None:
                     self.intents.pop(instance, None)
-            return []
+            return alarm
         return []
+
+    def _alarm_not_applied(self, status: CommandStatus, now: datetime) -> list[Outgoing]:
+        """A metric and a critical event when an agent did not apply an enforce command (dry run, failure)."""
+        cmd = self._enforced.get(status.command_id)
+        if cmd is None or status.status not in ("dry_run", "failed"):
+            return []
+        self.metrics.not_applied.labels(status.status).inc()
+        log.error("event=enforce_command_not_applied command=%s server=%s status=%s detail=%s", cmd.command_id,
+                  status.server_id, status.status, status.detail)
+        ev = ControlEvent(event_id=f"notapplied-{cmd.command_id}"[:64], event_kind="command_not_applied",
+                          severity="critical", occurred_at=now, domain_kind="server", domain_id=status.server_id[:128],
+                          detail=(f"enforce command {cmd.command_id} ({cmd.action}, trigger {cmd.trigger or '-'}) "
+                                  f"was not applied by agent {status.server_id}: {status.status}: "
+                                  f"{status.detail}")[:4000])
+        return [Outgoing(self.topics.events, status.server_id, ev)]
 
     def set_mode(self, msg: ControllerMode, *, now: datetime) -> list[Outgoing]:
         """Switch advisory/enforce. Retained messages older than our start do not override a ``--mode`` flag."""
@@ -344,6 +364,8 @@ class Controller:
             del self.intents[iid]
         for cid in [c for c in self._command_instance if not self.gate.ledger.seen(c)]:
             del self._command_instance[cid]
+        for cid in [c for c in self._enforced if not self.gate.ledger.seen(c)]:
+            del self._enforced[cid]
         self.metrics.forecast_age.set(min(self.state.forecast_age_s(now), 1e9))
         self.metrics.tick_seconds.set(time.perf_counter() - t0)
         return out
@@ -433,6 +455,8 @@ class Controller:
                ) -> list[Outgoing]:
         verdict = self.gate.admit(cmd, now=now, capacity_frac_after=capacity_frac_after)
         if verdict.ok:
+            if cmd.mode == "enforce":
+                self._enforced[cmd.command_id] = cmd
             self.num_commands += 1
             self.metrics.commands.labels(cmd.action).inc()
             return [Outgoing(self.topics.commands, cmd.server_id, cmd)]
@@ -579,6 +603,10 @@ def run_service(settings: Settings, topology: Topology, catalogue: Catalogue, *,
     topics = topics or ControllerTopics()
     cs = settings.controller
     controller = Controller(topology, catalogue, cs, mode=mode, topics=topics, metrics=metrics, started_at=now_fn())
+    signing_key = load_signing_key(cs)
+    if signing_key is None:
+        log.warning("event=commands_unsigned reason='no controller.command_signing_key(_file)': agents in enforce "
+                    "mode refuse unsigned commands")
     consumer = clients.consumer("controller")
     metrics_server = api_server = None
     health_server: HealthServer | None = None
@@ -625,7 +653,7 @@ def run_service(settings: Settings, topology: Topology, catalogue: Catalogue, *,
                 out += _contained(controller, "tick", lambda: controller.tick(now_fn()))
                 next_tick = max(next_tick + cs.tick_s, time.monotonic())
             for o in out:
-                producer.publish(o.topic, o.key.encode(), o.message.to_bytes())
+                producer.publish(o.topic, o.key.encode(), signed(o.message, signing_key).to_bytes())
             producer.pump()
     finally:
         consumer.close()
@@ -637,6 +665,13 @@ def run_service(settings: Settings, topology: Topology, catalogue: Catalogue, *,
         if api_server is not None:
             api_server.close()
     return controller
+
+
+def signed(message: Contract, key: Ed25519PrivateKey | None) -> Contract:
+    """Sign a command on its way out (the one place commands are signed); other messages pass unchanged."""
+    if key is None or not isinstance(message, ReconfigCommand):
+        return message
+    return sign_command(message, key)
 
 
 def _restore_commands(clients: KafkaClients, topic: str, controller: Controller, now: datetime,

@@ -136,6 +136,34 @@ class ControllerSettings(BaseModel):
                                     "tapas_agent_safe_cap_active and the command counts (0 = off).")
     agent_metrics_addr: str = Field(default="0.0.0.0", description="Node agent: bind address of its metrics "  # noqa: S104
                                     "port (0.0.0.0: scraped by Prometheus from outside the pod).")
+    command_signing_key: SecretStr | None = Field(
+        default=None,
+        description="Controller: Ed25519 private key (PEM, or base64 of the 32 raw bytes) that signs every command.")
+    command_signing_key_file: Path | None = Field(
+        default=None, description="Controller: file holding the signing key (PEM or base64); used when the key is unset.")
+    command_public_keys: list[str] = Field(
+        default_factory=list,
+        description="Agents and serving adapters: pinned controller public keys (base64 raw Ed25519 or PEM); "
+                    "several for rotation.")
+    command_public_key_files: list[Path] = Field(
+        default_factory=list, description="Agents and serving adapters: files holding pinned controller public keys.")
+    agent_accept_unsigned: bool = Field(
+        default=False,
+        description="Node agent: apply enforce commands without a valid signature (test rigs only; refused otherwise).")
+    agent_max_clock_skew_s: float = Field(
+        default=30.0, ge=0,
+        description="Node agent: commands issued more than this ahead of the agent's clock are refused; also the "
+                    "slack on expires_at - now <= max_command_ttl_s.")
+    agent_max_commands_per_gpu_per_min: int = Field(
+        default=12, ge=1,
+        description="Node agent: rate limit per GPU whatever a command's instance_id (the controller's commands name "
+                    "no GPU, so each counts against all of the server's GPUs: size it for a server's instances).")
+    agent_max_mode: Literal["advisory", "enforce"] = Field(
+        default="enforce",
+        description="Node agent: the most a command's mode may be; advisory = never apply, whatever the message says.")
+    agent_state_dir: Path = Field(
+        default=Path("var/agent"),
+        description="Node agent: where it persists (fsync) the caps it applies, to reconcile them after a crash.")
 
 
 class DashboardSettings(BaseModel):

@@ -82,6 +82,32 @@ def controller(
     console.print(f"controller stopped: {ctl.num_commands} commands issued, {ctl.num_refused} refused")
 
 
+@controller_app.command("keygen")
+def keygen(
+    out_dir: str = typer.Argument(..., help="Folder to write command-signing.key (private, mode 0600) and "
+                                            "command-signing.pub into."),
+) -> None:
+    """Make an Ed25519 key pair for signing commands (see SECURITY.md#key-rotation)."""
+    import os
+    from pathlib import Path
+
+    from contracts.errors import ConfigError
+    from controller.signing import generate_key_pair
+
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    private, public = generate_key_pair()
+    key_path, pub_path = folder / "command-signing.key", folder / "command-signing.pub"
+    if key_path.exists():
+        raise ConfigError(f"{key_path} exists: refusing to overwrite a signing key (move it aside first)")
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(private)
+    pub_path.write_text(public + "\n")
+    console.print(f"wrote {key_path} (controller: TAPAS_CONTROLLER__COMMAND_SIGNING_KEY_FILE) and {pub_path} "
+                  f"(agents: TAPAS_CONTROLLER__COMMAND_PUBLIC_KEYS='[\"{public}\"]')")
+
+
 @controller_app.command("mode")
 def set_mode(
     mode: str = typer.Argument(..., help="advisory (publish decisions, enforce nothing) or enforce."),
@@ -103,15 +129,23 @@ def set_mode(
 def agent(
     server_id: str = typer.Option(..., "--server-id", help="The server this agent runs on (command key)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Never touch the GPUs; report what would be set."),
+    max_mode: str = typer.Option(None, "--max-mode", help="advisory: never apply a command whatever its mode says "
+                                                          "(default: TAPAS_CONTROLLER__AGENT_MAX_MODE, enforce)."),
 ) -> None:
-    """Node agent: apply host reconfiguration commands (GPU clock locks, power limits) for one server."""
+    """Node agent: apply signed host reconfiguration commands (GPU clock locks, power limits) for one server."""
+    from contracts.errors import ConfigError
     from controller.agent import open_gpu_control, run_agent
     from foundation.settings import load_settings
     from tapas.bootstrap import kafka_clients
 
+    if max_mode not in (None, "advisory", "enforce"):
+        raise ConfigError(f"--max-mode={max_mode!r}: choose advisory or enforce")
     settings = load_settings()
+    if max_mode is not None:
+        settings = settings.model_copy(update={"controller": settings.controller.model_copy(
+            update={"agent_max_mode": max_mode})})
     _quiet_kafka()
-    control = open_gpu_control(dry_run=dry_run)
+    control = open_gpu_control(dry_run=dry_run, max_mode=settings.controller.agent_max_mode)
     console.print(f"agent {server_id}: {control.describe()}")
     stop = _stop_on_signals()
     a = run_agent(settings, server_id, control, clients=kafka_clients(settings), stop=stop)

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from kafka import KafkaProducer
@@ -18,10 +19,12 @@ from kafka import KafkaProducer
 from contracts import CommandStatus, ControlEvent, ReconfigCommand, ReconfigParams, RoutingWeights
 from controller.agent import DryRunGpuControl, GpuSetting, NodeAgent, run_agent
 from controller.service import Controller, Outgoing
+from controller.signing import generate_key_pair, pin, public_key_text, sign_command
 from foundation.broker import EmbeddedBroker, free_port
 from foundation.settings import ControllerSettings, Settings
 from tapas.bootstrap import kafka_clients
 from tests.controller_world import T0, forecast, gpu_sample, world_catalogue, world_topology
+from tests.unit.test_agent_node import KEY
 
 
 def controller(**settings: object) -> Controller:
@@ -106,10 +109,11 @@ def test_emergency_while_reconfiguration_in_flight() -> None:
 
 
 def test_duplicate_command_ids_are_applied_once_across_a_replay() -> None:
-    agent = NodeAgent("s1", DryRunGpuControl(num_gpus=8), ControllerSettings())
-    stream = [ReconfigCommand(command_id=f"cmd-replay{i:03d}", issued_at=T0, expires_at=T0 + timedelta(minutes=2),
-                              server_id="s1", action="set_frequency_cap", mode="enforce",
-                              params=ReconfigParams(frequency_cap_mhz=1000.0 + 50 * i), reason="r")
+    agent = NodeAgent("s1", DryRunGpuControl(num_gpus=8), ControllerSettings(), pinned=pin([KEY.public_key()]))
+    stream = [sign_command(ReconfigCommand(command_id=f"cmd-replay{i:03d}", issued_at=T0,
+                                           expires_at=T0 + timedelta(minutes=2), server_id="s1",
+                                           action="set_frequency_cap", mode="enforce",
+                                           params=ReconfigParams(frequency_cap_mhz=1000.0 + 50 * i), reason="r"), KEY)
               for i in range(5)]
     first = [s.status for c in stream for s in agent.receive(c, now=T0) if isinstance(s, CommandStatus)]
     again = [s.status for c in stream for s in agent.receive(c, now=T0 + timedelta(seconds=5))
@@ -141,10 +145,12 @@ def private_broker() -> Iterator[EmbeddedBroker]:
 
 
 @pytest.mark.fault
-def test_agent_applies_safe_cap_when_broker_is_lost_and_lifts_it_when_back(private_broker: EmbeddedBroker) -> None:
+def test_agent_applies_safe_cap_when_broker_is_lost_and_lifts_it_when_back(private_broker: EmbeddedBroker,
+                                                                             tmp_path: Path) -> None:
     settings = Settings(kafka={"bootstrap_servers": private_broker.bootstrap},
                         controller={"agent_broker_lost_after_s": 2.0, "agent_reconcile_s": 1.0, "agent_health_port": 0,
-                                    "agent_safe_power_frac": 0.75})
+                                    "agent_safe_power_frac": 0.75, "agent_state_dir": str(tmp_path),
+                                    "command_public_keys": [public_key_text(KEY.public_key())]})
     ctl = DryRunGpuControl(num_gpus=2, default_limit_w=400.0)
     stop, ready = threading.Event(), threading.Event()
     holder: dict[str, NodeAgent] = {}
@@ -164,6 +170,7 @@ def test_agent_applies_safe_cap_when_broker_is_lost_and_lifts_it_when_back(priva
         cmd = ReconfigCommand(command_id="cmd-beforeloss", issued_at=now, expires_at=now + timedelta(minutes=5),
                               server_id="s1", action="set_frequency_cap", mode="enforce",
                               params=ReconfigParams(frequency_cap_mhz=1100.0), reason="before loss")
+        cmd = sign_command(cmd, KEY)
         for _ in range(2):  # sent twice: applied once
             producer.send("tapas.control.commands", key=b"s1", value=cmd.to_bytes())
         producer.flush()
@@ -250,7 +257,7 @@ def test_controller_restart_through_broker_restores_commands(broker: object, top
 
 
 @pytest.mark.fault
-def test_broker_outage_controller_and_agent_resume_no_command_lost_or_applied_twice() -> None:
+def test_broker_outage_controller_and_agent_resume_no_command_lost_or_applied_twice(tmp_path: Path) -> None:
     """Controller and node agent (threads) across a 5 s broker outage that keeps the broker's log.
 
     This is a production broker restart (Kafka keeps its log): every client reaches
@@ -272,12 +279,13 @@ def test_broker_outage_controller_and_agent_resume_no_command_lost_or_applied_tw
     broker = EmbeddedBroker(port=proxy.target_port, advertised_port=proxy.listen_port).start()
     bootstrap = f"127.0.0.1:{proxy.listen_port}"
     topics = ControllerTopics()
-    harness = Harness(bootstrap, topics, mode="enforce")
+    private, public = generate_key_pair()
+    harness = Harness(bootstrap, topics, mode="enforce", command_signing_key=private)
     # server 0 runs hot before the outage, server 1 after it: one agent each
     servers = harness.topology.server_ids[:2]
     agent_settings = Settings(kafka={"bootstrap_servers": bootstrap},
                               controller={"agent_broker_lost_after_s": 60.0, "agent_reconcile_s": 1.0,
-                                          "agent_health_port": 0})
+                                          "agent_health_port": 0, "command_public_keys": [public], "agent_state_dir": str(tmp_path)})
     stop = threading.Event()
     agents: dict[str, NodeAgent] = {}
     threads = []

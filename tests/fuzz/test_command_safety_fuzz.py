@@ -15,11 +15,15 @@ import json
 from datetime import datetime, timedelta
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from contracts import ReconfigCommand, ReconfigParams
-from controller.safety import SafetyBounds, SafetyGate, Verdict
+from contracts import CommandStatus, ControlEvent, ReconfigCommand, ReconfigParams
+from controller.agent import DryRunGpuControl, NodeAgent
+from controller.safety import SafetyBounds, SafetyGate, Verdict, check_bounds
+from controller.signing import key_id, pin, sign_command, verify_command
+from foundation.settings import ControllerSettings
 from tests.fuzz.mutations import TALLY, Mutant, check_decode, mutants
 from tests.fuzz.schema_strategy import documents
 from tests.samples import T0, example_messages
@@ -124,3 +128,110 @@ def test_a_command_stream_respects_bounds_idempotence_and_the_rate_limit(budget:
 
     run()
     assert rate_refusals > 0, "no stream reached the rate limit: the property was never exercised"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The node agent end to end (issue 22): far-future/far-past issued_at, varied instance_id/trigger/mode, forged,
+# altered and replayed signatures. Every command gets exactly one status; a refusal says why; what is applied is
+# signed by the pinned key, inside the bounds and the clock window, enforce-mode, and within the per-GPU rate
+# limit unless it is an emergency that tightens.
+
+AGENT_SETTINGS = dict(min_frequency_mhz=900, max_frequency_mhz=2000, min_power_limit_w=150, max_power_limit_w=700,
+                      max_command_ttl_s=600, agent_max_commands_per_gpu_per_min=3, agent_max_clock_skew_s=30)
+SIGNER = Ed25519PrivateKey.generate()
+ATTACKER = Ed25519PrivateKey.generate()
+INPUTS = {"n": 0}
+offset_s = st.one_of(st.floats(-40, 40), st.floats(-700, 700), st.sampled_from([-3.2e8, 3.2e8, 1e9, -1e9]))
+
+
+@st.composite
+def agent_streams(draw: st.DrawFn) -> list[tuple[ReconfigCommand, datetime]]:
+    """Commands to one agent: signed, unsigned, forged, altered or replayed, at skewed times."""
+    out: list[tuple[ReconfigCommand, datetime]] = []
+    now = T0
+    for i in range(draw(st.integers(1, 30))):
+        now += timedelta(seconds=draw(st.floats(0, 15)))
+        if out and draw(st.integers(0, 5)) == 0:  # replay an earlier one, maybe altered
+            old = draw(st.sampled_from(out))[0]
+            if draw(st.booleans()):
+                old = old.model_copy(update={"params": ReconfigParams(frequency_cap_mhz=draw(cap),
+                                                                      power_limit_w=draw(limit))})
+            out.append((old, now))
+            continue
+        issued = now + timedelta(seconds=draw(offset_s))
+        action = draw(st.sampled_from(["set_frequency_cap", "set_power_limit", "revert"]))
+        cmd = ReconfigCommand(
+            command_id=f"cmd-{draw(st.integers(0, 40)):08d}" if draw(st.booleans()) else f"cmd-uniq-{i:04d}",
+            issued_at=issued, expires_at=issued + timedelta(seconds=draw(st.one_of(st.floats(1, 600),
+                                                                                   st.floats(0.5, 4000)))),
+            server_id="s1", gpu_indices=draw(st.sampled_from([[], [0], [1], [0, 1], [3]])), action=action,
+            params=ReconfigParams(frequency_cap_mhz=draw(cap), power_limit_w=draw(limit)), reason="fuzz",
+            instance_id=draw(st.one_of(st.none(), st.text("abcdef0123456789-", min_size=1, max_size=12))),
+            trigger=draw(st.sampled_from(["", "thermal", "power", "emergency", "load"])),
+            mode=draw(st.sampled_from(["enforce", "enforce", "advisory"])))
+        how = draw(st.sampled_from(["signed", "signed", "signed", "unsigned", "attacker", "tampered", "garbage"]))
+        if how == "signed":
+            cmd = sign_command(cmd, SIGNER)
+        elif how == "attacker":
+            cmd = sign_command(cmd, ATTACKER).model_copy(update={"key_id": key_id(SIGNER.public_key())})
+        elif how == "tampered":
+            cmd = sign_command(cmd, SIGNER).model_copy(update={"trigger": "emergency", "mode": "enforce"})
+        elif how == "garbage":
+            cmd = cmd.model_copy(update={"signature": draw(st.text(max_size=90))})
+        out.append((cmd, now))
+    return out
+
+
+@pytest.mark.parametrize("budget,fast", [(80, True), pytest.param(7000, False, marks=pytest.mark.fuzz)],
+                         ids=["fast", "full"])
+def test_the_agent_applies_only_signed_in_bounds_commands_on_its_own_clock(budget: int, fast: bool) -> None:
+    INPUTS["n"] = 0
+    applied_total = 0
+    pinned = pin([SIGNER.public_key()])
+
+    @_settings(budget, fast=fast)
+    @given(agent_streams())
+    def run(stream: list[tuple[ReconfigCommand, datetime]]) -> None:
+        nonlocal applied_total
+        ctl = DryRunGpuControl(num_gpus=2, default_limit_w=400.0)
+        agent = NodeAgent("s1", ctl, ControllerSettings(**AGENT_SETTINGS), pinned=pinned)
+        rated: dict[str, list[datetime]] = {}
+        for cmd, now in stream:
+            INPUTS["n"] += 1
+            before = agent._desired(now)
+            tightens = agent._tightens(cmd, now) if cmd.action != "revert" else False
+            out = agent.receive(cmd, now=now)
+            sts = [m for m in out if isinstance(m, CommandStatus)]
+            assert len(sts) == 1, out
+            st_ = sts[0]
+            if st_.status in ("refused", "expired", "duplicate"):
+                assert st_.detail, f"{st_.status} without a reason"
+                if st_.status == "refused":
+                    assert any(isinstance(m, ControlEvent) for m in out) or cmd.mode == "advisory"
+                continue
+            assert st_.status == "dry_run"
+            if cmd.mode == "advisory":
+                assert "advisory" in st_.detail and agent._desired(now) == before
+                continue
+            applied_total += 1
+            assert verify_command(cmd, pinned) is None, "applied a command that does not verify"
+            assert (cmd.issued_at - now).total_seconds() <= 30 + 1e-6
+            assert 0 < (cmd.expires_at - now).total_seconds() <= 600 + 30 + 1e-6
+            assert check_bounds(cmd, agent.bounds) is None
+            if not (cmd.trigger == "emergency" and cmd.action != "revert" and tightens):
+                for g in (cmd.gpu_indices or [0, 1]):
+                    times = rated.setdefault(f"gpu{g}", [])
+                    times.append(now)
+                    window = [t for t in times if now - timedelta(seconds=60) < t <= now]
+                    assert len(window) <= 3, (g, len(window))
+        for setting in ctl.applied.values():
+            if setting.frequency_cap_mhz is not None:
+                assert 900 <= setting.frequency_cap_mhz <= 2000
+            if setting.power_limit_w is not None:
+                assert 150 <= setting.power_limit_w <= 700
+
+    run()
+    print(f"agent fuzz: {INPUTS['n']} generated commands, {applied_total} applied")
+    assert applied_total > 0, "nothing was ever applied: the properties were never exercised"
+    if not fast:
+        assert INPUTS["n"] >= 100_000, f"only {INPUTS['n']} generated commands"

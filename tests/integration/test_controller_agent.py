@@ -10,6 +10,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from kafka import KafkaConsumer, TopicPartition
 from contracts import CommandStatus, ControlEvent, decode
 from controller.agent import DryRunGpuControl, NodeAgent, run_agent
 from controller.service import ControllerTopics, publish_mode
+from controller.signing import generate_key_pair
 from foundation.broker import free_port
 from foundation.settings import Settings
 from tapas.bootstrap import kafka_clients
@@ -26,13 +28,15 @@ from tests.integration.test_controller_service import Harness
 pytestmark = pytest.mark.integration
 
 
-def test_advisory_commands_are_shown_then_enforced_after_mode_switch(broker: object,
-                                                                     topic_factory: Callable[..., str]) -> None:
+def test_advisory_commands_are_shown_then_enforced_after_mode_switch(broker: object, topic_factory: Callable[..., str],
+                                                                     tmp_path: Path) -> None:
     bootstrap = broker.bootstrap  # type: ignore[attr-defined]
     topics = ControllerTopics(**{f.name: topic_factory(f.name) for f in fields(ControllerTopics)})
-    h = Harness(bootstrap, topics)
-    settings = Settings(kafka={"bootstrap_servers": bootstrap}, controller={"agent_reconcile_s": 1.0,
-                                                                          "agent_health_port": 0})
+    private, public = generate_key_pair()
+    h = Harness(bootstrap, topics, command_signing_key=private)  # the controller signs what it publishes
+    settings = Settings(kafka={"bootstrap_servers": bootstrap},
+                        controller={"agent_reconcile_s": 1.0, "agent_health_port": 0, "command_public_keys": [public],
+                                    "agent_state_dir": str(tmp_path)})
     hot_server = h.topology.server_ids[0]
     gpus = DryRunGpuControl(num_gpus=8, default_limit_w=400.0)
     stop, ready = threading.Event(), threading.Event()
@@ -81,6 +85,7 @@ def test_advisory_commands_are_shown_then_enforced_after_mode_switch(broker: obj
         assert agent_box["a"].num_applied >= 1
         assert gpus.applied[0].frequency_cap_mhz is not None and gpus.applied[0].frequency_cap_mhz < 1410
         assert all(r.server_id == hot_server for r in reports)
+        assert not any(r.status == "refused" for r in reports), [r.detail for r in reports if r.status == "refused"]
     finally:
         stop.set()
         agent_thread.join(20)

@@ -24,13 +24,14 @@ import pytest
 from kafka import KafkaProducer
 
 from contracts import ControlEvent, GpuSample, decode
+from controller.catalogue_file import load_catalogue
 from controller.metrics import ControllerMetrics
 from controller.service import Controller, ControllerTopics, run_service
 from foundation.broker import free_port
 from foundation.inventory import Inventory, SkuEntry, dump_inventory, generate_inventory, load_inventory
 from foundation.settings import Settings
-from simulator.catalogue import build_catalogue
 from streams.telemetry_factory import SyntheticTelemetry
+from tapas.bootstrap import collector_producer, kafka_clients
 from tests.streams_helpers import WorkerProcess, collect, end_consumer
 
 pytestmark = pytest.mark.integration
@@ -79,13 +80,14 @@ def test_worker_and_controller_run_on_a_named_mixed_sku_inventory(
                               mode=topic_factory("mode"), status=topic_factory("st"), deadletter=topic_factory("dl"))
     api_port = free_port()
     settings = Settings(kafka={"bootstrap_servers": broker.bootstrap}, topology={"inventory": inv_path},
-                        controller={"tick_s": 0.5, "metrics_port": 0, "stale_after_s": 120.0},
+                        controller={"tick_s": 0.5, "metrics_port": 0, "health_port": 0, "stale_after_s": 120.0},
                         api={"port": api_port})
-    catalogue, _ = build_catalogue(topo.skus[0])
+    catalogue = load_catalogue(None, sku=topo.skus[0].name)
     stop, ready = threading.Event(), threading.Event()
     holder: list[Controller] = []
     thread = threading.Thread(target=run_service, name="controller-under-test", kwargs=dict(
-        settings=settings, topology=topo, catalogue=catalogue, stop=stop, topics=topics, metrics=ControllerMetrics(),
+        settings=settings, topology=topo, catalogue=catalogue, clients=kafka_clients(settings),
+        producer=collector_producer(settings, source="controller"), stop=stop, topics=topics, metrics=ControllerMetrics(),
         on_ready=lambda c: (holder.append(c), ready.set())))
     worker = WorkerProcess(broker.bootstrap, tmp_path / "worker")
     (tmp_path / "worker").mkdir()

@@ -1,28 +1,35 @@
-"""Node agent without Kafka: safety on receipt, idempotence, composition, expiry revert, safe cap, dry run."""
+"""Node agent without Kafka: signatures, safety on the agent's clock, idempotence, composition, expiry revert,
+safe cap, persisted state, dry run."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from contracts import CommandStatus, ControlEvent, ReconfigCommand, ReconfigParams
 from controller.agent import DryRunGpuControl, GpuSetting, NodeAgent, open_gpu_control
+from controller.signing import pin, sign_command
 from foundation.settings import ControllerSettings
 
 T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+KEY = Ed25519PrivateKey.generate()
 
 
 def cmd(cid: str, *, action: str = "set_frequency_cap", freq: float | None = 1200.0, power: float | None = None,
         gpus: list[int] | None = None, ttl_s: float = 60.0, mode: str = "enforce", server: str = "s1",
-        at: datetime = T0, layer: str = "host") -> ReconfigCommand:
-    return ReconfigCommand(command_id=cid, issued_at=at, expires_at=at + timedelta(seconds=ttl_s), server_id=server,
-                           gpu_indices=gpus or [], action=action,  # type: ignore[arg-type]
-                           params=ReconfigParams(frequency_cap_mhz=freq, power_limit_w=power), reason="test",
-                           mode=mode, layer=layer)  # type: ignore[arg-type]
+        at: datetime = T0, layer: str = "host", trigger: str = "", instance: str | None = None,
+        key: Ed25519PrivateKey | None = KEY) -> ReconfigCommand:
+    c = ReconfigCommand(command_id=cid, issued_at=at, expires_at=at + timedelta(seconds=ttl_s), server_id=server,
+                        gpu_indices=gpus or [], action=action,  # type: ignore[arg-type]
+                        params=ReconfigParams(frequency_cap_mhz=freq, power_limit_w=power), reason="test",
+                        mode=mode, layer=layer, trigger=trigger, instance_id=instance)  # type: ignore[arg-type]
+    return sign_command(c, key) if key is not None else c
 
 
 def agent(**settings: object) -> tuple[NodeAgent, DryRunGpuControl]:
     ctl = DryRunGpuControl(num_gpus=4, default_limit_w=400.0)
-    return NodeAgent("s1", ctl, ControllerSettings(**settings)), ctl
+    return NodeAgent("s1", ctl, ControllerSettings(**settings), pinned=pin([KEY.public_key()])), ctl
 
 
 def statuses(out: list) -> list[str]:

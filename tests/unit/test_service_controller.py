@@ -201,3 +201,27 @@ def test_agent_failure_report_releases_the_intent_so_the_change_is_retried() -> 
     feed(c, t3, hot=0)
     retried = of(c.tick(t3), ReconfigCommand)
     assert retried and retried[0].instance_id == cmd.instance_id and retried[0].command_id != cmd.command_id
+
+
+def test_enforce_command_reported_dry_run_or_failed_raises_an_alarm() -> None:
+    from contracts import CommandStatus, ControlEvent, ReconfigCommand, ReconfigParams
+
+    c = make(mode="enforce")
+    cmd = ReconfigCommand(command_id="cmd-alarm0001", issued_at=T0, expires_at=T0 + timedelta(seconds=60),
+                          server_id="s000", action="set_power_limit", params=ReconfigParams(power_limit_w=300.0),
+                          reason="test", trigger="emergency", mode="enforce")
+    assert c._admit(cmd, T0)  # published (the path every command takes)
+    for status in ("applied", "dry_run", "failed"):
+        out = c.handle(c.topics.status, CommandStatus(command_id=cmd.command_id, server_id="s000", reported_at=T0,
+                                                      status=status, detail="no NVML"), now=T0)  # type: ignore[arg-type]
+        events = [o.message for o in out if isinstance(o.message, ControlEvent)]
+        if status == "applied":
+            assert events == []
+        else:
+            assert [e.event_kind for e in events] == ["command_not_applied"] and events[0].severity == "critical"
+            assert c.metrics.not_applied.labels(status)._value.get() == 1
+    advisory = make(mode="advisory")
+    adv = cmd.model_copy(update={"mode": "advisory", "command_id": "cmd-alarm0002"})
+    advisory._admit(adv, T0)
+    assert advisory.handle(advisory.topics.status, CommandStatus(command_id=adv.command_id, server_id="s000",
+                                                                 reported_at=T0, status="dry_run"), now=T0) == []

@@ -103,3 +103,42 @@ def test_cooling_caps_follow_the_measured_inlet_while_the_emergency_lasts() -> N
         c.handle("f", forecast(s, t2, power_w=5000, inlet_c=45.0, temp_c=80.0, hi_c=84.0), now=t2)
     assert not [o for o in c.tick(t2) if isinstance(o.message, ReconfigCommand)
                 and o.message.action == "set_power_limit"]
+
+
+def test_emergency_caps_are_renewed_for_as_long_as_the_emergency_lasts() -> None:
+    """Issue 22, "Emergency IaaS caps lapse": in a one-hour emergency the caps expired at max_command_ttl_s."""
+    c = loaded_controller()
+    hour = power_event("em-hour").model_copy(update={"ends_at": T0 + timedelta(hours=1)})
+    caps = [o.message for o in c.handle("e", hour, now=T0)
+            if isinstance(o.message, ReconfigCommand) and o.message.action == "set_power_limit"]
+    assert caps, "the plan must cap the IaaS VMs for this test to mean anything"
+    in_force: dict[str, ReconfigCommand] = {x.instance_id or x.server_id: x for x in caps}
+    t = T0
+    while t < T0 + timedelta(hours=1) - timedelta(seconds=5):
+        t += timedelta(seconds=5)
+        for s in c.topology.server_ids:  # fresh forecasts, so the controller keeps planning
+            c.handle("f", forecast(s, t, power_w=5000), now=t)
+        for o in c.tick(t):
+            if isinstance(o.message, ReconfigCommand) and o.message.action == "set_power_limit":
+                in_force[o.message.instance_id or o.message.server_id] = o.message
+        lapsed = [k for k, x in in_force.items() if x.expires_at <= t]
+        assert not lapsed, f"caps of {lapsed} lapsed at {(t - T0).total_seconds():.0f} s of a one-hour emergency"
+    assert all(x.expires_at <= T0 + timedelta(hours=1) + timedelta(seconds=1) for x in in_force.values())
+
+
+def test_switching_to_enforce_mid_emergency_enforces_the_active_plan() -> None:
+    from contracts import ControllerMode
+
+    c = loaded_controller()
+    first = [o.message for o in c.handle("e", power_event(), now=T0) if isinstance(o.message, ReconfigCommand)
+             and o.message.action == "set_power_limit"]
+    assert first and all(x.mode == "advisory" for x in first)
+    t = T0 + timedelta(seconds=30)
+    out = c.handle("m", ControllerMode(mode="enforce", changed_at=t, changed_by="test"), now=t)
+    for s in c.topology.server_ids:  # the policy re-issues the plan's caps on the tick after the switch
+        c.handle("f", forecast(s, t, power_w=5000), now=t)
+    out += c.tick(t)
+    caps = [o.message for o in out if isinstance(o.message, ReconfigCommand) and o.message.action == "set_power_limit"]
+    assert caps and all(x.mode == "enforce" and x.trigger == "emergency" for x in caps)
+    assert {x.instance_id for x in caps} == {x.instance_id for x in first}
+    assert not {x.command_id for x in caps} & {x.command_id for x in first}
