@@ -280,7 +280,7 @@ class InfluxQLStore:
 
     @property
     def pending(self) -> int:
-        """Points buffered by ``add`` (or kept after a failed write) and not yet written."""
+        """Points buffered by ``add`` (kept while the server is unreachable) and not yet written."""
         return len(self._pending)
 
     def query(self, measurement: str, start: datetime, end: datetime,
@@ -296,7 +296,10 @@ class InfluxQLStore:
         if not series:
             return pd.DataFrame({"at": pd.to_datetime([], utc=True)})
         # SELECT * does not say which columns are tags; ask only when there are rows to label
-        tag_result = self._statement(f"SHOW TAG KEYS FROM {quote_ident(measurement)}", measurement) or {}
+        source = quote_ident(measurement)
+        if self.retention_policy:
+            source = f"{quote_ident(self.retention_policy)}.{source}"
+        tag_result = self._statement(f"SHOW TAG KEYS FROM {source}", measurement) or {}
         tag_keys_known = {row[0] for s in tag_result.get("series", []) for row in s.get("values", [])}
         columns, values = series[0]["columns"], series[0]["values"]
         if len(values) > self.max_rows:

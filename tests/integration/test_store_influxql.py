@@ -212,7 +212,8 @@ def test_settings_select_the_store_and_retention_policy(influxql_url: str) -> No
     assert isinstance(s, InfluxQLStore)
     try:
         s.write([Point("w", {"server_id": "s"}, {"x": 3.0}, T0)])
-        assert s.query("w", T0, T0 + timedelta(seconds=1))["x"].tolist() == [3.0]
+        df = s.query("w", T0, T0 + timedelta(seconds=1))
+        assert df["x"].tolist() == [3.0] and list(df.columns) == ["at", "server_id", "x"]
     finally:
         s.close()
     q = urllib.parse.urlencode({"db": db, "q": 'SELECT count(*) FROM "week"."w"'})
