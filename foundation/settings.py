@@ -137,6 +137,13 @@ class WorkerSettings(BaseModel):
                                  "often (PDU power is sampled every 1-2 s).")
     store_enabled: bool = Field(default=True, description="Write down-sampled telemetry and forecasts to the "
                                 "history store.")
+    max_sample_age_s: float = Field(default=86_400.0, gt=0, description="Samples older than this by the worker's "
+                                    "clock are dead-lettered (a day: a spool drained after an outage still counts).")
+    max_clock_skew_s: float = Field(default=30.0, gt=0, description="Samples more than this ahead of the worker's "
+                                    "clock are dead-lettered: a future-dated sample would otherwise hide every "
+                                    "later genuine one of its server; stream time never runs further ahead.")
+    max_servers: int = Field(default=100_000, ge=1, description="Most servers (and PDUs) one worker holds state "
+                             "for; samples of further new ids are dead-lettered and counted (ids come off a topic).")
 
 
 class IngestSettings(BaseModel):
