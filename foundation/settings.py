@@ -13,13 +13,40 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from contracts.errors import ConfigError
 
 
-class KafkaSettings(BaseModel):
+class _Section(BaseModel):
+    """A settings section: an unknown key is an error naming it (a typo in a safety setting must not be ignored).
+
+    Inverted bounds (``min_*`` above ``max_*``, see ``_ORDERED_PAIRS``) are errors naming both keys.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> _Section:
+        _check_ordered(self)
+        return self
+
+
+#: (lower, upper) setting pairs of a section that must not be inverted.
+_ORDERED_PAIRS: tuple[tuple[str, str], ...] = (
+    ("min_frequency_mhz", "max_frequency_mhz"), ("min_power_limit_w", "max_power_limit_w"),
+    ("retry_backoff_s", "max_retry_backoff_s"))
+
+
+def _check_ordered(section: BaseModel) -> None:
+    for lo, hi in _ORDERED_PAIRS:
+        a, b = getattr(section, lo, None), getattr(section, hi, None)
+        if a is not None and b is not None and a > b:
+            raise ValueError(f"{lo}={a} is above {hi}={b}: the bounds are inverted")
+
+
+class KafkaSettings(_Section):
     """How every Kafka client (kafka-python, aiokafka, Faust) reaches the broker."""
 
     bootstrap_servers: str = Field(default="127.0.0.1:9092", description="Comma-separated host:port list.")
@@ -38,7 +65,7 @@ class KafkaSettings(BaseModel):
     client_id: str = Field(default="tapas", description="Client id prefix reported to the broker.")
 
 
-class BrokerSettings(BaseModel):
+class BrokerSettings(_Section):
     """The embedded Tansu broker started by ``tapas broker`` and ``make demo``."""
 
     host: str = Field(default="127.0.0.1", description="Address the embedded broker listens on (loopback only).")
@@ -46,7 +73,7 @@ class BrokerSettings(BaseModel):
     start_timeout_s: float = Field(default=20.0, gt=0, description="How long to wait for the broker to answer.")
 
 
-class StoreSettings(BaseModel):
+class StoreSettings(_Section):
     """The history store: embedded SQLite (default) or InfluxDB 2.x."""
 
     kind: Literal["embedded", "influx"] = Field(default="embedded", description="Which store implementation.")
@@ -60,7 +87,7 @@ class StoreSettings(BaseModel):
     max_buffered_points: int = Field(default=500_000, ge=1000, description="Backpressure threshold of the writer.")
 
 
-class ControllerSettings(BaseModel):
+class ControllerSettings(_Section):
     """The live controller service."""
 
     mode: Literal["advisory", "enforce"] = Field(default="advisory", description="Start mode; switchable at run time.")
@@ -93,7 +120,7 @@ class ControllerSettings(BaseModel):
         description="Node agent: safe cap = this fraction of each GPU's default power limit while the broker is lost.")
 
 
-class DashboardSettings(BaseModel):
+class DashboardSettings(_Section):
     """The operators' Dash page."""
 
     host: str = Field(default="127.0.0.1", description="Bind address.")
@@ -101,10 +128,17 @@ class DashboardSettings(BaseModel):
     refresh_s: float = Field(default=1.5, gt=0, description="Page update interval.")
     stale_after_s: float = Field(default=10.0, gt=0, description="No message for this long shows the stale banner.")
     username: str | None = Field(default=None, description="Basic-auth user; unset disables authentication.")
-    password: SecretStr | None = Field(default=None, description="Basic-auth password.")
+    password: SecretStr | None = Field(default=None, description="Basic-auth password (an empty one is refused).")
+
+    @field_validator("password")
+    @classmethod
+    def _no_empty_password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            raise ValueError("dashboard.password is empty: set a real password or leave it unset")
+        return value
 
 
-class WorkerSettings(BaseModel):
+class WorkerSettings(_Section):
     """The Faust stream worker."""
 
     app_id: str = Field(default="tapas-worker", description="Faust app id (consumer group).")
@@ -146,7 +180,7 @@ class WorkerSettings(BaseModel):
                              "for; samples of further new ids are dead-lettered and counted (ids come off a topic).")
 
 
-class IngestSettings(BaseModel):
+class IngestSettings(_Section):
     """The collectors (``tapas ingest``) and their buffered Kafka producer."""
 
     interval_s: float = Field(default=1.0, gt=0, description="Default sampling interval of every collector.")

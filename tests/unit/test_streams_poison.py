@@ -169,3 +169,20 @@ def test_domain_freshness_survives_one_collector_running_60_s_ahead() -> None:
     rows = [d for d in proc.domain_forecasts() if d.domain_kind == "row"]
     assert sum(d.num_servers for d in rows) == 8
     assert all(d.power_w > 0 for d in rows)
+
+
+@pytest.mark.parametrize(("env", "named"), [
+    ({"TAPAS_CONTROLLER__MAX_FREQENCY_MHZ": "100"}, "controller.max_freqency_mhz"),
+    ({"TAPAS_CONTROLLER__MIN_POWER_LIMIT_W": "1500"}, "min_power_limit_w=1500.0 is above max_power_limit_w"),
+    ({"TAPAS_DASHBOARD__PASSWORD": ""}, "dashboard.password"),
+])
+def test_unsafe_settings_are_errors_naming_the_key(monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
+                                                   named: str) -> None:
+    from pydantic import ValidationError
+
+    from foundation.settings import Settings
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ValidationError, match=named.replace(".", r"\.")):
+        Settings()
