@@ -11,7 +11,12 @@ the two drift. Rules shared by every message:
   0-100, ``_frac`` 0-1). Values outside a physically possible range are rejected
   with the field's name and the likely unit mistake, so a Kelvin or milliwatt value
   never passes as good.
-* Instants end in ``_at`` and must carry a timezone (UTC is used when producing).
+* Instants end in ``_at`` and must carry a timezone (UTC is used when producing) and
+  be representable in UTC (``9999-12-31T23:59:59-23:59`` is refused, not a crash
+  later). Whether an instant is plausible *now* is the receiver's judgement (the
+  stream worker's time window), not the contract's.
+* Every list and string has a bound (``max_length``), so one message cannot make a
+  consumer hold or loop over an unbounded amount of data.
 * Telemetry readings that a collector found to be sentinel or impossible values are
   carried as ``null`` and listed in ``invalid_fields``: flagged, never dropped.
 """
@@ -22,12 +27,13 @@ import inspect
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import IntFlag
 from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
 
 import annotated_types
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -43,7 +49,20 @@ SCHEMA_MAJOR = 1
 SCHEMA_MINOR = 1
 SCHEMA_VERSION = f"{SCHEMA_MAJOR}.{SCHEMA_MINOR}"
 
-Timestamp = AwareDatetime
+
+
+def _in_utc(value: datetime) -> datetime:
+    """The instant in UTC; an offset that pushes it past year 9999 (or before year 1) is a contract error."""
+    try:
+        return value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ValueError("instant is outside the range representable in UTC (years 1-9999)") from None
+
+
+Timestamp = Annotated[AwareDatetime, AfterValidator(_in_utc)]
+#: Bounds shared by ids and free text in every contract.
+Id = Annotated[str, Field(max_length=128)]
+MAX_LIST = 1024
 #: What a GPU power reading is (see ``GpuReading.power_kind``).
 PowerKind = Literal["instant", "average", "unknown"]
 
@@ -143,7 +162,7 @@ class GpuReading(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
     gpu_index: int = Field(ge=0, le=63, description="Index of the GPU in its server (NVML index).")
-    uuid: str | None = Field(default=None, description="NVML GPU UUID, when known.")
+    uuid: str | None = Field(default=None, max_length=128, description="NVML GPU UUID, when known.")
     gpu_temp_c: Celsius = Field(description="GPU die temperature, °C (DCGM_FI_DEV_GPU_TEMP).")
     memory_temp_c: Celsius = Field(default=None, description="HBM temperature, °C (DCGM_FI_DEV_MEMORY_TEMP).")
     power_usage_w: GpuWatts = Field(description="Power draw, W (DCGM_FI_DEV_POWER_USAGE); ``power_kind`` says which.")
@@ -174,8 +193,9 @@ class GpuReading(BaseModel):
     thermal_violation_us: Microseconds = Field(
         default=None, description="Time throttled by thermal constraints since driver load, µs; a counter "
         "(DCGM_FI_DEV_THERMAL_VIOLATION, nvmlDeviceGetViolationStatus(NVML_PERF_POLICY_THERMAL)). Since 1.1.")
-    invalid_fields: list[str] = Field(
-        default_factory=list, description="Fields whose raw reading was a sentinel or impossible; their value is null."
+    invalid_fields: list[Id] = Field(
+        default_factory=list, max_length=64,
+        description="Fields whose raw reading was a sentinel or impossible; their value is null."
     )
 
     @property
@@ -197,9 +217,11 @@ class WorkloadContext(BaseModel):
     prefill_tokens_per_s: float = Field(default=0.0, ge=0.0, le=1e8, description="Prompt tokens processed per second.")
     decode_tokens_per_s: float = Field(default=0.0, ge=0.0, le=1e8, description="Output tokens generated per second.")
     batch_size: float = Field(default=0.0, ge=0.0, le=1e5, description="Mean running batch size over the interval.")
-    config_id: str | None = Field(default=None, description="Configuration name from the catalogue (model-tp-precision-freq).")
+    config_id: str | None = Field(default=None, max_length=128,
+                                  description="Configuration name from the catalogue (model-tp-precision-freq).")
     frequency_cap_mhz: float | None = Field(default=None, ge=0, le=5000, description="SM clock cap in force, MHz.")
-    instance_ids: list[str] = Field(default_factory=list, description="SaaS instances / VMs running on this server.")
+    instance_ids: list[Id] = Field(default_factory=list, max_length=256,
+                                   description="SaaS instances / VMs running on this server (at most 256).")
 
 
 class GpuSample(Contract):
@@ -237,7 +259,7 @@ class InletSample(Contract):
     inlet_temp_c: InletCelsius = Field(description="Intake air temperature, °C (Redfish PhysicalContext 'Intake').")
     chassis_power_w: ChassisWatts = Field(default=None, description="Chassis input power, W, when the BMC reports it.")
     sensor_id: str | None = Field(default=None, max_length=256, description="Where the reading came from (Redfish URI).")
-    invalid_fields: list[str] = Field(default_factory=list)
+    invalid_fields: list[Id] = Field(default_factory=list, max_length=64)
     source: str = Field(default="unknown", max_length=32)
 
 
@@ -262,12 +284,19 @@ class PduPowerSample(Contract):
     current_a: PduAmps = Field(default=None, description="Total input current, A.")
     energy_kwh: float | None = Field(default=None, ge=0.0, description="Energy meter, kWh, when exposed.")
     phases: list[PduPhaseReading] = Field(default_factory=list, max_length=256)
-    server_ids: list[str] = Field(default_factory=list, description="Servers fed by this PDU, when known.")
-    invalid_fields: list[str] = Field(default_factory=list)
+    server_ids: list[Id] = Field(default_factory=list, max_length=MAX_LIST,
+                                 description="Servers fed by this PDU, when known.")
+    invalid_fields: list[Id] = Field(default_factory=list, max_length=64)
     source: str = Field(default="unknown", max_length=32)
 
 
 # --------------------------------------------------------------------------- forecasts
+
+
+#: Physical bound of one server's power in a forecast, W (a 64-GPU chassis at 2 kW each is 128 kW).
+SERVER_MAX_W = 1.0e6
+#: Physical bound of one domain's power (a cooling zone), W.
+DOMAIN_MAX_W = 1.0e9
 
 
 class HorizonForecast(BaseModel):
@@ -276,12 +305,12 @@ class HorizonForecast(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
     horizon_s: float = Field(ge=0, le=86_400)
-    gpu_temp_c: float = Field(description="Predicted hottest-GPU temperature, °C.")
-    gpu_temp_lo_c: float
-    gpu_temp_hi_c: float
-    power_w: float = Field(ge=0, description="Predicted server power, W.")
-    power_lo_w: float = Field(ge=0)
-    power_hi_w: float = Field(ge=0)
+    gpu_temp_c: float = Field(ge=-273.15, le=1000, description="Predicted hottest-GPU temperature, °C.")
+    gpu_temp_lo_c: float = Field(ge=-273.15, le=1000)
+    gpu_temp_hi_c: float = Field(ge=-273.15, le=1000)
+    power_w: float = Field(ge=0, le=SERVER_MAX_W, description="Predicted server power, W.")
+    power_lo_w: float = Field(ge=0, le=SERVER_MAX_W)
+    power_hi_w: float = Field(ge=0, le=SERVER_MAX_W)
 
     @model_validator(mode="after")
     def _ordered(self) -> HorizonForecast:
@@ -308,17 +337,17 @@ class ServerForecast(Contract):
     based_on_sample_at: Timestamp = Field(description="Timestamp of the newest sample the forecast used.")
     model_version: str = Field(max_length=64)
     interval_level: float = Field(default=0.9, gt=0, lt=1)
-    gpu_temp_c: float = Field(description="Latest observed hottest-GPU temperature, °C.")
-    power_w: float = Field(ge=0, description="Latest observed server power, W.")
-    inlet_temp_c: float | None = None
-    slowdown_temp_c: float = Field(description="Throttle threshold used for headroom, °C.")
-    thermal_headroom_c: float
-    power_headroom_w: float
+    gpu_temp_c: float = Field(ge=-273.15, le=1000, description="Latest observed hottest-GPU temperature, °C.")
+    power_w: float = Field(ge=0, le=SERVER_MAX_W, description="Latest observed server power, W.")
+    inlet_temp_c: float | None = Field(default=None, ge=-273.15, le=1000)
+    slowdown_temp_c: float = Field(ge=-273.15, le=1000, description="Throttle threshold used for headroom, °C.")
+    thermal_headroom_c: float = Field(ge=-1300, le=1300)
+    power_headroom_w: float = Field(ge=-DOMAIN_MAX_W, le=DOMAIN_MAX_W)
     horizons: list[HorizonForecast] = Field(min_length=1, max_length=16)
-    rack_id: str | None = None
-    row_id: str | None = None
-    pdu_id: str | None = None
-    zone_id: str | None = None
+    rack_id: str | None = Field(default=None, max_length=128)
+    row_id: str | None = Field(default=None, max_length=128)
+    pdu_id: str | None = Field(default=None, max_length=128)
+    zone_id: str | None = Field(default=None, max_length=128)
 
 
 class DomainForecast(Contract):
@@ -329,20 +358,22 @@ class DomainForecast(Contract):
     domain_kind: Literal["rack", "row", "pdu", "zone"]
     domain_id: str = Field(min_length=1, max_length=128)
     issued_at: Timestamp
-    num_servers: int = Field(ge=0)
-    power_w: float = Field(ge=0)
-    power_limit_w: float | None = Field(default=None, ge=0)
-    max_inlet_temp_c: float | None = None
-    inlet_limit_c: float | None = None
-    horizons_s: list[float] = Field(default_factory=list)
-    power_forecast_w: list[float] = Field(default_factory=list)
-    power_forecast_hi_w: list[float] = Field(default_factory=list)
-    inlet_forecast_c: list[float] = Field(
-        default_factory=list,
+    num_servers: int = Field(ge=0, le=10_000_000)
+    power_w: float = Field(ge=0, le=DOMAIN_MAX_W)
+    power_limit_w: float | None = Field(default=None, ge=0, le=DOMAIN_MAX_W)
+    max_inlet_temp_c: float | None = Field(default=None, ge=-273.15, le=1000)
+    inlet_limit_c: float | None = Field(default=None, ge=-273.15, le=1000)
+    horizons_s: list[Annotated[float, Field(ge=0, le=86_400)]] = Field(default_factory=list, max_length=16)
+    power_forecast_w: list[Annotated[float, Field(ge=0, le=DOMAIN_MAX_W)]] = Field(default_factory=list,
+                                                                                   max_length=16)
+    power_forecast_hi_w: list[Annotated[float, Field(ge=0, le=DOMAIN_MAX_W)]] = Field(default_factory=list,
+                                                                                      max_length=16)
+    inlet_forecast_c: list[Annotated[float, Field(ge=-273.15, le=1000)]] = Field(
+        default_factory=list, max_length=16,
         description="Zones: predicted max inlet temperature at each of horizons_s, °C (empty when not forecast).",
     )
-    inlet_forecast_hi_c: list[float] = Field(
-        default_factory=list, description="Zones: upper bound of the inlet forecast at each of horizons_s, °C."
+    inlet_forecast_hi_c: list[Annotated[float, Field(ge=-273.15, le=1000)]] = Field(
+        default_factory=list, max_length=16, description="Zones: upper bound of the inlet forecast at each of horizons_s, °C."
     )
 
     @model_validator(mode="after")
@@ -372,7 +403,7 @@ class PlacementRequest(Contract):
     vm_class: str | None = Field(default=None, max_length=64, description="VM size or class, for power history.")
     expected_power_w_per_gpu: float | None = Field(default=None, ge=0, le=2000, description="Defaults to history or TDP.")
     expected_lifetime_s: float = Field(default=3600.0, gt=0)
-    endpoint_id: str | None = Field(default=None, description="SaaS endpoint the instance will serve.")
+    endpoint_id: str | None = Field(default=None, max_length=128, description="SaaS endpoint the instance will serve.")
 
 
 class PlacementCandidate(BaseModel):
@@ -380,7 +411,7 @@ class PlacementCandidate(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
-    server_id: str
+    server_id: str = Field(max_length=128)
     rank: int = Field(ge=1)
     score: float
     predicted_peak_gpu_temp_c: float
@@ -408,8 +439,8 @@ class InstanceWeight(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
-    instance_id: str
-    server_id: str | None = None
+    instance_id: str = Field(max_length=128)
+    server_id: str | None = Field(default=None, max_length=128)
     weight: float = Field(ge=0.0, le=1.0)
     state: Literal["active", "drain"] = "active"
     thermal_headroom_c: float | None = None
@@ -478,8 +509,9 @@ class ReconfigCommand(Contract):
     issued_at: Timestamp
     expires_at: Timestamp
     server_id: str = Field(min_length=1, max_length=128)
-    instance_id: str | None = None
-    gpu_indices: list[int] = Field(default_factory=list, description="Empty means every GPU of the server.")
+    instance_id: str | None = Field(default=None, max_length=128)
+    gpu_indices: list[Annotated[int, Field(ge=0, le=63)]] = Field(default_factory=list, max_length=64,
+                                                               description="Empty means every GPU of the server.")
     action: ReconfigAction
     params: ReconfigParams = Field(default_factory=ReconfigParams)
     reason: str = Field(max_length=2000)
@@ -509,8 +541,8 @@ class CommandStatus(Contract):
 
     message_name: ClassVar[str] = "command_status"
     kind: Literal["command_status"] = "command_status"
-    command_id: str
-    server_id: str
+    command_id: str = Field(max_length=64)
+    server_id: str = Field(max_length=128)
     reported_at: Timestamp
     status: Literal["applied", "dry_run", "refused", "expired", "reverted", "duplicate", "failed"]
     detail: str = Field(default="", max_length=2000)
@@ -567,9 +599,9 @@ class ModelAnnouncement(Contract):
     model_name: str = Field(min_length=1, max_length=64)
     version: str = Field(min_length=1, max_length=64)
     promoted_at: Timestamp
-    artifact_path: str = Field(description="Path inside the operator-configured registry (never a URL).")
+    artifact_path: str = Field(max_length=1024, description="Path inside the operator-configured registry (never a URL).")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Digest the worker verifies before loading.")
-    metrics: dict[str, float] = Field(default_factory=dict)
+    metrics: dict[Id, float] = Field(default_factory=dict, max_length=64)
 
 
 class DeadLetter(Contract):
@@ -577,13 +609,19 @@ class DeadLetter(Contract):
 
     message_name: ClassVar[str] = "dead_letter"
     kind: Literal["dead_letter"] = "dead_letter"
-    source_topic: str
+    source_topic: str = Field(max_length=256)
     partition: int | None = None
     offset: int | None = None
     received_at: Timestamp
-    field: str = Field(default="", description="Dotted path of the offending field ('' for the whole payload).")
+    field: str = Field(default="", max_length=256,
+                       description="Dotted path of the offending field ('' for the whole payload).")
     reason: str = Field(max_length=4000)
-    raw_b64: str = Field(description="The original bytes, base64.")
+    raw_b64: str = Field(max_length=90_000, description="The original bytes, base64: at most the first 64 KiB "
+                         "(see raw_truncated and raw_length).")
+    raw_length: int | None = Field(default=None, ge=0, description="Size of the original record in bytes "
+                                   "(since 1.1; absent from older dead letters).")
+    raw_truncated: bool = Field(default=False, description="True when raw_b64 holds only the first 64 KiB "
+                                "of the record (since 1.1).")
 
 
 ALL_MESSAGES: tuple[type[Contract], ...] = (

@@ -13,13 +13,40 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from contracts.errors import ConfigError
 
 
-class KafkaSettings(BaseModel):
+class _Section(BaseModel):
+    """A settings section: an unknown key is an error naming it (a typo in a safety setting must not be ignored).
+
+    Inverted bounds (``min_*`` above ``max_*``, see ``_ORDERED_PAIRS``) are errors naming both keys.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> _Section:
+        _check_ordered(self)
+        return self
+
+
+#: (lower, upper) setting pairs of a section that must not be inverted.
+_ORDERED_PAIRS: tuple[tuple[str, str], ...] = (
+    ("min_frequency_mhz", "max_frequency_mhz"), ("min_power_limit_w", "max_power_limit_w"),
+    ("retry_backoff_s", "max_retry_backoff_s"))
+
+
+def _check_ordered(section: BaseModel) -> None:
+    for lo, hi in _ORDERED_PAIRS:
+        a, b = getattr(section, lo, None), getattr(section, hi, None)
+        if a is not None and b is not None and a > b:
+            raise ValueError(f"{lo}={a} is above {hi}={b}: the bounds are inverted")
+
+
+class KafkaSettings(_Section):
     """How every Kafka client (kafka-python, aiokafka, Faust) reaches the broker."""
 
     bootstrap_servers: str = Field(default="127.0.0.1:9092", description="Comma-separated host:port list.")
@@ -38,7 +65,7 @@ class KafkaSettings(BaseModel):
     client_id: str = Field(default="tapas", description="Client id prefix reported to the broker.")
 
 
-class BrokerSettings(BaseModel):
+class BrokerSettings(_Section):
     """The embedded Tansu broker started by ``tapas broker`` and ``make demo``."""
 
     host: str = Field(default="127.0.0.1", description="Address the embedded broker listens on (loopback only).")
@@ -46,7 +73,7 @@ class BrokerSettings(BaseModel):
     start_timeout_s: float = Field(default=20.0, gt=0, description="How long to wait for the broker to answer.")
 
 
-class StoreSettings(BaseModel):
+class StoreSettings(_Section):
     """The history store: embedded SQLite (default), InfluxQL v1 (InfluxDB 1.x/2.x/3.x) or Flux (InfluxDB 2.x)."""
 
     kind: Literal["embedded", "influxql", "influx"] = Field(
@@ -79,7 +106,7 @@ class StoreSettings(BaseModel):
     max_buffered_points: int = Field(default=500_000, ge=1000, description="Backpressure threshold of the writer.")
 
 
-class ControllerSettings(BaseModel):
+class ControllerSettings(_Section):
     """The live controller service."""
 
     mode: Literal["advisory", "enforce"] = Field(default="advisory", description="Start mode; switchable at run time.")
@@ -166,7 +193,7 @@ class ControllerSettings(BaseModel):
         description="Node agent: where it persists (fsync) the caps it applies, to reconcile them after a crash.")
 
 
-class DashboardSettings(BaseModel):
+class DashboardSettings(_Section):
     """The operators' Dash page."""
 
     host: str = Field(default="127.0.0.1", description="Bind address.")
@@ -174,10 +201,17 @@ class DashboardSettings(BaseModel):
     refresh_s: float = Field(default=1.5, gt=0, description="Page update interval.")
     stale_after_s: float = Field(default=10.0, gt=0, description="No message for this long shows the stale banner.")
     username: str | None = Field(default=None, description="Basic-auth user; unset disables authentication.")
-    password: SecretStr | None = Field(default=None, description="Basic-auth password.")
+    password: SecretStr | None = Field(default=None, description="Basic-auth password (an empty one is refused).")
+
+    @field_validator("password")
+    @classmethod
+    def _no_empty_password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            raise ValueError("dashboard.password is empty: set a real password or leave it unset")
+        return value
 
 
-class WorkerSettings(BaseModel):
+class WorkerSettings(_Section):
     """The Faust stream worker."""
 
     app_id: str = Field(default="tapas-worker", description="Faust app id (consumer group).")
@@ -214,16 +248,23 @@ class WorkerSettings(BaseModel):
                                  "often (PDU power is sampled every 1-2 s).")
     store_enabled: bool = Field(default=True, description="Write down-sampled telemetry and forecasts to the "
                                 "history store.")
+    max_sample_age_s: float = Field(default=86_400.0, gt=0, description="Samples older than this by the worker's "
+                                    "clock are dead-lettered (a day: a spool drained after an outage still counts).")
+    max_clock_skew_s: float = Field(default=30.0, gt=0, description="Samples more than this ahead of the worker's "
+                                    "clock are dead-lettered: a future-dated sample would otherwise hide every "
+                                    "later genuine one of its server; stream time never runs further ahead.")
+    max_servers: int = Field(default=100_000, ge=1, description="Most servers (and PDUs) one worker holds state "
+                             "for; samples of further new ids are dead-lettered and counted (ids come off a topic).")
 
 
-class TopologySettings(BaseModel):
+class TopologySettings(_Section):
     """Where the fleet's layout comes from (foundation.inventory)."""
 
     inventory: Path | None = Field(default=None, description="Inventory TOML of named servers, rows and zones "
                                    "(docs/inventory.md); when set every service uses it instead of cluster_file.")
 
 
-class ApiSettings(BaseModel):
+class ApiSettings(_Section):
     """The controller's synchronous placement API (``/v1/placement``, ``/v1/headroom``, scheduler extender)."""
 
     host: str = Field(default="127.0.0.1", description="Bind address of the placement API (0.0.0.0 in a container).")
@@ -235,7 +276,7 @@ class ApiSettings(BaseModel):
                                  "thread each, keep-alive); more are answered 503.")
 
 
-class IngestSettings(BaseModel):
+class IngestSettings(_Section):
     """The collectors (``tapas ingest``) and their buffered Kafka producer."""
 
     interval_s: float = Field(default=1.0, gt=0, description="Default sampling interval of every collector.")
@@ -262,7 +303,7 @@ class IngestSettings(BaseModel):
     device_timeout_s: float = Field(default=5.0, gt=0, description="Timeout of one BMC (Redfish) or PDU (SNMP) request.")
 
 
-class RouterSettings(BaseModel):
+class RouterSettings(_Section):
     """Router adapters that consume ``tapas.routing.weights`` (``tapas router haproxy``, ``tapas router sidecar``)."""
 
     tick_s: float = Field(default=1.0, gt=0, description="How often the router applies the latest weights.")

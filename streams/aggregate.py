@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
@@ -161,37 +161,69 @@ def partials_from_bytes(raw: bytes) -> list[Partial]:
 
 @dataclass
 class DomainCombiner:
-    """Latest partial of every worker per domain; combines the fresh ones into domain forecasts."""
+    """Latest partial of every worker per domain; combines the fresh ones into domain forecasts.
+
+    Freshness is judged per worker by when its partial *arrived* (the receiver's clock,
+    ``now_s`` of :meth:`add`), not by the partial's stream time: a worker whose stream
+    time runs ahead (a collector with a fast clock) must not make the others look stale.
+    """
 
     limits: DomainLimits
     stale_after_s: float = 5.0
     latest: dict[str, dict[str, Partial]] = field(default_factory=dict)
+    #: Receiver's clock (seconds); ``None``: partials' own stream time stands in for arrival.
+    clock: Callable[[], float] | None = None
+    #: Receiver's clock when each (domain, worker) partial arrived.
+    received: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def _pos(self, kind: DomainKind, dom: str) -> int:
-        if not hasattr(self, "_positions"):
-            self._positions = {k: {d: j for j, d in enumerate(v)} for k, v in self.limits.ids.items()}
-        return self._positions[kind][dom]
+        return self._positions_of(kind)[dom]
 
-    def add(self, p: Partial) -> None:
-        """Keep ``p`` if it is the newest partial of its worker for its domain."""
+    def add(self, p: Partial, now_s: float | None = None) -> None:
+        """Keep ``p`` if it is the newest partial of its worker for its domain (received at ``now_s``).
+
+        ``now_s`` ``None``: the combiner's clock, or without one the partial's own stream time.
+        Partials for domains outside the topology are ignored (their ids come off a topic).
+        """
+        if p.kind not in self.limits.ids or p.domain_id not in self._positions_of(p.kind):
+            return
         per_worker = self.latest.setdefault(p.key, {})
         old = per_worker.get(p.worker_id)
         if old is None or p.at_s >= old.at_s:
             per_worker[p.worker_id] = p
+            if now_s is None:
+                now_s = p.at_s if self.clock is None else self.clock()
+            self.received[(p.key, p.worker_id)] = now_s
 
-    def combine(self, *, issued_at: Any, pdu_power_w: Mapping[str, float]) -> list[DomainForecast]:
-        """One forecast per domain from partials no older than ``stale_after_s`` behind the newest.
+    def _positions_of(self, kind: DomainKind) -> dict[str, int]:
+        if not hasattr(self, "_positions"):
+            self._positions = {k: {d: j for j, d in enumerate(v)} for k, v in self.limits.ids.items()}
+        return self._positions[kind]
+
+    def combine(self, *, issued_at: Any, pdu_power_w: Mapping[str, float],
+                now_s: float | None = None) -> list[DomainForecast]:
+        """One forecast per domain from partials received no more than ``stale_after_s`` before ``now_s``.
+
+        ``now_s`` ``None``: the combiner's clock, or without one the newest partial's arrival.
 
         ``pdu_power_w`` holds the fresh measured power of each PDU; a domain whose PDUs
         are all measured reports the measured sum and shifts its forecasts by the
         difference to its servers' sum (unmetered loads).
         """
         out: list[DomainForecast] = []
-        for per_worker in list(self.latest.values()):
-            newest = max(p.at_s for p in per_worker.values())
-            parts = [p for p in per_worker.values() if newest - p.at_s <= self.stale_after_s]
-            for w in [w for w, p in per_worker.items() if newest - p.at_s > self.stale_after_s]:
+        got = self.received
+        if now_s is None and self.clock is not None:
+            now_s = self.clock()
+        for key, per_worker in list(self.latest.items()):
+            arrived = {w: got.get((key, w), p.at_s) for w, p in per_worker.items()}
+            ref = max(arrived.values()) if now_s is None else now_s
+            for w in [w for w, t in arrived.items() if ref - t > self.stale_after_s]:
                 del per_worker[w]
+                got.pop((key, w), None)
+            parts = list(per_worker.values())
+            if not parts:
+                del self.latest[key]
+                continue
             first = parts[0]
             kind, dom = first.kind, first.domain_id
             servers_w = sum(p.power_w for p in parts)

@@ -51,7 +51,7 @@ from foundation.kafka import KafkaClients, Last, assign_all_async
 from foundation.settings import Settings
 from streams.aggregate import partials_from_bytes, partials_to_bytes
 from streams.joins import JoinWindows
-from streams.processor import BatchOutput, RawRecord, StreamProcessor, TopologyView
+from streams.processor import BatchOutput, RawRecord, StreamProcessor, TimeWindow, TopologyView
 from streams.store.base import HistoryStore, Point
 
 log = logging.getLogger(__name__)
@@ -194,7 +194,8 @@ class WorkerApp:
         self.processor = StreamProcessor(
             view, forecaster, horizons_s=w.horizons_s, tick_s=w.tick_s,
             windows=JoinWindows(w.inlet_max_age_s, w.power_max_age_s), downsample_s=settings.store.downsample_s,
-            worker_id=self.worker_id, store_enabled=store is not None)
+            worker_id=self.worker_id, store_enabled=store is not None,
+            time_window=TimeWindow(w.max_sample_age_s, w.max_clock_skew_s), max_servers=w.max_servers)
         self.store = store
         self._points: list[Point] = []
         self._partition_cache: dict[tuple[str, int], dict[bytes, int]] = {}
@@ -275,7 +276,7 @@ class WorkerApp:
     def _restore_unknown(self, records: list[RawRecord]) -> None:
         known = self.processor.states.index
         for rec in records:
-            if rec.key is None:
+            if rec.key is None or len(known) >= self.processor.max_servers:
                 continue
             sid = rec.key.decode(errors="replace")
             if sid in known:
@@ -395,10 +396,11 @@ class WorkerApp:
         @app.agent(self.partials_topic, name="domain-partials")
         async def domain_partials(stream: Any) -> None:
             async for events in stream.take_events(1000, within=0.1):
+                now_s = self.processor.clock()  # freshness by arrival on this worker's clock
                 for e in events:
                     try:
                         for p in partials_from_bytes(e.message.value):
-                            self.processor.combiner.add(p)
+                            self.processor.combiner.add(p, now_s)
                     except (ValueError, KeyError, TypeError) as exc:
                         log.error("event=bad_partial error=%s", exc)
 
@@ -443,6 +445,13 @@ class WorkerApp:
             return web.json({"worker_id": self.worker_id, "model_version": self.processor.forecaster.version,
                               "num_late": self.processor.num_late, "states": body,
                               "num_forecast_batches_failed": self.num_forecast_batches_failed,
+                              "num_dead_letters": self.processor.num_dead_letters,
+                              "num_time_refused": self.processor.num_time_refused,
+                              "num_internal_errors": self.processor.num_internal_errors,
+                              "num_servers_refused": self.processor.num_evicted,
+                              "collector_skew_min_s": _finite(self.processor.skew_min_s),
+                              "collector_skew_max_s": _finite(self.processor.skew_max_s),
+                              "stream_time_s": _finite(self.processor.stream_time_s),
                               "active_servers": list(self.processor.states.ids)})
 
     # ------------------------------------------------------------------ broadcast inputs
@@ -484,6 +493,11 @@ class WorkerApp:
             return
         self.processor.set_forecaster(forecaster)
         log.info("event=model_switched version=%s", forecaster.version)
+
+
+def _finite(x: float) -> float | None:
+    """JSON has no NaN: ``None`` before the first sample."""
+    return None if x != x else x  # noqa: PLR0124 - NaN check without importing math
 
 
 def describe(app: WorkerApp) -> str:

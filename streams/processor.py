@@ -63,11 +63,45 @@ class BatchOutput:
     points: list[Point] = field(default_factory=list)
 
 
+#: Most bytes of a refused record kept in its dead letter (64 KiB). A longer record keeps its first
+#: ``DEAD_LETTER_MAX_RAW_BYTES`` bytes with ``raw_truncated`` set and its full size in ``raw_length``, so a
+#: dead letter always fits a Kafka request (a 750 KB record, base64-encoded, did not).
+DEAD_LETTER_MAX_RAW_BYTES = 64 * 1024
+
+
 def dead_letter(rec: RawRecord, err: ContractError, received_at: datetime) -> bytes:
-    """The dead-letter message for ``rec`` (reason, field and the original bytes, base64)."""
-    return DeadLetter(source_topic=rec.topic, partition=rec.partition, offset=rec.offset, received_at=received_at,
-                      field=err.field, reason=err.reason[:4000],
-                      raw_b64=base64.b64encode(rec.value).decode()).to_bytes()
+    """The dead-letter message for ``rec`` (reason, field and the original bytes, base64, truncated)."""
+    raw = rec.value if rec.value is not None else b""
+    kept = raw[:DEAD_LETTER_MAX_RAW_BYTES]
+    return DeadLetter(source_topic=rec.topic[:256], partition=rec.partition, offset=rec.offset,
+                      received_at=received_at, field=err.field[:256], reason=err.reason[:4000],
+                      raw_b64=base64.b64encode(kept).decode(), raw_length=len(raw),
+                      raw_truncated=len(kept) < len(raw)).to_bytes()
+
+
+def internal_error(exc: BaseException) -> ContractError:
+    """A record whose handling raised: dead-lettered with the exception, never allowed to stop the batch."""
+    return ContractError("", f"internal error while handling this record: {type(exc).__name__}: {exc}"[:2000])
+
+
+def key_error(key: bytes | None, body_id: str, name: str) -> ContractError | None:
+    """A mismatch between the Kafka key and the body's id (``None`` when they agree).
+
+    The key decides the partition and so the worker that holds the server's state; a body
+    naming another server would update state on a worker that does not own it.
+    """
+    if key is not None and len(key) == len(body_id) and key.decode(errors="replace") == body_id:
+        return None
+    shown = "missing" if key is None else repr(key[:200].decode(errors="replace"))
+    return ContractError(name, f"{name} {body_id[:200]!r} does not match the Kafka key ({shown})")
+
+
+@dataclass(frozen=True, slots=True)
+class TimeWindow:
+    """Receiver-clock bounds of a sample's time: ``[now - max_age_s, now + max_skew_s]``."""
+
+    max_age_s: float = 86_400.0
+    max_skew_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -131,13 +165,16 @@ class StreamProcessor:
         windows: join windows.
         downsample_s: raw telemetry and forecasts go to the store once per this period per server.
         worker_id: this worker's id in domain partials.
-        clock: wall-clock seconds (``time.time`` in production).
+        clock: wall-clock seconds (``time.time`` in production); samples are judged against it.
+        time_window: how old and how far ahead of ``clock`` a sample may be (outside: dead-lettered).
+        max_servers: most per-server states held; beyond it the least recently seen server is evicted.
     """
 
     def __init__(self, view: TopologyView, forecaster: OnlineForecaster, *, horizons_s: Sequence[float],
                  tick_s: float = 1.0, windows: JoinWindows | None = None, downsample_s: float = 10.0,
                  worker_id: str = "w0", store_enabled: bool = True,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, time_window: TimeWindow | None = None,
+                 max_servers: int = 100_000) -> None:
         self.view = view
         self.forecaster = forecaster
         self.horizons_s = tuple(sorted(float(h) for h in horizons_s))
@@ -147,13 +184,15 @@ class StreamProcessor:
         self.worker_id = worker_id
         self.store_enabled = store_enabled
         self.clock = clock
+        self.time_window = time_window or TimeWindow()
+        self.max_servers = max_servers
         self.states = ServerStates()
         h = len(self.horizons_s)
         self._fc_power = np.full((256, h), np.nan)
         self._fc_power_hi = np.full((256, h), np.nan)
         self._dom = {k: np.full(256, -1, dtype=np.int64) for k in DOMAIN_KINDS}
         self.pdu_power: dict[str, tuple[float, float]] = {}
-        self.combiner = DomainCombiner(view.limits)
+        self.combiner = DomainCombiner(view.limits, clock=clock)
         self._limits_by_id = {k: dict(zip(view.limits.ids[k], view.limits.power_limit_w[k], strict=True))
                               for k in DOMAIN_KINDS}
         self.stream_time_s = math.nan
@@ -161,6 +200,16 @@ class StreamProcessor:
         self.num_forecasts = 0
         self.num_samples = 0
         self.num_late = 0
+        self.num_time_refused = 0
+        self.num_internal_errors = 0
+        self.num_evicted = 0
+        #: Extremes of sample time minus receipt time since start (collector clock skew; NaN before any sample).
+        self.skew_min_s = math.nan
+        self.skew_max_s = math.nan
+        #: Receiver's clock when each slot last got an accepted GPU sample (freshness of domain partials).
+        self._seen_at = np.full(256, np.nan)
+        #: Receiver's clock when each PDU's reading arrived.
+        self._pdu_seen_at: dict[str, float] = {}
         #: Slots changed since the last :meth:`take_dirty_states` (written to the changelog before each commit).
         self.dirty: set[int] = set()
         self._row_power_cache: dict[tuple[str, float], float | None] = {}
@@ -173,6 +222,7 @@ class StreamProcessor:
             grow = cap - len(self._fc_power)
             self._fc_power = np.vstack([self._fc_power, np.full((grow, len(self.horizons_s)), np.nan)])
             self._fc_power_hi = np.vstack([self._fc_power_hi, np.full((grow, len(self.horizons_s)), np.nan)])
+            self._seen_at = np.concatenate([self._seen_at, np.full(grow, np.nan)])
             for k in DOMAIN_KINDS:
                 self._dom[k] = np.concatenate([self._dom[k], np.full(grow, -1, dtype=np.int64)])
         pos = self.view.domain_pos.get(server_id)
@@ -194,6 +244,7 @@ class StreamProcessor:
             self._dom[k][:] = -1
         self._fc_power[:] = np.nan
         self._fc_power_hi[:] = np.nan
+        self._seen_at[:] = np.nan
 
     def state_bytes(self, server_id: str) -> bytes | None:
         """The server's state bytes (what the changelog table holds), or ``None`` when unknown."""
@@ -218,98 +269,186 @@ class StreamProcessor:
         return datetime.fromtimestamp(self.clock(), UTC)
 
     # ------------------------------------------------------------------ inputs
+    def _window(self) -> tuple[float, float, float]:
+        """``(now, oldest, newest)`` sample time accepted in this batch, by the receiver's clock."""
+        now = self.clock()
+        return now, now - self.time_window.max_age_s, now + self.time_window.max_skew_s
+
+    def _time_error(self, at_s: float, now_s: float, lo: float, hi: float, name: str) -> ContractError | None:
+        """Why a sample time outside ``[lo, hi]`` is refused; tracks collector skew (cheap: float compares)."""
+        skew = at_s - now_s
+        if not skew >= self.skew_min_s:  # NaN-safe: the first sample sets both
+            self.skew_min_s = skew
+        if not skew <= self.skew_max_s:
+            self.skew_max_s = skew
+        if lo <= at_s <= hi:
+            return None
+        self.num_time_refused += 1
+        if at_s > hi:
+            return ContractError(name, f"{name} is {skew:.1f} s ahead of the receiver's clock (max skew "
+                                       f"{self.time_window.max_skew_s:g} s); the collector's clock is wrong")
+        return ContractError(name, f"{name} is {-skew:.1f} s older than the receiver's clock (max age "
+                                   f"{self.time_window.max_age_s:g} s)")
+
+    def _server_slot(self, server_id: str) -> int | None:
+        """The server's slot, or ``None`` when it is new and the worker already holds ``max_servers``."""
+        if server_id not in self.states.index and len(self.states) >= self.max_servers:
+            return None
+        return self._ensure(server_id)
+
+    def _too_many(self, what: str, limit: int) -> ContractError:
+        self.num_evicted += 1
+        return ContractError("", f"this worker already holds {limit} {what}s; a new {what} id is refused "
+                                 "(raise worker.max_servers if the fleet is that large)")
+
     def handle_gpu(self, records: Sequence[RawRecord]) -> BatchOutput:
-        """Decode, join, update and forecast a batch of GPU samples."""
+        """Decode, join, update and forecast a batch of GPU samples.
+
+        Every record is handled on its own: a contract error, a time outside the window, a
+        key that does not match the body or any exception while handling it dead-letters
+        that record only, and the rest of the batch goes on.
+        """
         out = BatchOutput()
         received = self._now()
+        now_s, lo, hi = self._window()
         changed: set[int] = set()
         self._row_power_cache.clear()  # PDU readings may have changed since the last batch
         for rec in records:
             try:
-                sample = decode(GpuSample, rec.value)
-            except ContractError as err:
+                err = self._gpu_record(rec, out, changed, now_s, lo, hi)
+            except Exception as exc:  # noqa: BLE001 - one poison record must not drop the batch
+                self.num_internal_errors += 1
+                err = internal_error(exc)
+            if err is not None:
                 out.dead_letters.append((rec.key, dead_letter(rec, err, received)))
-                continue
-            summary = summarize_gpu(sample)
-            if summary is None:
-                unusable = ContractError("gpus.gpu_temp_c", "no GPU reported a valid temperature; sample unusable")
-                out.dead_letters.append((rec.key, dead_letter(rec, unusable, received)))
-                continue
-            i = self._ensure(sample.server_id)
-            slowdown = self.view.slowdown_c.get(sample.server_id, FALLBACK_SLOWDOWN_C)
-            if apply_gpu(self.states, sample, summary, default_slowdown_temp_c=slowdown) is None:
-                self.num_late += 1  # late or replayed: state unchanged, so a replay is idempotent
-                continue
-            self.num_samples += 1
-            self._join_pdu_share(sample.server_id, i, summary.at_s)
-            obs = joined_observation(self.states, i, self.windows)
-            model = self.states.models[i]
-            model = self.forecaster.update(model if model is not None else self.forecaster.new_state(), obs)
-            self.states.models[i] = model
-            changed.add(i)
-            if math.isnan(self.stream_time_s) or summary.at_s > self.stream_time_s:
-                self.stream_time_s = summary.at_s
-            a = self.states.arr
-            last_fc = float(a["last_forecast_at_s"][i])
-            if math.isnan(last_fc) or summary.at_s - last_fc >= self.tick_s * 0.999:
-                a["last_forecast_at_s"][i] = summary.at_s
-                out.forecasts.append((sample.server_id.encode(), self._forecast(i, obs, model, out)))
-            if self.store_enabled:
-                last_store = float(a["last_store_at_s"][i])
-                if math.isnan(last_store) or summary.at_s - last_store >= self.downsample_s * 0.999:
-                    a["last_store_at_s"][i] = summary.at_s
-                    out.points.append(self._gpu_point(i, obs))
         self.num_dead_letters += len(out.dead_letters)
         self.num_forecasts += len(out.forecasts)
         self.dirty |= changed
         return out
 
+    def _gpu_record(self, rec: RawRecord, out: BatchOutput, changed: set[int], now_s: float, lo: float,
+                    hi: float) -> ContractError | None:
+        try:
+            sample = decode(GpuSample, rec.value)
+        except ContractError as err:
+            return err
+        bad_key = key_error(rec.key, sample.server_id, "server_id")
+        if bad_key is not None:
+            return bad_key
+        summary = summarize_gpu(sample)
+        if summary is None:
+            return ContractError("gpus.gpu_temp_c", "no GPU reported a valid temperature; sample unusable")
+        bad_time = self._time_error(summary.at_s, now_s, lo, hi, "sampled_at")
+        if bad_time is not None:
+            return bad_time
+        i = self._server_slot(sample.server_id)
+        if i is None:
+            return self._too_many("server", self.max_servers)
+        slowdown = self.view.slowdown_c.get(sample.server_id, FALLBACK_SLOWDOWN_C)
+        if apply_gpu(self.states, sample, summary, default_slowdown_temp_c=slowdown) is None:
+            self.num_late += 1  # late or replayed: state unchanged, so a replay is idempotent
+            return None
+        self.num_samples += 1
+        self._seen_at[i] = now_s
+        self._join_pdu_share(sample.server_id, i, summary.at_s)
+        obs = joined_observation(self.states, i, self.windows)
+        model = self.states.models[i]
+        model = self.forecaster.update(model if model is not None else self.forecaster.new_state(), obs)
+        self.states.models[i] = model
+        changed.add(i)
+        if math.isnan(self.stream_time_s) or summary.at_s > self.stream_time_s:
+            self.stream_time_s = min(summary.at_s, hi)  # never ahead of the wall clock plus the skew
+        a = self.states.arr
+        last_fc = float(a["last_forecast_at_s"][i])
+        if math.isnan(last_fc) or summary.at_s - last_fc >= self.tick_s * 0.999:
+            a["last_forecast_at_s"][i] = summary.at_s
+            out.forecasts.append((sample.server_id.encode(), self._forecast(i, obs, model, out)))
+        if self.store_enabled:
+            last_store = float(a["last_store_at_s"][i])
+            if math.isnan(last_store) or summary.at_s - last_store >= self.downsample_s * 0.999:
+                a["last_store_at_s"][i] = summary.at_s
+                out.points.append(self._gpu_point(i, obs))
+        return None
+
     def handle_inlet(self, records: Sequence[RawRecord]) -> BatchOutput:
-        """Keep the newest inlet reading per server (joined into the next GPU sample)."""
+        """Keep the newest inlet reading per server (joined into the next GPU sample); per-record isolation."""
         out = BatchOutput()
         received = self._now()
+        now_s, lo, hi = self._window()
         for rec in records:
             try:
-                sample = decode(InletSample, rec.value)
-            except ContractError as err:
+                err = self._inlet_record(rec, out, now_s, lo, hi)
+            except Exception as exc:  # noqa: BLE001 - one poison record must not drop the batch
+                self.num_internal_errors += 1
+                err = internal_error(exc)
+            if err is not None:
                 out.dead_letters.append((rec.key, dead_letter(rec, err, received)))
-                continue
-            self._ensure(sample.server_id)
-            i = apply_inlet(self.states, sample)
-            if i is None:
-                self.num_late += 1
-                continue
-            self.dirty.add(i)
-            if self.store_enabled and sample.inlet_temp_c is not None:
-                fields = {"inlet_temp_c": sample.inlet_temp_c}
-                if sample.chassis_power_w is not None:
-                    fields["chassis_power_w"] = sample.chassis_power_w
-                out.points.append(Point("inlet", {"server_id": sample.server_id}, fields, sample.sampled_at))
         self.num_dead_letters += len(out.dead_letters)
         return out
 
+    def _inlet_record(self, rec: RawRecord, out: BatchOutput, now_s: float, lo: float,
+                      hi: float) -> ContractError | None:
+        try:
+            sample = decode(InletSample, rec.value)
+        except ContractError as err:
+            return err
+        bad = key_error(rec.key, sample.server_id, "server_id") or self._time_error(
+            sample.sampled_at.timestamp(), now_s, lo, hi, "sampled_at")
+        if bad is not None:
+            return bad
+        if self._server_slot(sample.server_id) is None:
+            return self._too_many("server", self.max_servers)
+        i = apply_inlet(self.states, sample)
+        if i is None:
+            self.num_late += 1
+            return None
+        self.dirty.add(i)
+        if self.store_enabled and sample.inlet_temp_c is not None:
+            fields = {"inlet_temp_c": sample.inlet_temp_c}
+            if sample.chassis_power_w is not None:
+                fields["chassis_power_w"] = sample.chassis_power_w
+            out.points.append(Point("inlet", {"server_id": sample.server_id}, fields, sample.sampled_at))
+        return None
+
     def handle_pdu(self, records: Sequence[RawRecord]) -> BatchOutput:
-        """Keep the newest measured power of every PDU (every worker sees every PDU)."""
+        """Keep the newest measured power of every PDU (every worker sees every PDU); per-record isolation."""
         out = BatchOutput()
         received = self._now()
+        now_s, lo, hi = self._window()
         for rec in records:
             try:
-                sample = decode(PduPowerSample, rec.value)
-            except ContractError as err:
+                err = self._pdu_record(rec, out, now_s, lo, hi)
+            except Exception as exc:  # noqa: BLE001 - one poison record must not drop the batch
+                self.num_internal_errors += 1
+                err = internal_error(exc)
+            if err is not None:
                 out.dead_letters.append((rec.key, dead_letter(rec, err, received)))
-                continue
-            at_s = sample.sampled_at.timestamp()
-            old = self.pdu_power.get(sample.pdu_id)
-            if sample.power_w is None or (old is not None and at_s <= old[1]):
-                continue
-            self.pdu_power[sample.pdu_id] = (sample.power_w, at_s)
-            if self.store_enabled:
-                fields = {"power_w": sample.power_w}
-                if sample.current_a is not None:
-                    fields["current_a"] = sample.current_a
-                out.points.append(Point("pdu", {"pdu_id": sample.pdu_id}, fields, sample.sampled_at))
         self.num_dead_letters += len(out.dead_letters)
         return out
+
+    def _pdu_record(self, rec: RawRecord, out: BatchOutput, now_s: float, lo: float,
+                    hi: float) -> ContractError | None:
+        try:
+            sample = decode(PduPowerSample, rec.value)
+        except ContractError as err:
+            return err
+        at_s = sample.sampled_at.timestamp()
+        bad = key_error(rec.key, sample.pdu_id, "pdu_id") or self._time_error(at_s, now_s, lo, hi, "sampled_at")
+        if bad is not None:
+            return bad
+        old = self.pdu_power.get(sample.pdu_id)
+        if old is None and len(self.pdu_power) >= self.max_servers:
+            return self._too_many("PDU", self.max_servers)
+        if sample.power_w is None or (old is not None and at_s <= old[1]):
+            return None
+        self.pdu_power[sample.pdu_id] = (sample.power_w, at_s)
+        self._pdu_seen_at[sample.pdu_id] = now_s
+        if self.store_enabled:
+            fields = {"power_w": sample.power_w}
+            if sample.current_a is not None:
+                fields["current_a"] = sample.current_a
+            out.points.append(Point("pdu", {"pdu_id": sample.pdu_id}, fields, sample.sampled_at))
+        return None
 
     @staticmethod
     def decode_announcement(rec: RawRecord) -> ModelAnnouncement | bytes:
@@ -413,8 +552,10 @@ class StreamProcessor:
         if n == 0 or math.isnan(self.stream_time_s):
             return []
         a = self.states.arr
-        last = a["last_forecast_at_s"][:n]
-        fresh: npt.NDArray[np.bool_] = ~np.isnan(last) & (self.stream_time_s - np.nan_to_num(last) <= 3 * self.tick_s
+        # Judged by when each server's samples arrived on this worker's clock, not by sample time: one
+        # collector whose clock runs ahead must not make every other server of its row look stale.
+        seen = self._seen_at[:n]
+        fresh: npt.NDArray[np.bool_] = ~np.isnan(seen) & (self.clock() - np.nan_to_num(seen) <= 3 * self.tick_s
                                                           + self.windows.power_max_age_s)
         return worker_partials(
             worker_id=self.worker_id, at_s=self.stream_time_s, fresh=fresh,
@@ -424,7 +565,9 @@ class StreamProcessor:
 
     def domain_forecasts(self) -> list[DomainForecast]:
         """Combine the partials received so far into domain forecasts (for domains this worker owns)."""
-        at = self.stream_time_s
-        fresh_pdus = {p: w for p, (w, t) in self.pdu_power.items()
-                      if math.isnan(at) or abs(at - t) <= self.windows.power_max_age_s}
-        return self.combiner.combine(issued_at=self._now(), pdu_power_w=fresh_pdus)
+        now = self.clock()
+        seen = self._pdu_seen_at
+        fresh_pdus = {p: w for p, (w, _) in self.pdu_power.items()
+                      if now - seen.get(p, -math.inf) <= self.windows.power_max_age_s}
+        return self.combiner.combine(issued_at=self._now(), pdu_power_w=fresh_pdus, now_s=now)
+

@@ -15,6 +15,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -102,8 +103,9 @@ def test_every_malformed_message_reaches_the_dead_letter_topic_with_a_reason(bro
                     decode(model, raw)
                 sent[key] = (topic, raw, err.value.field)
                 producer.send(topic, key=key.encode(), value=raw)
-            good = examples[model].model_copy(update={"server_id": f"ok-{run}"} if model is not PduPowerSample
-                                              else {"pdu_id": f"ok-{run}"})
+            good = examples[model].model_copy(update={"server_id": f"ok-{run}", "sampled_at": datetime.now(UTC)}
+                                              if model is not PduPowerSample
+                                              else {"pdu_id": f"ok-{run}", "sampled_at": datetime.now(UTC)})
             valid_keys.add(f"ok-{run}")
             producer.send(topic, key=f"ok-{run}".encode(), value=good.to_bytes())
         producer.flush(timeout=30)

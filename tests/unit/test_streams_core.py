@@ -31,10 +31,10 @@ def _records(msgs: list[GpuSample] | list[InletSample], topic: str) -> list[RawR
 
 def _processor(num_servers: int = 8) -> tuple[StreamProcessor, SyntheticTelemetry]:
     topo = default_topology(num_servers)
-    proc = StreamProcessor(TopologyView.from_topology(topo, inlet_limit_c=27.0), OnlineForecaster(),
-                           horizons_s=[10, 60, 300])
     tel = SyntheticTelemetry(topo.server_ids, pdu_of={s.server_id: s.pdu_id for s in topo.servers},
                              start_at=T0, seed=1, inlet_every=3, pdu_every=2)
+    proc = StreamProcessor(TopologyView.from_topology(topo, inlet_limit_c=27.0), OnlineForecaster(),
+                           horizons_s=[10, 60, 300], clock=lambda: tel.at.timestamp())  # receiver keeps pace
     return proc, tel
 
 
@@ -137,7 +137,7 @@ def test_restored_processor_continues_bit_for_bit() -> None:
     a, tel = _processor(4)
     for _ in range(3):
         _step(a, tel)
-    b = StreamProcessor(a.view, OnlineForecaster(), horizons_s=[10, 60, 300])
+    b = StreamProcessor(a.view, OnlineForecaster(), horizons_s=[10, 60, 300], clock=a.clock)
     for sid, raw in a.take_dirty_states().items():
         b.restore(sid, raw)
     b.pdu_power = dict(a.pdu_power)
@@ -198,13 +198,29 @@ def test_combiner_drops_partials_of_a_worker_that_went_quiet() -> None:
     for _ in range(2):
         _step(proc, tel)
     old = proc.domain_partials()
-    combiner = DomainCombiner(proc.view.limits, stale_after_s=5.0)
+    now = [100.0]
+    combiner = DomainCombiner(proc.view.limits, stale_after_s=5.0, clock=lambda: now[0])
     for p in old:
-        combiner.add(p)
+        combiner.add(p)  # w1 arrives at 100 s
+    now[0] = 110.0
     for p in old:
-        combiner.add(type(p)(**{**p.__dict__, "worker_id": "w2", "at_s": p.at_s + 10.0}))
+        combiner.add(type(p)(**{**p.__dict__, "worker_id": "w2"}))  # w2 arrives at 110 s, w1 quiet since 100 s
     rows = [d for d in combiner.combine(issued_at=T0, pdu_power_w={}) if d.domain_kind == "row"]
     assert rows and all(d.num_servers == 4 for d in rows)
+
+
+def test_combiner_judges_workers_by_arrival_not_by_their_stream_time() -> None:
+    """A worker whose stream time runs 60 s ahead (a skewed collector) must not make the other look stale."""
+    proc, tel = _processor(4)
+    for _ in range(2):
+        _step(proc, tel)
+    old = proc.domain_partials()
+    combiner = DomainCombiner(proc.view.limits, stale_after_s=5.0, clock=lambda: 100.0)
+    for p in old:
+        combiner.add(p)
+        combiner.add(type(p)(**{**p.__dict__, "worker_id": "w2", "at_s": p.at_s + 60.0}))
+    rows = [d for d in combiner.combine(issued_at=T0, pdu_power_w={}) if d.domain_kind == "row"]
+    assert rows and all(d.num_servers == 8 for d in rows)  # both workers' 4 servers count
 
 
 def test_hand_built_forecast_json_matches_the_contract() -> None:
@@ -237,9 +253,9 @@ def test_iso_utc_matches_datetime_formatting(at_s: float) -> None:
 
 def test_join_windows_drop_stale_inlet() -> None:
     topo = default_topology(1)
-    proc = StreamProcessor(TopologyView.from_topology(topo, inlet_limit_c=27.0), OnlineForecaster(),
-                           horizons_s=[10], windows=JoinWindows(inlet_max_age_s=30.0))
     tel = SyntheticTelemetry(topo.server_ids, start_at=T0, inlet_every=1000)
+    proc = StreamProcessor(TopologyView.from_topology(topo, inlet_limit_c=27.0), OnlineForecaster(),
+                           horizons_s=[10], windows=JoinWindows(inlet_max_age_s=30.0), clock=lambda: tel.at.timestamp())
     gpus, inlets, _ = tel.step()
     proc.handle_inlet(_records(inlets, "inlet"))
     fresh = decode(ServerForecast, proc.handle_gpu(_records(gpus, "gpu")).forecasts[0][1])

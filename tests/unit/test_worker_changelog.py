@@ -22,7 +22,7 @@ def _worker(tmp_path: Path) -> WorkerApp:
     view = TopologyView.from_topology(None, inlet_limit_c=27.0)
     app = WorkerApp(settings, view=view, forecaster=load_forecaster(tmp_path / "reg"), store=None,
                     clients=kafka_clients(settings))
-    fleet = SyntheticTelemetry(["s1", "s2", "s3"], start_at=datetime(2026, 11, 25, tzinfo=UTC), seed=1)
+    fleet = SyntheticTelemetry(["s1", "s2", "s3"], start_at=datetime.now(UTC), seed=1)
     gpu, _, _ = fleet.step()
     app.processor.handle_gpu([RawRecord(g.server_id.encode(), g.to_bytes(), "gpu") for g in gpu])
     return app
@@ -98,7 +98,7 @@ def test_a_forecast_batch_the_producer_gives_up_on_is_counted_not_silent(tmp_pat
             return [lost]
 
         app._send_batched = lost_send  # type: ignore[method-assign]
-        fleet = SyntheticTelemetry(["s9"], start_at=datetime(2026, 11, 25, tzinfo=UTC), seed=2)
+        fleet = SyntheticTelemetry(["s9"], start_at=datetime.now(UTC), seed=2)
         gpu, _, _ = fleet.step()
         await app._send(app.processor.handle_gpu([RawRecord(g.server_id.encode(), g.to_bytes(), "gpu") for g in gpu]))
         await asyncio.sleep(0)  # done callbacks run on the next loop turn
