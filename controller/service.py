@@ -258,6 +258,7 @@ class Controller:
             power = message.gpu_power_w
             self.state.add_workload(message.server_id, message.workload,
                                     gpu_power_w=power / n if power is not None else None, sampled_at=message.sampled_at)
+            self.state.add_memory_temps(message.server_id, message.gpus, sampled_at=message.sampled_at)
             return []
         if isinstance(message, PlacementRequest):
             return [self.place(message, now=now)]

@@ -20,6 +20,11 @@ Choices an operator should know (documented in the controller README section):
   instances of that configuration (one named after the server when the list is empty),
   sharing its GPUs and load equally. A server with instance ids but no catalogue
   configuration hosts opaque IaaS VMs. A server with neither has all GPUs free.
+* HBM comes from the GPU samples: per server the GPU whose memory is nearest its own
+  maximum operating temperature (``memory_max_temp_c - memory_temp_c`` smallest) gives
+  ``memory_temp_c`` and ``memory_max_temp_c``; NaN where the latest sample reports none
+  (the core then reads the HBM as unknown: no limit). A late, older sample never
+  overwrites a newer one.
 * Endpoint demand is the sum of its instances' load; its forecast-high adds
   ``demand_margin_frac`` (no load forecast is on the wire yet).
 """
@@ -32,7 +37,7 @@ from datetime import datetime
 import numpy as np
 import numpy.typing as npt
 
-from contracts import DomainForecast, ServerForecast, WorkloadContext
+from contracts import DomainForecast, GpuReading, ServerForecast, WorkloadContext
 from controller.core.belief import hottest_gpu_c
 from controller.core.catalogue import Catalogue
 from controller.core.snapshot import FloatArray, IaasVms, IntArray, SaasInstances, Snapshot
@@ -66,6 +71,11 @@ class LiveState:
     power_hi_w: FloatArray = field(init=False)
     inlet_c: FloatArray = field(init=False)
     slowdown_temp_c: FloatArray = field(init=False)
+    memory_temp_c: FloatArray = field(init=False)
+    """Per server, the HBM temperature of the GPU nearest its memory limit, °C; NaN when unknown."""
+    memory_max_temp_c: FloatArray = field(init=False)
+    """That GPU's HBM maximum operating temperature, °C; NaN when unknown."""
+    memory_sampled_at_s: FloatArray = field(init=False)
     workloads: dict[str, ServerWorkload] = field(default_factory=dict)
     domains: dict[tuple[str, str], DomainForecast] = field(default_factory=dict)
     newest_forecast_at: datetime | None = None
@@ -98,6 +108,9 @@ class LiveState:
         self.power_w = self.idle_server_w.copy()
         self.power_hi_w = self.idle_server_w.copy()
         self.inlet_c = self.design_inlet_c.copy()
+        self.memory_temp_c = np.full(n, np.nan)
+        self.memory_max_temp_c = np.full(n, np.nan)
+        self.memory_sampled_at_s = np.full(n, -np.inf)
 
     def index_of(self, server_id: str) -> int | None:
         """Position of a server in the topology, or None when the topology does not know it."""
@@ -150,6 +163,33 @@ class LiveState:
             return
         since = old.config_since if old is not None and old.workload.config_id == workload.config_id else sampled_at
         self.workloads[server_id] = ServerWorkload(workload, gpu_power_w, sampled_at, since)
+
+    def add_memory_temps(self, server_id: str, gpus: list[GpuReading], *, sampled_at: datetime) -> None:
+        """Record a server's tightest HBM (temperature and threshold) from a GPU sample's readings.
+
+        The tightest is the GPU with the least ``memory_max_temp_c - memory_temp_c``, not merely the
+        hottest: thresholds differ per device. Where no GPU reports both, the hottest reported HBM is
+        kept with an unknown (NaN) threshold, which the core reads as no limit. The arrays are
+        preallocated per server, so memory stays bounded whatever arrives; a server outside the
+        topology is remembered in ``unknown_server_ids`` and an older sample arriving late is ignored.
+        """
+        i = self._index.get(server_id)
+        if i is None:
+            self.unknown_server_ids.add(server_id)
+            return
+        t_s = sampled_at.timestamp()
+        if t_s < self.memory_sampled_at_s[i]:
+            return
+        self.memory_sampled_at_s[i] = t_s
+        both = [(g.memory_max_temp_c - g.memory_temp_c, g.memory_temp_c, g.memory_max_temp_c) for g in gpus
+                if g.memory_temp_c is not None and g.memory_max_temp_c is not None]
+        if both:
+            _, temp, limit = min(both)
+            self.memory_temp_c[i], self.memory_max_temp_c[i] = temp, limit
+            return
+        temps = [g.memory_temp_c for g in gpus if g.memory_temp_c is not None]
+        self.memory_temp_c[i] = max(temps) if temps else np.nan
+        self.memory_max_temp_c[i] = np.nan
 
     def forecast_age_s(self, now: datetime) -> float:
         """Seconds since the newest forecast was issued, or since one last arrived if that is longer.
@@ -307,5 +347,7 @@ def build_snapshot(state: LiveState, catalogue: Catalogue, *, now: datetime,
         endpoint_demand_tokens_per_s=demand,
         endpoint_demand_hi_tokens_per_s=demand_hi,
         gpu_max_freq_mhz=state.max_freq_mhz.copy(),
+        memory_temp_c=state.memory_temp_c.copy(),
+        memory_max_temp_c=state.memory_max_temp_c.copy(),
     )
 

@@ -11,6 +11,10 @@ under the line) and snapshot building (temperatures before any reading arrived).
   plus lag and forecast margin), 0 where nothing is known yet;
 * ``R`` — ``thermal_resistance_c_per_w``, the hottest GPU's °C per W of its own power.
 
+The line the hottest GPU must stay under is :func:`server_limit_c`: the slowdown
+temperature, lowered where the HBM is nearer its own limit than the die is to slowdown
+(:func:`controller.core.headroom.thermal_headroom_c`).
+
 Arrays broadcast like numpy; scalars give floats.
 
 Examples:
@@ -26,13 +30,13 @@ from typing import Any, overload
 
 import numpy as np
 
-from controller.core.headroom import thermal_offset_c
+from controller.core.headroom import thermal_limit_c, thermal_offset_c
 from controller.core.snapshot import FloatArray, Snapshot
 
 MIN_R_C_PER_W = 1e-6
 """Smallest thermal resistance the inverse divides by (a zero in the topology is a data error, not a free lunch)."""
 
-__all__ = ["MIN_R_C_PER_W", "hottest_gpu_c", "power_for_temp_w", "server_offset_c"]
+__all__ = ["MIN_R_C_PER_W", "hottest_gpu_c", "power_for_temp_w", "server_limit_c", "server_offset_c"]
 
 
 @overload
@@ -59,3 +63,11 @@ def power_for_temp_w(temp_c: Any, inlet_c: Any, offset_c: Any, r_c_per_w: Any) -
 def server_offset_c(snapshot: Snapshot) -> FloatArray:
     """Per-server slot offset the belief adds over ``inlet + R × P`` (see ``thermal_offset_c``)."""
     return thermal_offset_c(snapshot)
+
+
+def server_limit_c(snapshot: Snapshot) -> FloatArray:
+    """Per-server line the hottest GPU's temperature is held under: slowdown, lowered by a hot HBM.
+
+    See :func:`controller.core.headroom.thermal_limit_c`; exactly ``slowdown_temp_c`` where HBM is unknown.
+    """
+    return thermal_limit_c(snapshot)

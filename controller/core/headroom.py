@@ -63,3 +63,29 @@ def thermal_headroom_c(snapshot: Snapshot) -> FloatArray:
     """
     out: FloatArray = np.minimum(snapshot.thermal_headroom_hi_c, hbm_headroom_c(snapshot))
     return out
+
+
+def thermal_limit_c(snapshot: Snapshot) -> FloatArray:
+    """Per-server ceiling on the hottest GPU die's temperature, °C: slowdown, lowered where the HBM is nearer its limit.
+
+    ``gpu_temp_hi_c + thermal_headroom_c``: the die may warm only as far as the tighter of its own
+    slowdown margin and the HBM's margin allows. This takes the HBM to warm degree for degree with
+    the die (they share the package and its cold plate), the first-order belief until an HBM
+    forecast exists. Placement, routing and reconfiguration compare their die-temperature belief
+    with this line instead of ``slowdown_temp_c``, so a hot HBM limits them too. Where HBM is
+    unknown the HBM term is ``+inf`` and the result is ``slowdown_temp_c`` exactly (computed as a
+    minimum, not as ``hi + (slowdown - hi)``, so the simulator, which reports no HBM, does not move
+    by a rounding error).
+
+    Examples:
+        >>> from dataclasses import replace
+        >>> import numpy as np
+        >>> from controller.core.synthetic import synthetic_snapshot
+        >>> s = synthetic_snapshot(np.random.default_rng(0), num_servers=2, num_instances=1, num_vms=1)
+        >>> s = replace(s, gpu_temp_hi_c=np.array([60.0, 60.0]), memory_temp_c=np.array([93.0, np.nan]),
+        ...             memory_max_temp_c=np.full(2, 95.0))
+        >>> thermal_limit_c(s).tolist()
+        [62.0, 87.0]
+    """
+    out: FloatArray = np.minimum(snapshot.slowdown_temp_c, snapshot.gpu_temp_hi_c + hbm_headroom_c(snapshot))
+    return out

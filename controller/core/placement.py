@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from controller.core.belief import hottest_gpu_c, server_offset_c
+from controller.core.belief import hottest_gpu_c, server_limit_c, server_offset_c
 from controller.core.snapshot import (
     FloatArray,
     IntArray,
@@ -98,7 +98,9 @@ def _prepare(snapshot: Snapshot, iaas: bool, m: PlacementMargins) -> _Prepared:
     zone = snapshot.server_zone
     row_limit_w = snapshot.row_budget_w * (1.0 - power_margin)
     zone_limit_w = snapshot.zone_capacity_w * (1.0 - zone_margin)
-    thermal_limit_c = (snapshot.slowdown_temp_c - thermal_margin_c).astype(np.float64)
+    die_limit_c = (snapshot.slowdown_temp_c - thermal_margin_c).astype(np.float64)
+    # A hot HBM lowers the line (server_limit_c); the score's span stays the die's, one scale for all.
+    thermal_limit_c = (server_limit_c(snapshot) - thermal_margin_c).astype(np.float64)
     if iaas and m.iaas_emergency_budget_frac is not None:
         firm_w = snapshot.row_power_hi_w - m.saas_shed_frac * _saas_dynamic_w_per_row(snapshot)
         emergency_room = (m.iaas_emergency_budget_frac * row_limit_w - firm_w)[row].astype(np.float64)
@@ -108,7 +110,7 @@ def _prepare(snapshot: Snapshot, iaas: bool, m: PlacementMargins) -> _Prepared:
         base_temp_c=hottest_gpu_c(snapshot.inlet_hi_c, server_offset_c(snapshot), 0.0, 0.0),
         temp_hi_c=snapshot.gpu_temp_hi_c.astype(np.float64),
         thermal_limit_c=thermal_limit_c,
-        inv_thermal_span=1.0 / np.maximum(thermal_limit_c - snapshot.inlet_hi_c, 1.0),
+        inv_thermal_span=1.0 / np.maximum(die_limit_c - snapshot.inlet_hi_c, 1.0),
         row_room_w=(row_limit_w - snapshot.row_power_hi_w)[row].astype(np.float64),
         inv_row_limit=(1.0 / np.maximum(row_limit_w, 1.0))[row],
         zone_room_w=(zone_limit_w - snapshot.zone_heat_hi_w)[zone].astype(np.float64),

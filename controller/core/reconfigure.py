@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from controller.core.belief import hottest_gpu_c, server_offset_c
+from controller.core.belief import hottest_gpu_c, server_limit_c, server_offset_c
 from controller.core.catalogue import Catalogue
 from controller.core.snapshot import (
     BoolArray,
@@ -237,7 +237,7 @@ def plan_reconfiguration(
     srv = inst.server_index[idx]
     gpus = inst.num_gpus[idx].astype(np.float64)
     tdp = snapshot.gpu_tdp_w[srv]
-    limit_c = snapshot.slowdown_temp_c[srv] - p.thermal_margin_c
+    limit_c = server_limit_c(snapshot)[srv] - p.thermal_margin_c  # slowdown, lowered where the HBM is hot
     cur = m.current
     cur_power = m.power_w[rows_n, cur]
     cur_layout = m.layout[rows_n, cur]

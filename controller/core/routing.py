@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from controller.core.belief import power_for_temp_w, server_offset_c
+from controller.core.belief import power_for_temp_w, server_limit_c, server_offset_c
 from controller.core.catalogue import Catalogue
 from controller.core.snapshot import BoolArray, FloatArray, IntArray, RoutingDecision, RoutingParams, Snapshot
 
@@ -101,7 +101,8 @@ def routing_weights(
     stale = bool(snapshot.forecast_age_s > stale_after_s)
 
     temp_c = snapshot.gpu_temp_c[srv] if stale else np.maximum(snapshot.gpu_temp_hi_c[srv], snapshot.gpu_temp_c[srv])
-    thermal_headroom_c = snapshot.slowdown_temp_c[srv] - temp_c
+    limit_c = server_limit_c(snapshot)[srv]  # slowdown, lowered where the HBM is hot
+    thermal_headroom_c = limit_c - temp_c
     row_power_w = snapshot.row_power_w if stale else np.maximum(snapshot.row_power_hi_w, snapshot.row_power_w)
     power_headroom_w = (snapshot.row_budget_w - row_power_w)[row]
     budget_w = np.maximum(snapshot.row_budget_w[row], 1.0)
@@ -184,7 +185,7 @@ def _thermal_safe_load(snapshot: Snapshot, catalogue: Catalogue, idx: IntArray, 
                        margin_c: float) -> FloatArray:
     """Tokens/s each instance can take in its current configuration before its GPUs reach the drain line.
 
-    The drain line is slowdown − ``margin_c`` (``RoutingParams.drain_thermal_headroom_c``); the GPU power
+    The drain line is slowdown (lowered by a hot HBM: ``server_limit_c``) − ``margin_c`` (``RoutingParams.drain_thermal_headroom_c``); the GPU power
     that reaches it comes from the shared belief, slot offset included (before the merge this ignored
     the offset and hard-coded a 1 °C margin).
     """
@@ -198,7 +199,7 @@ def _thermal_safe_load(snapshot: Snapshot, catalogue: Catalogue, idx: IntArray, 
     a_d = np.asarray([lookup[c].decode_w_per_token_s for c in cfg])
     pf = inst.prefill_frac[idx] if inst.prefill_frac.size else np.full(idx.size, 0.5)
     w_per_tok = np.maximum(pf * a_p + (1.0 - pf) * a_d, 1e-9)
-    p_max = power_for_temp_w(snapshot.slowdown_temp_c[srv] - margin_c, snapshot.inlet_hi_c[srv],
+    p_max = power_for_temp_w(server_limit_c(snapshot)[srv] - margin_c, snapshot.inlet_hi_c[srv],
                              server_offset_c(snapshot)[srv], snapshot.thermal_resistance_c_per_w[srv])
     out: FloatArray = np.maximum(p_max - idle, 0.0) / w_per_tok
     return out

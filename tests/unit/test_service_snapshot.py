@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 
 from contracts import DomainForecast, HorizonForecast, ServerForecast
+from controller.core.belief import server_limit_c
+from controller.core.headroom import thermal_headroom_c
+from controller.service import Controller
 from controller.snapshot_builder import NEVER_S, LiveState, build_snapshot
+from foundation.settings import ControllerSettings
 from tests.controller_world import (
     DEFAULT_CONFIG,
     ENDPOINT,
@@ -92,3 +96,29 @@ def test_forecast_age_sees_a_stall_even_when_the_producer_clock_runs_ahead() -> 
     st.add_server_forecast(forecast(sid, T0 + timedelta(minutes=10)), received_at=T0)  # issued "in the future"
     assert st.forecast_age_s(T0 + timedelta(seconds=1)) == pytest.approx(1.0)
     assert st.forecast_age_s(T0 + timedelta(seconds=30)) == pytest.approx(30.0)
+
+
+def test_live_controller_takes_the_tightest_hbm_from_gpu_samples_into_its_snapshot() -> None:
+    c = Controller(world_topology(8), world_catalogue(), ControllerSettings(metrics_port=0), started_at=T0)
+    ids = c.topology.server_ids
+    for s in ids:
+        c.handle("f", forecast(s, T0), now=T0)
+    sample = gpu_sample(ids[1], T0)
+    gpus = [g.model_copy(update={"memory_temp_c": 80.0, "memory_max_temp_c": 95.0}) for g in sample.gpus]
+    # GPU 3 is not the hottest HBM, but the nearest its own (lower) limit: it sets the server's margin.
+    gpus[3] = gpus[3].model_copy(update={"memory_temp_c": 83.0, "memory_max_temp_c": 85.0})
+    gpus[5] = gpus[5].model_copy(update={"memory_temp_c": 90.0})
+    c.handle("g", sample.model_copy(update={"gpus": gpus}), now=T0)
+    c.handle("g", gpu_sample(ids[2], T0), now=T0)  # no HBM reported: unknown
+    snap = c.snapshot(T0)
+    assert snap.memory_temp_c[1] == 83.0 and snap.memory_max_temp_c[1] == 85.0
+    assert np.isnan(snap.memory_temp_c[2]) and np.isnan(snap.memory_max_temp_c[0])
+    head = thermal_headroom_c(snap)
+    assert head[1] == 2.0  # cool die (64 °C forecast-high against 87 °C), HBM 2 °C under its limit
+    assert head[2] == snap.slowdown_temp_c[2] - snap.gpu_temp_hi_c[2]
+    assert server_limit_c(snap)[1] == snap.gpu_temp_hi_c[1] + 2.0
+    # A late, older sample does not overwrite the newer reading; a newer one without HBM clears it.
+    c.handle("g", gpu_sample(ids[1], T0 - timedelta(seconds=5)), now=T0)
+    assert c.state.memory_temp_c[1] == 83.0
+    c.handle("g", gpu_sample(ids[1], T0 + timedelta(seconds=5)), now=T0 + timedelta(seconds=5))
+    assert np.isnan(c.state.memory_temp_c[1])
