@@ -122,7 +122,9 @@ def test_worker_and_controller_run_on_a_named_mixed_sku_inventory(
 
         seen = collect(events, lambda ms: any(b"unknown_server" in m.value for m in ms), 30)
         unknown = [e for e in (decode(ControlEvent, m.value) for m in seen) if e.event_kind == "unknown_server"]
-        assert [e.domain_id for e in unknown] == [ghost], (
+        # the shared test broker may carry other tests' servers on the default telemetry topics: judge ours only
+        named = [e.domain_id for e in unknown]
+        assert named.count(ghost) == 1 and not set(named) & set(topo.server_ids), (
             f"one event for the unknown server, none for known ones; controller saw {ctl.state.unknown_server_ids}, "
             f"{len(seen)} events: {[m.value[:200] for m in seen[:5]]}")
         with ctl.lock:
